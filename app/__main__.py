@@ -1,0 +1,3 @@
+from ppchat.cli import main
+
+raise SystemExit(main())

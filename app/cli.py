@@ -1,0 +1,70 @@
+"""`ppchat` command line: builds the parser from each area's `commands.register`.
+
+Heavy imports (mlx, textual, sounddevice) happen inside the command handlers, so
+`ppchat --help` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from ppchat import __version__
+
+# Each module exposes register(subparsers) and attaches a handler with set_defaults(func=...).
+COMMAND_MODULES = (
+    "ppchat.tui.commands",
+    "ppchat.engine.commands",
+    "ppchat.sessions.commands",
+    "ppchat.models.commands",
+)
+
+
+class UserError(Exception):
+    """An error caused by the user's input: printed as one clear line, exit code 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ppchat",
+        description=(
+            "Talk to NVIDIA PersonaPlex 7B, a full-duplex speech-to-speech model, from your terminal. "
+            "With no command, `ppchat` opens the conversation console (same as `ppchat talk`). "
+            "Without downloaded weights it runs a built-in tiny demo model (random weights) so that "
+            "everything can be tried; `ppchat download` fetches the real model (needs HF_TOKEN)."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"ppchat {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+            continue
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version"):
+        if "talk" in parser._subparsers._group_actions[0].choices if parser._subparsers else False:
+            argv = ["talk", *argv]
+    args = parser.parse_args(argv)
+    func = getattr(args, "func", None)
+    if func is None:
+        parser.print_help()
+        return 0
+    try:
+        return int(func(args) or 0)
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    except UserError as exc:
+        print(f"ppchat: error: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,1 @@
+"""ppchat.models"""

@@ -11,6 +11,7 @@ import importlib
 import sys
 
 from ppchat import __version__
+from ppchat.errors import PPChatError
 
 # Each module exposes register(subparsers) and attaches a handler with set_defaults(func=...).
 COMMAND_MODULES = (
@@ -19,10 +20,6 @@ COMMAND_MODULES = (
     "ppchat.sessions.commands",
     "ppchat.models.commands",
 )
-
-
-class UserError(Exception):
-    """An error caused by the user's input: printed as one clear line, exit code 2."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,9 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version"):
-        if "talk" in parser._subparsers._group_actions[0].choices if parser._subparsers else False:
-            argv = ["talk", *argv]
+    commands = parser._subparsers._group_actions[0].choices if parser._subparsers else {}
+    # Bare `ppchat` (or `ppchat --voice X`) means `ppchat talk`.
+    if "talk" in commands and (not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version"))):
+        argv = ["talk", *argv]
     args = parser.parse_args(argv)
     func = getattr(args, "func", None)
     if func is None:
@@ -65,6 +63,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
-    except UserError as exc:
+    except PPChatError as exc:
         print(f"ppchat: error: {exc}", file=sys.stderr)
         return 2

@@ -1,0 +1,23 @@
+"""User-facing errors.
+
+Every problem caused by input the user controls (a file, a flag, a device, the disk)
+is raised as a `PPChatError` subclass whose message names the bad input and says how
+to fix it. The CLI prints it as one line and exits with status 2; nothing else
+should ever reach the user as a traceback.
+"""
+
+
+class PPChatError(Exception):
+    """Base class: the message is shown to the user verbatim."""
+
+
+class CheckpointError(PPChatError):
+    """A checkpoint, config, tokenizer or voice file is missing, corrupt or of the wrong shape."""
+
+
+class AudioError(PPChatError):
+    """An audio device or audio file cannot be used."""
+
+
+class SessionError(PPChatError):
+    """A recorded session is missing, corrupt or cannot be written."""

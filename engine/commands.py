@@ -1,0 +1,227 @@
+"""CLI: `talk` (the default command), `respond`, `voices`, `prompts`, `devices`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+
+from ppchat.errors import PPChatError
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default="auto",
+                   help="'auto' (default: the real model if downloaded, else the demo), 'demo', a model "
+                        "directory, or a Hugging Face repo id such as nvidia/personaplex-7b-v1")
+    g.add_argument("--quantize", choices=("4", "8", "none"), default="none",
+                   help="quantise the LM to 4 or 8 bit (converted once, then cached); default: none")
+    g.add_argument("--voice", default=None,
+                   help="voice preset (NATF0-3, NATM0-3, VARF0-4, VARM0-4) or a path to a WAV to imitate; "
+                        "default NATF0 (the demo model has no presets: 'none' or a WAV)")
+    g.add_argument("--prompt", default=None,
+                   help="role prompt: a preset name (see `ppchat prompts`), @file.txt, or free text; default: assistant")
+    s = p.add_argument_group("sampling")
+    s.add_argument("--temp", type=float, default=0.8, help="audio temperature (default 0.8; 0 = greedy)")
+    s.add_argument("--temp-text", type=float, default=0.7, help="text temperature (default 0.7; 0 = greedy)")
+    s.add_argument("--topk", type=int, default=250, help="audio top-k (default 250)")
+    s.add_argument("--topk-text", type=int, default=25, help="text top-k (default 25)")
+    s.add_argument("--seed", type=int, default=None, help="random seed for reproducible sampling")
+    p.add_argument("--sessions-dir", type=Path, default=None,
+                   help="where sessions are recorded (default: the user data dir, see `ppchat sessions`)")
+    p.add_argument("--no-record", action="store_true", help="do not record this session")
+
+
+def _device_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("audio")
+    g.add_argument("--input-device", default=None, help="microphone: index or part of its name (see --list-devices)")
+    g.add_argument("--output-device", default=None, help="speaker: index or part of its name")
+    g.add_argument("--samplerate", type=int, default=None,
+                   help="device sample rate (default: the device's; audio is resampled to 24 kHz)")
+    g.add_argument("--list-devices", action="store_true", help="list audio devices and exit")
+    g.add_argument("--half-duplex", action="store_true",
+                   help="mute the microphone while the agent speaks (for loudspeakers without headphones)")
+    g.add_argument("--max-backlog", type=int, default=3, metavar="FRAMES",
+                   help="when the model falls behind, drop microphone frames beyond this backlog (default 3 = 240 ms)")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("talk", help="talk to the model (the default command)",
+                       description="Talk to PersonaPlex live through your microphone and speakers, in the console "
+                                   "(or headless with --no-tui). Every session is recorded unless --no-record.")
+    _model_args(p)
+    _device_args(p)
+    p.add_argument("--no-tui", action="store_true", help="no console: print a status line once a second")
+    p.add_argument("--duration", type=float, default=None, help="with --no-tui: stop after this many seconds")
+    p.add_argument("--no-monitor", action="store_true", help="do not open the `ppchat monitor` socket")
+    p.set_defaults(func=cmd_talk)
+
+    p = sub.add_parser("respond", help="offline: run a WAV file through the model, write the agent's WAV",
+                       description="Offline WAV-to-WAV through the same streaming engine, as the reference offline "
+                                   "tool does: the output has the same length as the input. Any format soundfile "
+                                   "reads is accepted (any rate or channel count; channel 0 is used).")
+    p.add_argument("--input", "-i", required=True, type=Path, help="input audio (the user side)")
+    p.add_argument("--output", "-o", required=True, type=Path, help="output WAV (the agent, 24 kHz mono)")
+    p.add_argument("--text-json", type=Path, default=None,
+                   help="write the text tokens and per-step timings as JSON")
+    p.add_argument("--stream", action="store_true", help="print the agent's text as it is generated")
+    _model_args(p)
+    p.set_defaults(func=cmd_respond)
+
+    p = sub.add_parser("voices", help="list voices")
+    p.add_argument("--model", default="auto", help="as for talk")
+    p.set_defaults(func=cmd_voices)
+    p = sub.add_parser("prompts", help="list role-prompt presets")
+    p.set_defaults(func=cmd_prompts)
+    p = sub.add_parser("devices", help="list audio devices")
+    p.set_defaults(func=cmd_devices)
+
+
+def _sampling(args):
+    from ppchat.engine.pipeline import SamplingSettings
+
+    if args.topk < 1 or args.topk_text < 1:
+        raise PPChatError("--topk and --topk-text must be at least 1")
+    return SamplingSettings(temp=args.temp, topk=args.topk, temp_text=args.temp_text,
+                            topk_text=args.topk_text, seed=args.seed)
+
+
+def _options(args, **extra):
+    from ppchat.engine.conversation import TalkOptions
+
+    return TalkOptions(
+        model=args.model,
+        quantize=None if args.quantize == "none" else int(args.quantize),
+        voice=args.voice,
+        prompt=args.prompt,
+        sampling=_sampling(args),
+        sessions_dir=args.sessions_dir,
+        record=not args.no_record,
+        **extra,
+    )
+
+
+def _banner(conv) -> None:
+    if conv.model.info.is_demo:
+        print("ppchat: running the built-in DEMO model (tiny, random weights: it babbles). "
+              "For the real PersonaPlex: accept the licence on huggingface.co/nvidia/personaplex-7b-v1, "
+              "export HF_TOKEN, run `ppchat download`.", file=sys.stderr)
+
+
+def cmd_devices(args) -> int:
+    from ppchat.engine.audio_io import list_devices
+
+    for d in list_devices():
+        print(d.describe())
+    return 0
+
+
+def cmd_prompts(args) -> int:
+    from ppchat.engine.prompts import DEFAULT_PROMPT, PRESETS
+
+    for name, text in PRESETS.items():
+        print(f"{name}{' (default)' if name == DEFAULT_PROMPT else ''}\n    {text}")
+    return 0
+
+
+def cmd_voices(args) -> int:
+    from ppchat.engine.conversation import pick_model_source
+    from ppchat.models import paths
+    from ppchat.models.loader import resolve_source, resolve_voices_dir
+    from ppchat.models.voices import PRESET_VOICES, available_voices
+
+    source = pick_model_source(args.model)
+    ckpt = resolve_source(source, paths.cache_dir(), allow_download=False)
+    found = available_voices(resolve_voices_dir(ckpt, paths.cache_dir()))
+    if found:
+        print("\n".join(found))
+    elif ckpt.is_demo:
+        print("The demo model has no preset voices: use --voice none (default) or --voice PATH.wav.\n"
+              f"The real model's presets ({', '.join(PRESET_VOICES)}) come with `ppchat download`.")
+    else:
+        print("\n".join(PRESET_VOICES))
+    print("Any audio file works as a custom voice: --voice path/to/voice.wav (about 10 s of clean speech).")
+    return 0
+
+
+def cmd_talk(args) -> int:
+    if args.list_devices:
+        return cmd_devices(args)
+    from ppchat.engine.conversation import Conversation
+
+    options = _options(
+        args,
+        input_device=_int_or_str(args.input_device),
+        output_device=_int_or_str(args.output_device),
+        samplerate=args.samplerate,
+        half_duplex=args.half_duplex,
+        max_backlog_frames=args.max_backlog,
+        monitor=not args.no_monitor,
+    )
+    conv = Conversation(options)
+    _banner(conv)
+    try:
+        if args.no_tui:
+            return _run_headless(conv, args.duration)
+        from ppchat.tui.app import run_app
+
+        return run_app(conv)
+    finally:
+        conv.close()
+
+
+def _int_or_str(value):
+    if value is None:
+        return None
+    return int(value) if str(value).isdigit() else value
+
+
+def _run_headless(conv, duration: float | None) -> int:
+    from ppchat.engine.events import NoticeEvent, StepEvent
+    from ppchat.engine.status import StatusLine
+
+    sub = conv.bus.subscribe(maxlen=1000, name="headless")
+    status = StatusLine()
+    conv.start()
+    if conv.monitor is not None:
+        print(f"monitor: ppchat monitor --socket {conv.monitor.path}", file=sys.stderr)
+    deadline = None if duration is None else time.monotonic() + duration
+    last_print = 0.0
+    try:
+        while conv.running and (deadline is None or time.monotonic() < deadline):
+            ev = sub.get(timeout=0.2)
+            if isinstance(ev, StepEvent):
+                status.add(ev)
+            elif isinstance(ev, NoticeEvent):
+                print(f"[{ev.level}] {ev.message}", file=sys.stderr)
+            if time.monotonic() - last_print >= 1.0:
+                print(status.line(), flush=True)
+                last_print = time.monotonic()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        error = conv.runtime.error if conv.runtime else None
+        conv.stop()
+        for ev in sub.drain():
+            if isinstance(ev, NoticeEvent):
+                print(f"[{ev.level}] {ev.message}", file=sys.stderr)
+        sub.close()
+    if error is not None:
+        print(f"ppchat: the engine stopped: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_respond(args) -> int:
+    from ppchat.engine.respond import respond
+
+    return respond(
+        args.input,
+        args.output,
+        _options(args, monitor=False),
+        text_json=args.text_json,
+        stream=args.stream,
+    )

@@ -1,0 +1,235 @@
+"""`Conversation`: the controller behind `ppchat talk`, the TUI and the headless mode.
+
+It owns one loaded model and one `EventBus`, and for each conversation wires together
+the model pipeline (conditioned on a voice and a role prompt), an audio endpoint, the
+step thread, the session recorder and the monitor socket. The TUI drives it through
+`start` / `stop` / `restart` and watches the bus; so does anything else that subscribes.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from ppchat.engine.events import EventBus, NoticeEvent
+from ppchat.engine.pipeline import ModelPipeline, PrefillReport, SamplingSettings
+from ppchat.engine.prompts import PRESETS, resolve_prompt
+from ppchat.engine.runtime import AudioEndpoint, DuplexRuntime, RuntimePolicy
+from ppchat.errors import PPChatError
+from ppchat.models import paths
+from ppchat.models.loader import LoadedModel, load_model, resolve_source
+from ppchat.models.voices import DEFAULT_VOICE, PRESET_VOICES, VoicePrompt, available_voices, load_voice
+from ppchat.sessions.recorder import Recorder, start_recording
+from ppchat.sessions.schema import SessionMeta
+from ppchat.sessions.store import default_sessions_root
+
+DEFAULT_REPO = "nvidia/personaplex-7b-v1"
+NO_VOICE = "none"
+
+
+def pick_model_source(requested: str | None) -> str:
+    """`--model` as given, or "auto": the real model if it is already downloaded, else the demo."""
+    if requested and requested != "auto":
+        return requested
+    try:
+        resolve_source(DEFAULT_REPO, paths.cache_dir(), allow_download=False)
+        return DEFAULT_REPO
+    except PPChatError:
+        return "demo"
+
+
+@dataclass
+class TalkOptions:
+    model: str = "auto"
+    quantize: int | None = None
+    voice: str | None = None
+    prompt: str | None = None
+    sampling: SamplingSettings = field(default_factory=SamplingSettings)
+    input_device: str | int | None = None
+    output_device: str | int | None = None
+    samplerate: int | None = None
+    half_duplex: bool = False
+    max_backlog_frames: int = 3
+    sessions_dir: Path | None = None
+    record: bool = True
+    monitor: bool = True
+    monitor_socket: Path | None = None
+
+
+class Conversation:
+    """Loads the model once; runs one conversation at a time over a fresh audio endpoint."""
+
+    def __init__(
+        self,
+        options: TalkOptions,
+        model: LoadedModel | None = None,
+        audio_factory: Callable[[], AudioEndpoint] | None = None,
+    ):
+        self.options = options
+        self.bus = EventBus()
+        self.model = model or load_model(pick_model_source(options.model), quantize=options.quantize, depformer_steps=8)
+        self.pipeline = ModelPipeline(self.model, options.sampling)
+        self._audio_factory = audio_factory or self._open_device
+        self._lock = threading.RLock()
+        self.runtime: DuplexRuntime | None = None
+        self.recorder: Recorder | None = None
+        self.prefill: PrefillReport | None = None
+        self.voice_name = options.voice or (DEFAULT_VOICE if self.model.voices_dir else NO_VOICE)
+        self.prompt_name, self.prompt_text = resolve_prompt(options.prompt)
+        self._devices: dict[str, Any] = {}
+        self._custom_voices: list[str] = []
+        self.started_at: float | None = None
+        self.monitor = None
+        if options.monitor:
+            self._start_monitor()
+
+    # ------------------------------------------------------------------------------ describe
+
+    @property
+    def info(self) -> dict[str, Any]:
+        m = self.model.info
+        return {
+            "model": "demo (random weights)" if m.is_demo else m.source,
+            "is_demo": m.is_demo,
+            "quantization": m.quantization,
+            "input_device": self._devices.get("input", ""),
+            "output_device": self._devices.get("output", ""),
+            "voice": self.voice_name,
+            "prompt": self.prompt_text,
+            "prompt_name": self.prompt_name,
+            "session_dir": str(self.recorder.session_dir) if self.recorder else None,
+            "running": self.running,
+            "started_at": self.started_at,
+        }
+
+    @property
+    def running(self) -> bool:
+        return self.runtime is not None and self.runtime.running
+
+    def voices(self) -> list[str]:
+        found = available_voices(self.model.voices_dir)
+        names = found or ([NO_VOICE] if self.model.info.is_demo else list(PRESET_VOICES))
+        return names + [v for v in self._custom_voices if v not in names]
+
+    def prompts(self) -> dict[str, str]:
+        return dict(PRESETS)
+
+    # ------------------------------------------------------------------------------- control
+
+    def start(self, voice: str | None = None, prompt: str | None = None) -> PrefillReport:
+        """Condition the model, open the audio device and go live. Blocks for the prefill."""
+        with self._lock:
+            if self.running:
+                raise PPChatError("a conversation is already running; stop it first")
+            if voice is not None:
+                self.voice_name = voice
+            if prompt is not None:
+                self.prompt_name, self.prompt_text = resolve_prompt(prompt)
+            voice_prompt = self._load_voice(self.voice_name)
+            self._notice("info", f"conditioning: voice {self.voice_name}, prompt '{self.prompt_name}'")
+            self.prefill = self.pipeline.start(voice_prompt, self.prompt_text)
+            audio = self._audio_factory()
+            if self.options.record:
+                self.recorder = self._start_recorder()
+            self.runtime = DuplexRuntime(
+                self.pipeline,
+                audio,
+                self.bus,
+                RuntimePolicy(max_backlog_frames=self.options.max_backlog_frames, half_duplex_gate=self.options.half_duplex),
+            )
+            self.started_at = time.time()
+            self.runtime.start()
+            self._notice("info", f"live (prefill {self.prefill.seconds:.2f} s, {self.prefill.calls} calls)")
+            return self.prefill
+
+    def stop(self) -> None:
+        """Stop audio and finish the recording. Safe to call at any time, any number of times."""
+        with self._lock:
+            runtime, self.runtime = self.runtime, None
+            if runtime is not None:
+                runtime.stop()
+            recorder, self.recorder = self.recorder, None
+            if recorder is not None:
+                recorder.close()
+                self._notice("info", f"saved {recorder.session_dir}")
+            self.last_session_dir = recorder.session_dir if recorder else getattr(self, "last_session_dir", None)
+
+    def restart(self, voice: str | None = None, prompt: str | None = None) -> PrefillReport:
+        with self._lock:
+            self.stop()
+            return self.start(voice, prompt)
+
+    def set_mute(self, on: bool) -> None:
+        if self.runtime:
+            self.runtime.muted = on
+
+    def set_half_duplex(self, on: bool) -> None:
+        self.options.half_duplex = on
+        if self.runtime:
+            self.runtime.policy.half_duplex_gate = on
+
+    def mark(self) -> None:
+        if self.runtime:
+            self.runtime.mark()
+
+    def close(self) -> None:
+        self.stop()
+        if self.monitor is not None:
+            self.monitor.stop()
+            self.monitor = None
+
+    def __enter__(self) -> "Conversation":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------------------ helpers
+
+    def _load_voice(self, name: str) -> VoicePrompt | None:
+        if name == NO_VOICE:
+            return None
+        voice = load_voice(name, self.model.voices_dir, expected_dim=self.model.lm.config.dim)
+        if Path(name).expanduser().is_file() and name not in self._custom_voices:
+            self._custom_voices.append(name)
+        return voice
+
+    def _open_device(self) -> AudioEndpoint:
+        from ppchat.engine.audio_io import DuplexAudio
+
+        audio = DuplexAudio(self.options.input_device, self.options.output_device, samplerate=self.options.samplerate)
+        self._devices = {"input": audio.input_device.name, "output": audio.output_device.name}
+        return audio
+
+    def _start_recorder(self) -> Recorder:
+        meta = SessionMeta(
+            model_id=self.info["model"],
+            quantization=self.model.info.quantization,
+            voice=self.voice_name,
+            role_prompt=self.prompt_text,
+            sampling=self.options.sampling.to_json(),
+            seed=self.options.sampling.seed,
+            devices=dict(self._devices),
+        )
+        root = self.options.sessions_dir or default_sessions_root()
+        try:
+            return start_recording(self.bus, Path(root), meta)
+        except PPChatError as exc:
+            # The conversation matters more than the recording: go on, and say so loudly.
+            self._notice("error", f"not recording: {exc}")
+            return None
+
+    def _start_monitor(self) -> None:
+        from ppchat.engine.monitor_socket import MonitorServer
+
+        try:
+            self.monitor = MonitorServer(self.bus, info=lambda: self.info, path=self.options.monitor_socket).start()
+        except OSError as exc:
+            self.monitor = None
+            self._notice("warning", f"monitor socket unavailable: {exc}")
+
+    def _notice(self, level: str, message: str) -> None:
+        self.bus.publish(NoticeEvent(level=level, message=message, wall_time=time.time()))

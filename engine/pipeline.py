@@ -1,0 +1,165 @@
+"""`ModelPipeline`: PersonaPlex as a `FrameProcessor` — Mimi encode → LM step → Mimi decode.
+
+One instance runs one conversation at a time: `start()` conditions the model (voice prompt,
+silence, `<system>` role prompt, silence; spec §6.1) and `process()` then turns each
+1920-sample microphone frame into one 1920-sample agent frame plus the text token of the
+agent's inner monologue. The output is the agent's call-frame n−1 at call n (spec §5.3),
+exactly as the reference's server and offline tool emit it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import mlx.core as mx
+import numpy as np
+
+from ppchat.engine.runtime import FrameResult
+from ppchat.errors import PPChatError
+from ppchat.models.generator import SILENCE_TOKENS, SINE_TOKENS, LMGen, VoiceEmbeddings
+from ppchat.models.loader import LoadedModel
+from ppchat.models.sampling import SamplingParams
+from ppchat.models.voices import VoicePrompt
+
+# int(0.5 * 12.5): silence frames before and after the role prompt (spec §6.1).
+SILENCE_FRAMES = 6
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """Sampling controls (defaults: the reference's, spec §4.5). temp <= 0 means greedy."""
+
+    temp: float = 0.8
+    topk: int = 250
+    temp_text: float = 0.7
+    topk_text: int = 25
+    seed: int | None = None
+
+    def to_json(self) -> dict:
+        return {"temp": self.temp, "topk": self.topk, "temp_text": self.temp_text,
+                "topk_text": self.topk_text, "seed": self.seed}
+
+
+@dataclass
+class PrefillReport:
+    voice_frames: int
+    prompt_tokens: int
+    calls: int
+    seconds: float
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+def _prompt_constant(tokens: tuple[int, ...], card: int) -> tuple[int, ...]:
+    # The real constants are codes of the 2048-entry codebooks. Smaller test and demo models
+    # use them modulo their card, as the reference fixtures do.
+    return tokens if card > max(tokens) else tuple(t % card for t in tokens)
+
+
+class ModelPipeline:
+    """The model side of the duplex engine (implements `engine.runtime.FrameProcessor`)."""
+
+    def __init__(self, model: LoadedModel, sampling: SamplingSettings | None = None, depformer_steps: int | None = 8):
+        self.model = model
+        self.sampling = sampling or SamplingSettings()
+        self.mimi = model.mimi
+        self.frame_size = self.mimi.frame_size
+        self.sample_rate = self.mimi.sample_rate
+        lm = model.lm
+        card = lm.config.card
+        steps = min(depformer_steps or lm.depformer.steps, lm.depformer.steps)
+        self.gen = LMGen(
+            lm,
+            text_sampling=SamplingParams(self.sampling.temp_text, self.sampling.topk_text),
+            audio_sampling=SamplingParams(self.sampling.temp, self.sampling.topk),
+            depformer_steps=steps,
+            seed=self.sampling.seed,
+            silence_tokens=_prompt_constant(SILENCE_TOKENS, card),
+            sine_tokens=_prompt_constant(SINE_TOKENS, card),
+        )
+        self._silence_codes = np.array(_prompt_constant(SILENCE_TOKENS, card), dtype=np.int32)
+        self._in = np.zeros((1, 1, self.frame_size), dtype=np.float32)
+        self.started = False
+
+    # ----------------------------------------------------------------------------- conditioning
+
+    def start(self, voice: VoicePrompt | None, prompt_text: str) -> PrefillReport:
+        """Reset everything and run the prompt phases; the next `process` is the first live call."""
+        t0 = time.perf_counter()
+        if self.sampling.seed is not None:
+            mx.random.seed(self.sampling.seed)
+        text_tokens = self.model.tokenizer.encode_system_prompt(prompt_text)
+        too_big = [t for t in text_tokens if t >= self.model.lm.config.text_card]
+        if too_big:
+            raise PPChatError(
+                f"the tokenizer produced ids {too_big[:4]} outside the model's text vocabulary "
+                f"({self.model.lm.config.text_card}); the tokenizer does not belong to this model"
+            )
+        self.mimi.reset()
+        self.gen.reset()
+        voice_arg, voice_frames = self._voice_argument(voice)
+        t_prompts = time.perf_counter()
+        self.gen.run_system_prompts(voice=voice_arg, text_tokens=text_tokens, silence_frames=SILENCE_FRAMES)
+        t_done = time.perf_counter()
+        # The encoder heard the voice prompt; live audio starts from fresh codec state (spec §6.1).
+        self.mimi.reset()
+        # `process` runs on the step thread, and MLX evaluates a graph only on the thread that built it.
+        mx.eval(self.mimi.state)
+        self.gen.eval_state()
+        self.started = True
+        return PrefillReport(
+            voice_frames=voice_frames,
+            prompt_tokens=len(text_tokens),
+            calls=self.gen.offset,
+            seconds=t_done - t0,
+            timings_ms={"voice_encode": (t_prompts - t0) * 1e3, "prefill": (t_done - t_prompts) * 1e3},
+        )
+
+    def _voice_argument(self, voice: VoicePrompt | None):
+        if voice is None:
+            return None, 0
+        if voice.kind == "embeddings":
+            return VoiceEmbeddings(voice.embeddings, voice.cache), voice.n_frames
+        if voice.kind == "codes":
+            return np.asarray(voice.codes), voice.n_frames
+        if voice.kind == "audio":
+            codes = self.encode_voice_audio(voice.pcm)
+            return codes, codes.shape[1]
+        raise PPChatError(f"voice {voice.name!r} has an unknown kind {voice.kind!r}")
+
+    def encode_voice_audio(self, pcm: np.ndarray) -> np.ndarray:
+        """Mimi codes [8, N] of a 24 kHz mono voice prompt (spec §6.2: only the last chunk is padded)."""
+        n = -(-len(pcm) // self.frame_size)
+        if n == 0:
+            raise PPChatError("the voice prompt audio is empty")
+        padded = np.zeros(n * self.frame_size, dtype=np.float32)
+        padded[: len(pcm)] = pcm
+        self.mimi.reset()
+        codes = [self.mimi.encode_step(mx.array(padded[i * self.frame_size:(i + 1) * self.frame_size]).reshape(1, 1, -1))
+                 for i in range(n)]
+        out = mx.concatenate(codes, axis=-1)[0]
+        return np.array(out, dtype=np.int64)
+
+    # ------------------------------------------------------------------------------------- live
+
+    def process(self, pcm: np.ndarray) -> FrameResult:
+        if not self.started:
+            raise RuntimeError("ModelPipeline.start() must run before process()")
+        t0 = time.perf_counter()
+        self._in[0, 0, :] = pcm
+        codes = self.mimi.encode_step(mx.array(self._in))
+        user_codes = np.array(codes[0, :, 0], dtype=np.int64)
+        t1 = time.perf_counter()
+        out = self.gen.step(user_codes=user_codes)
+        t2 = time.perf_counter()
+        if out is None:  # only possible if start() ran no prompt at all
+            agent_codes, token = self._silence_codes, None
+        else:
+            agent_codes, token = out.agent_codes, out.text_token
+        audio = self.mimi.decode_step(mx.array(np.asarray(agent_codes, dtype=np.int32)).reshape(1, -1, 1))
+        frame = np.array(audio[0, 0], dtype=np.float32)
+        t3 = time.perf_counter()
+        piece = self.model.tokenizer.piece(token) if token is not None else None
+        timings = {"encode": (t1 - t0) * 1e3, **self.gen.last_timings_ms, "decode": (t3 - t2) * 1e3,
+                   "total": (t3 - t0) * 1e3}
+        return FrameResult(pcm=frame, text_token=token, text_piece=piece, timings_ms=timings)

@@ -1,0 +1,140 @@
+"""`ppchat respond`: a WAV file through the live engine, offline, like the reference offline tool.
+
+The input plays the user's side through the same `DuplexRuntime` and `ModelPipeline` as a
+live conversation (an `ArrayAudio` endpoint that is not real time, so no frame is ever
+dropped). The agent's audio is written at 24 kHz with exactly as many samples as the
+input has at 24 kHz (spec §5.5), and the session is recorded like any other.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from ppchat.engine.events import NoticeEvent, StepEvent
+from ppchat.errors import AudioError, PPChatError
+
+SAMPLE_RATE = 24000
+
+
+def read_audio(path: Path) -> tuple[np.ndarray, list[str]]:
+    """Any file soundfile reads → 24 kHz mono float32 (channel 0, as the reference), plus notes."""
+    from ppchat.engine.resample import resample
+
+    try:
+        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, OSError) as exc:
+        raise AudioError(f"cannot read audio file {path}: {exc}. Give a WAV/FLAC/OGG file") from None
+    notes = []
+    if data.shape[0] == 0:
+        raise AudioError(f"audio file {path} has no samples")
+    if data.shape[1] > 1:
+        notes.append(f"{path.name} has {data.shape[1]} channels; using channel 0 (as the reference offline tool)")
+    pcm = data[:, 0]
+    if rate != SAMPLE_RATE:
+        notes.append(f"resampling {path.name} from {rate} Hz to {SAMPLE_RATE} Hz")
+        pcm = resample(pcm, rate, SAMPLE_RATE)
+    if not np.all(np.isfinite(pcm)):
+        raise AudioError(f"audio file {path} contains NaN or infinite samples")
+    return np.ascontiguousarray(pcm, dtype=np.float32), notes
+
+
+def reference_text_entry(token: int | None, piece: str | None) -> str:
+    """One entry of the reference offline tool's JSON list (spec §7.2)."""
+    if token == 0:
+        return "EPAD"
+    if token == 3 or token is None:
+        return "PAD"
+    return piece if piece is not None else ""
+
+
+def _atomic_write(target: Path, write) -> None:
+    target = target.expanduser()
+    parent = target.parent if str(target.parent) else Path(".")
+    if not parent.is_dir():
+        raise PPChatError(f"cannot write {target}: folder {parent} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, target)
+    except OSError as exc:
+        raise PPChatError(f"cannot write {target}: {exc.strerror or exc}") from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def respond(input_path: Path, output_path: Path, options, *, text_json: Path | None = None,
+            stream: bool = False, model=None, out=sys.stdout) -> int:
+    from ppchat.engine.conversation import Conversation
+    from ppchat.engine.virtual_io import ArrayAudio
+
+    pcm, notes = read_audio(Path(input_path))
+    for note in notes:
+        print(f"ppchat: {note}", file=sys.stderr)
+    holder = {}
+
+    def audio_factory():
+        holder["audio"] = ArrayAudio(pcm, SAMPLE_RATE, realtime=False)
+        return holder["audio"]
+
+    conv = Conversation(options, model=model, audio_factory=audio_factory)
+    if conv.model.info.is_demo:
+        print("ppchat: using the built-in DEMO model (random weights)", file=sys.stderr)
+    sub = conv.bus.subscribe(maxlen=1_000_000, name="respond")
+    steps: list[StepEvent] = []
+    try:
+        prefill = conv.start()
+        while conv.runtime is not None and conv.runtime.join(timeout=0.1) is False:
+            steps.extend(_take(sub, stream, out))
+        steps.extend(_take(sub, stream, out))
+        error = conv.runtime.error if conv.runtime else None
+    finally:
+        conv.stop()
+        conv.close()
+        sub.close()
+    if error is not None:
+        raise PPChatError(f"the engine stopped: {error}")
+    if stream:
+        print(file=out)
+
+    agent = holder["audio"].played()[: len(pcm)]
+    if len(agent) < len(pcm):
+        agent = np.concatenate([agent, np.zeros(len(pcm) - len(agent), dtype=np.float32)])
+    _atomic_write(Path(output_path), lambda p: sf.write(str(p), agent, SAMPLE_RATE, subtype="PCM_16", format="WAV"))
+    if text_json is not None:
+        doc = {
+            "input": str(input_path),
+            "model": conv.info["model"],
+            "voice": conv.voice_name,
+            "prompt": conv.prompt_text,
+            "sampling": options.sampling.to_json(),
+            "prefill_seconds": round(prefill.seconds, 4),
+            "text": [reference_text_entry(e.text_token, e.text_piece) for e in steps],
+            "steps": [{"step": e.step, "t": round(e.audio_time, 3), "token": e.text_token, "piece": e.text_piece,
+                       "ms": {k: round(v, 3) for k, v in e.timings_ms.items()}} for e in steps],
+        }
+        _atomic_write(Path(text_json), lambda p: p.write_text(json.dumps(doc, ensure_ascii=False, indent=1)))
+    session = getattr(conv, "last_session_dir", None)
+    print(f"ppchat: wrote {output_path} ({len(agent) / SAMPLE_RATE:.2f} s, {len(steps)} frames)"
+          + (f"; session {session}" if session else ""), file=sys.stderr)
+    return 0
+
+
+def _take(sub, stream: bool, out) -> list[StepEvent]:
+    got = []
+    for ev in sub.drain():
+        if isinstance(ev, StepEvent):
+            got.append(ev)
+            if stream and ev.text_piece:
+                print(ev.text_piece, end="", file=out, flush=True)
+        elif isinstance(ev, NoticeEvent) and ev.level != "info":
+            print(f"[{ev.level}] {ev.message}", file=sys.stderr)
+    return got

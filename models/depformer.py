@@ -1,0 +1,138 @@
+"""The depformer: a small transformer run once per column, one step per audio stream (spec §2.4, §4.3).
+
+Step `s` predicts stream `s+1` (agent cb0..7, then user cb0..7). Every step has its own attention
+projections, FFN, input projection (`depformer_in.s`) and output head (`linears.s`); the norms are
+shared. There is no positional encoding, no final norm, and the KV cache starts empty every column.
+The reference's per-column KV ring has `dep_q` slots and, like the LM's (see `kv_cache.py`), hides
+the oldest slot once full: step 15 of a 16-step column does not attend to step 0. The lm_tiny
+fixture's step-15 logits confirm it.
+A model may be built with fewer steps than the checkpoint holds (`steps`), e.g. the 8 agent steps
+that live inference needs (spec §5.6).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from ppchat.models.layers import GatedFFN, RMSNorm, embed_tokens, merge_heads, split_qkv
+
+
+@dataclass
+class DepformerKV:
+    """Keys/values of the steps already run in the current column, one entry per layer."""
+
+    keys: list[mx.array | None] = field(default_factory=list)
+    values: list[mx.array | None] = field(default_factory=list)
+
+
+class StepwiseAttention(nn.Module):
+    """Causal attention with separate `in_proj`/`out_proj` weights for each depformer step."""
+
+    def __init__(self, dim: int, num_heads: int, steps: int, kv_capacity: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.window = kv_capacity - 1
+        self.scale = 1.0 / math.sqrt(dim // num_heads)
+        self.in_proj = [nn.Linear(dim, 3 * dim, bias=False) for _ in range(steps)]
+        self.out_proj = [nn.Linear(dim, dim, bias=False) for _ in range(steps)]
+
+    def __call__(self, x: mx.array, step: int, kv: DepformerKV, layer: int) -> mx.array:
+        q, k, v = split_qkv(self.in_proj[step](x), self.num_heads)
+        if kv.keys[layer] is not None:
+            k = mx.concatenate([kv.keys[layer], k], axis=2)[:, :, -self.window :]
+            v = mx.concatenate([kv.values[layer], v], axis=2)[:, :, -self.window :]
+        kv.keys[layer], kv.values[layer] = k, v
+        # One query after the earlier steps of this column: every kept key is visible.
+        out = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale)
+        return self.out_proj[step](merge_heads(out))
+
+
+class DepformerLayer(nn.Module):
+    def __init__(self, dim: int, num_heads: int, hidden: int, steps: int, kv_capacity: int, norm_eps: float):
+        super().__init__()
+        self.norm1 = RMSNorm(dim, norm_eps)
+        self.self_attn = StepwiseAttention(dim, num_heads, steps, kv_capacity)
+        self.norm2 = RMSNorm(dim, norm_eps)
+        self.gating = [GatedFFN(dim, hidden) for _ in range(steps)]
+
+    def __call__(self, x: mx.array, step: int, kv: DepformerKV, layer: int) -> mx.array:
+        x = x + self.self_attn(self.norm1(x), step, kv, layer)
+        return x + self.gating[step](self.norm2(x))
+
+
+class Depformer(nn.Module):
+    """Per-column depth transformer with its token embeddings, input projections and heads.
+
+    `steps` is how many steps are built; `kv_capacity` is the reference's per-column KV ring size
+    (its `dep_q`), which decides what the last step can see.
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        dim: int,
+        num_heads: int,
+        num_layers: int,
+        hidden: int,
+        steps: int,
+        kv_capacity: int,
+        card: int,
+        text_card: int,
+        norm_eps: float,
+    ):
+        super().__init__()
+        self.steps = steps
+        self.input_projs = [nn.Linear(in_dim, dim, bias=False) for _ in range(steps)]
+        self.text_emb = nn.Embedding(text_card + 1, dim)
+        self.audio_embs = [nn.Embedding(card + 1, dim) for _ in range(steps - 1)]
+        self.layers = [DepformerLayer(dim, num_heads, hidden, steps, kv_capacity, norm_eps) for _ in range(num_layers)]
+        self.heads = [nn.Linear(dim, card, bias=False) for _ in range(steps)]
+
+    def make_cache(self) -> DepformerKV:
+        """An empty per-column cache (the reference restarts depformer streaming every column)."""
+        n = len(self.layers)
+        return DepformerKV([None] * n, [None] * n)
+
+    def step_logits(self, step: int, h: mx.array, prev_token: mx.array, kv: DepformerKV) -> mx.array:
+        """Logits [B, card] of step `step`, given the out_norm-ed main output h [B, 1, in_dim] and
+        the previous stream's chosen token [B] (the text token for step 0)."""
+        table = self.text_emb if step == 0 else self.audio_embs[step - 1]
+        x = self.input_projs[step](h) + embed_tokens(table, prev_token)[:, None, :]
+        for index, layer in enumerate(self.layers):
+            x = layer(x, step, kv, index)
+        return self.heads[step](x)[:, 0, :]
+
+    def sample_column(
+        self,
+        h: mx.array,
+        text_token: mx.array,
+        forced_tokens: mx.array,
+        forced_mask: mx.array,
+        sample: Callable[[mx.array], mx.array],
+        num_steps: int | None = None,
+    ) -> tuple[mx.array, mx.array]:
+        """Run steps 0..num_steps-1 for one column (spec §4.3).
+
+        forced_tokens/forced_mask [B, >=num_steps]: stream s+1's provided token and whether it is
+        provided; a provided token replaces the sampled one as the next step's input.
+        `sample` maps float32 logits [B, card] to tokens [B].
+        Returns (sampled tokens [B, num_steps] before forcing, float32 logits [B, num_steps, card]).
+        """
+        num_steps = self.steps if num_steps is None else num_steps
+        if not 0 < num_steps <= self.steps:
+            raise ValueError(f"num_steps must be in 1..{self.steps}, got {num_steps}")
+        kv = self.make_cache()
+        prev = text_token
+        sampled, logits = [], []
+        for step in range(num_steps):
+            step_logits = self.step_logits(step, h, prev, kv).astype(mx.float32)
+            token = sample(step_logits)
+            sampled.append(token)
+            logits.append(step_logits)
+            prev = mx.where(forced_mask[:, step], forced_tokens[:, step], token)
+        return mx.stack(sampled, axis=1), mx.stack(logits, axis=1)

@@ -1,0 +1,162 @@
+"""Fetching the real PersonaPlex checkpoint from the Hugging Face hub, and unpacking its voices.
+
+The repository is gated, so most first-run failures are licence or token problems; they
+are turned into CheckpointErrors that say exactly what to do. Files already in the local
+hub cache are used without touching the network.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tarfile
+import tempfile
+import zlib
+from pathlib import Path, PurePosixPath
+
+import huggingface_hub
+from huggingface_hub.utils import (
+    EntryNotFoundError,
+    GatedRepoError,
+    HfHubHTTPError,
+    LocalEntryNotFoundError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+
+from ppchat.errors import CheckpointError
+from ppchat.models import manifest
+
+try:  # the HTTP client's own base error (httpx in recent hub versions; requests' is an OSError)
+    from huggingface_hub.errors import HTTPError as _TransportError
+except ImportError:  # huggingface_hub < 0.23
+    _TransportError = OSError
+
+
+def _licence_help(repo_id: str) -> str:
+    return (
+        f"accept the licence at https://huggingface.co/{repo_id} and export HF_TOKEN=<a read token "
+        "from https://huggingface.co/settings/tokens>"
+    )
+
+
+def _to_checkpoint_error(exc: Exception, repo_id: str, filename: str, token_set: bool) -> CheckpointError:
+    """Map a hub exception to a message that tells the user what to do next."""
+    if isinstance(exc, GatedRepoError):
+        who = "your HF_TOKEN has not been granted access" if token_set else "no HF_TOKEN is set"
+        return CheckpointError(f"{repo_id} is a gated model and {who}: {_licence_help(repo_id)}")
+    if isinstance(exc, RepositoryNotFoundError):
+        return CheckpointError(
+            f"repository {repo_id} was not found or needs authentication: check the name, then {_licence_help(repo_id)}"
+        )
+    if isinstance(exc, RevisionNotFoundError):
+        return CheckpointError(f"the requested revision of {repo_id} does not exist; drop --revision or fix it")
+    if isinstance(exc, LocalEntryNotFoundError):
+        return CheckpointError(
+            f"cannot reach huggingface.co and {filename} of {repo_id} is not in the local cache; "
+            "connect to the internet (or unset HF_HUB_OFFLINE) and retry, or pass a local model directory"
+        )
+    if isinstance(exc, EntryNotFoundError):
+        return CheckpointError(f"{filename} is not in {repo_id}; is this a PersonaPlex repository?")
+    if isinstance(exc, HfHubHTTPError):
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+        if status in (401, 403):
+            return CheckpointError(f"huggingface.co refused access to {repo_id} (HTTP {status}): {_licence_help(repo_id)}")
+        return CheckpointError(f"downloading {filename} from {repo_id} failed (HTTP {status}); retry later")
+    if isinstance(exc, OSError) and not isinstance(exc, _TransportError):
+        return CheckpointError(f"cannot write {filename} to the Hugging Face cache ({exc}); free disk space or set HF_HOME")
+    return CheckpointError(f"downloading {filename} from {repo_id} failed ({exc}); check your connection and retry")
+
+
+def _fetch_all(repo_id: str, revision: str | None, token: str | None, cache_dir: Path | None, local_only: bool) -> Path:
+    paths = []
+    for filename in manifest.HUB_FILES:
+        try:
+            path = huggingface_hub.hf_hub_download(
+                repo_id,
+                filename,
+                revision=revision,
+                token=token,
+                cache_dir=cache_dir,
+                local_files_only=local_only,
+            )
+        except (EntryNotFoundError, HfHubHTTPError, _TransportError, OSError) as exc:
+            token_set = bool(token or os.environ.get("HF_TOKEN"))
+            raise _to_checkpoint_error(exc, repo_id, filename, token_set) from exc
+        paths.append(Path(path))
+    snapshot = paths[0].parent
+    if any(p.parent != snapshot for p in paths):
+        raise CheckpointError(f"the files of {repo_id} ended up in different cache snapshots; retry the download")
+    return snapshot
+
+
+def download_model(
+    repo_id: str = manifest.REPO_ID,
+    *,
+    revision: str | None = None,
+    token: str | None = None,
+    cache_dir: str | Path | None = None,
+    offline: bool = False,
+) -> Path:
+    """Return the snapshot directory holding all PersonaPlex files, downloading what is missing.
+
+    A complete cached copy is used without any network access; otherwise the files are
+    downloaded with the hub's progress bars (`HF_TOKEN` is picked up by huggingface_hub).
+    With `offline=True` only the cache is consulted.
+    """
+    cache = Path(cache_dir) if cache_dir is not None else None
+    try:
+        return _fetch_all(repo_id, revision, token, cache, local_only=True)
+    except CheckpointError:
+        if offline:
+            raise
+    return _fetch_all(repo_id, revision, token, cache, local_only=False)
+
+
+def _safe_members(archive: tarfile.TarFile, source: Path) -> list[tarfile.TarInfo]:
+    """Regular files and folders with relative, non-escaping paths; anything else is refused."""
+    members = []
+    for member in archive.getmembers():
+        name = PurePosixPath(member.name)
+        if name.is_absolute() or ".." in name.parts or "\\" in member.name:
+            raise CheckpointError(f"{source} contains an unsafe path '{member.name}'; not extracting it")
+        if not (member.isfile() or member.isdir()):
+            raise CheckpointError(f"{source} contains a link or special file '{member.name}'; not extracting it")
+        members.append(member)
+    return members
+
+
+def extract_voices(archive_path: str | Path, dest_parent: str | Path) -> Path:
+    """Unpack a voices.tgz into `dest_parent/voices/` (once) and return that folder.
+
+    The archive holds a top-level `voices/` folder; a flat archive is accepted too.
+    Extraction goes to a temporary folder renamed into place, so an interrupted run never
+    leaves a half-filled `voices/` that would be mistaken for a complete one.
+    """
+    source, parent = Path(archive_path), Path(dest_parent)
+    target = parent / "voices"
+    if target.is_dir():
+        return target
+    staging: Path | None = None
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=parent, prefix=".voices-"))
+        with tarfile.open(source, "r:*") as archive:
+            for member in _safe_members(archive, source):
+                member_path = staging.joinpath(*PurePosixPath(member.name).parts)
+                if member.isdir():
+                    member_path.mkdir(parents=True, exist_ok=True)
+                    continue
+                member_path.parent.mkdir(parents=True, exist_ok=True)
+                with archive.extractfile(member) as src, member_path.open("wb") as dst:
+                    shutil.copyfileobj(src, dst)
+        inner = staging / "voices"
+        os.replace(inner if inner.is_dir() else staging, target)
+    except (tarfile.TarError, EOFError, zlib.error) as exc:
+        raise CheckpointError(f"{source} is corrupt ({exc}); re-run `ppchat download`") from None
+    except OSError as exc:
+        raise CheckpointError(f"cannot unpack {source} into {parent}: {exc}") from None
+    finally:
+        if staging is not None and staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return target

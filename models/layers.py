@@ -1,0 +1,100 @@
+"""Building blocks shared by the LM's temporal transformer and its depformer.
+
+Both follow the reference `StreamingTransformerLayer` (spec §4.2): pre-norm RMSNorm in float32 with
+eps 1e-8, a fused QKV projection laid out (q|k|v) x head x head_dim, and a SiLU-gated FFN whose first
+half of `linear_in` is the gate.
+"""
+
+from __future__ import annotations
+
+import math
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from ppchat.models.kv_cache import RingKVCache
+
+
+def gating_hidden_dim(dim: int, dim_feedforward: int) -> int:
+    """Hidden width of the reference `ActivationGating` (its own rounding rule, spec pitfall 5)."""
+    if dim_feedforward == 4 * dim:
+        return (21 * dim) // 8
+    return (2 * dim_feedforward) // 3
+
+
+class RMSNorm(nn.Module):
+    """The reference `rms_norm_f32`: no mean subtraction, math in float32, cast back at the end.
+
+    The product is formed as `x * (weight * rsqrt(mean(x^2) + eps))`, the reference's order.
+    """
+
+    def __init__(self, dim: int, eps: float = 1e-8):
+        super().__init__()
+        self.eps = eps
+        self.weight = mx.ones((dim,))
+
+    def __call__(self, x: mx.array) -> mx.array:
+        x32 = x.astype(mx.float32)
+        inv_rms = mx.rsqrt(mx.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return (x32 * (self.weight.astype(mx.float32) * inv_rms)).astype(x.dtype)
+
+
+class GatedFFN(nn.Module):
+    """`linear_out(silu(gate) * value)` where `linear_in`'s output is `[gate | value]`."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.linear_in = nn.Linear(dim, 2 * hidden, bias=False)
+        self.linear_out = nn.Linear(hidden, dim, bias=False)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        gate, value = mx.split(self.linear_in(x), 2, axis=-1)
+        return self.linear_out(nn.silu(gate) * value)
+
+
+def split_qkv(qkv: mx.array, num_heads: int) -> tuple[mx.array, mx.array, mx.array]:
+    """[B, T, 3*D] fused projection -> q, k, v as [B, H, T, head_dim]."""
+    b, t, _ = qkv.shape
+    qkv = qkv.reshape(b, t, 3, num_heads, -1).transpose(2, 0, 3, 1, 4)
+    return qkv[0], qkv[1], qkv[2]
+
+
+def merge_heads(x: mx.array) -> mx.array:
+    """[B, H, T, head_dim] -> [B, T, H*head_dim] (head-major, as out_proj expects)."""
+    b, h, t, d = x.shape
+    return x.transpose(0, 2, 1, 3).reshape(b, t, h * d)
+
+
+class RopeAttention(nn.Module):
+    """Causal self-attention of the temporal transformer: interleaved RoPE on absolute positions
+    and a ring KV cache whose mask limits each query to `context` keys (spec §4.2)."""
+
+    def __init__(self, dim: int, num_heads: int, max_period: float):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.max_period = float(max_period)
+        self.scale = 1.0 / math.sqrt(self.head_dim)
+        self.in_proj = nn.Linear(dim, 3 * dim, bias=False)
+        self.out_proj = nn.Linear(dim, dim, bias=False)
+
+    def _rope(self, x: mx.array, offset: mx.array) -> mx.array:
+        # The reference rotates (2i, 2i+1) pairs in float32 and casts back (spec pitfall 1).
+        rotated = mx.fast.rope(
+            x.astype(mx.float32), self.head_dim, traditional=True, base=self.max_period, scale=1.0, offset=offset
+        )
+        return rotated.astype(x.dtype)
+
+    def __call__(self, x: mx.array, cache: RingKVCache) -> mx.array:
+        q, k, v = split_qkv(self.in_proj(x), self.num_heads)
+        q = self._rope(q, cache.offset)
+        k = self._rope(k, cache.offset)
+        keys, values, mask = cache.update_and_fetch(k, v)
+        out = mx.fast.scaled_dot_product_attention(q, keys, values, scale=self.scale, mask=mask)
+        return self.out_proj(merge_heads(out))
+
+
+def embed_tokens(table: nn.Embedding, tokens: mx.array) -> mx.array:
+    """Embedding lookup where token -1 gives an exact zero row (the reference `ScaledEmbedding`)."""
+    rows = table(mx.maximum(tokens, 0))
+    return mx.where((tokens >= 0)[..., None], rows, mx.zeros((), dtype=rows.dtype))

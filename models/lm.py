@@ -1,0 +1,332 @@
+"""PersonaPlex's LM: input embeddings, temporal transformer, text head and depformer (spec §2.3-2.5, §4).
+
+Weights come in the reference PyTorch layout (`model.safetensors`, spec §3.1); `LM.sanitize` maps them
+onto this module tree (spec §3.3) and `LM.load_reference_weights` checks the key set and shapes first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from ppchat.errors import CheckpointError
+from ppchat.models.depformer import Depformer
+from ppchat.models.kv_cache import RingKVCache
+from ppchat.models.layers import RMSNorm, embed_tokens, gating_hidden_dim
+from ppchat.models.transformer import Transformer
+
+PERSONAPLEX_DELAYS = (0, 0, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1, 1, 1, 1, 1)
+
+# What this implementation reproduces; any other value in a reference config is refused.
+_REQUIRED_SETTINGS = {
+    "norm": "rms_norm_f32",
+    "gating": "silu",
+    "depformer_gating": "silu",
+    "positional_embedding": "rope",
+    "depformer_pos_emb": "none",
+    "depformer_weights_per_step": True,
+    "depformer_multi_linear": True,
+    "layer_scale": None,
+    "depformer_layer_scale": None,
+    "causal": True,
+}
+
+
+@dataclass(frozen=True)
+class LMConfig:
+    """Hyper-parameters of the LM. Hidden sizes are the gated FFN widths (after the reference's rounding)."""
+
+    dim: int
+    num_heads: int
+    num_layers: int
+    hidden: int
+    context: int
+    max_period: float
+    text_card: int
+    card: int
+    n_q: int
+    dep_q: int
+    delays: tuple[int, ...]
+    depformer_dim: int
+    depformer_num_heads: int
+    depformer_num_layers: int
+    depformer_hidden: int
+    norm_eps: float = 1e-8
+    text_padding_id: int = 3
+
+    @property
+    def num_codebooks(self) -> int:
+        """Streams per column: text + n_q audio."""
+        return self.n_q + 1
+
+    @property
+    def audio_init_token(self) -> int:
+        return self.card
+
+    @property
+    def text_init_token(self) -> int:
+        return self.text_card
+
+    @property
+    def max_delay(self) -> int:
+        return max(self.delays)
+
+    @classmethod
+    def from_reference(cls, lm_kwargs: Mapping) -> LMConfig:
+        """Build from the reference `LMModel(**lm_kwargs)` arguments (fixture `config.json`, manifest)."""
+        try:
+            for name, wanted in _REQUIRED_SETTINGS.items():
+                if lm_kwargs.get(name, wanted) != wanted:
+                    raise CheckpointError(
+                        f"LM config: {name}={lm_kwargs[name]!r} is not supported (PersonaPlex uses {wanted!r}); "
+                        "use the PersonaPlex 7B config"
+                    )
+            if lm_kwargs.get("existing_text_padding_id") is None:
+                raise CheckpointError("LM config: existing_text_padding_id must be set (PersonaPlex uses 3)")
+            dim = int(lm_kwargs["dim"])
+            depformer_dim = int(lm_kwargs["depformer_dim"])
+            hidden_scale = float(lm_kwargs.get("hidden_scale", 4))
+            dep_ff = lm_kwargs.get("depformer_dim_feedforward") or int(hidden_scale * depformer_dim)
+            config = cls(
+                dim=dim,
+                num_heads=int(lm_kwargs["num_heads"]),
+                num_layers=int(lm_kwargs["num_layers"]),
+                hidden=gating_hidden_dim(dim, int(hidden_scale * dim)),
+                context=int(lm_kwargs["context"]),
+                max_period=float(lm_kwargs.get("max_period", 10000)),
+                text_card=int(lm_kwargs["text_card"]),
+                card=int(lm_kwargs["card"]),
+                n_q=int(lm_kwargs["n_q"]),
+                dep_q=int(lm_kwargs["dep_q"]),
+                delays=tuple(int(d) for d in lm_kwargs["delays"]),
+                depformer_dim=depformer_dim,
+                depformer_num_heads=int(lm_kwargs["depformer_num_heads"]),
+                depformer_num_layers=int(lm_kwargs["depformer_num_layers"]),
+                depformer_hidden=gating_hidden_dim(depformer_dim, int(dep_ff)),
+                text_padding_id=int(lm_kwargs["existing_text_padding_id"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"LM config is incomplete or malformed ({exc!r}); expected reference lm_kwargs") from exc
+        if len(config.delays) != config.num_codebooks:
+            raise CheckpointError(f"LM config: {len(config.delays)} delays for {config.num_codebooks} streams")
+        if not 0 < config.dep_q <= config.n_q:
+            raise CheckpointError(f"LM config: dep_q={config.dep_q} must be in 1..n_q={config.n_q}")
+        return config
+
+    @classmethod
+    def personaplex_7b(cls) -> LMConfig:
+        """The released PersonaPlex 7B (spec §2.3-2.5)."""
+        return cls(
+            dim=4096,
+            num_heads=32,
+            num_layers=32,
+            hidden=11264,
+            context=3000,
+            max_period=10000.0,
+            text_card=32000,
+            card=2048,
+            n_q=16,
+            dep_q=16,
+            delays=PERSONAPLEX_DELAYS,
+            depformer_dim=1024,
+            depformer_num_heads=16,
+            depformer_num_layers=6,
+            depformer_hidden=2816,
+        )
+
+
+def reference_weight_shapes(config: LMConfig) -> dict[str, tuple[int, ...]]:
+    """Every key of the reference state dict with its shape (spec §3.1)."""
+    d, dd, s = config.dim, config.depformer_dim, config.dep_q
+    shapes: dict[str, tuple[int, ...]] = {}
+    for i in range(config.n_q):
+        shapes[f"emb.{i}.weight"] = (config.card + 1, d)
+    shapes["text_emb.weight"] = (config.text_card + 1, d)
+    shapes["text_linear.weight"] = (config.text_card, d)
+    shapes["out_norm.alpha"] = (1, 1, d)
+    for layer in range(config.num_layers):
+        p = f"transformer.layers.{layer}."
+        shapes[p + "self_attn.in_proj_weight"] = (3 * d, d)
+        shapes[p + "self_attn.out_proj.weight"] = (d, d)
+        shapes[p + "norm1.alpha"] = (1, 1, d)
+        shapes[p + "norm2.alpha"] = (1, 1, d)
+        shapes[p + "gating.linear_in.weight"] = (2 * config.hidden, d)
+        shapes[p + "gating.linear_out.weight"] = (d, config.hidden)
+    for step in range(s):
+        shapes[f"depformer_in.{step}.weight"] = (dd, d)
+        shapes[f"linears.{step}.weight"] = (config.card, dd)
+    for j in range(s - 1):
+        shapes[f"depformer_emb.{j}.weight"] = (config.card + 1, dd)
+    shapes["depformer_text_emb.weight"] = (config.text_card + 1, dd)
+    for layer in range(config.depformer_num_layers):
+        p = f"depformer.layers.{layer}."
+        shapes[p + "self_attn.in_proj_weight"] = (s * 3 * dd, dd)
+        shapes[p + "self_attn.out_proj.weight"] = (s * dd, dd)
+        shapes[p + "norm1.alpha"] = (1, 1, dd)
+        shapes[p + "norm2.alpha"] = (1, 1, dd)
+        for step in range(s):
+            shapes[p + f"gating.{step}.linear_in.weight"] = (2 * config.depformer_hidden, dd)
+            shapes[p + f"gating.{step}.linear_out.weight"] = (dd, config.depformer_hidden)
+    return shapes
+
+
+def _list_problem(title: str, items: list[str], limit: int = 8) -> str:
+    shown = ", ".join(items[:limit])
+    more = f" (and {len(items) - limit} more)" if len(items) > limit else ""
+    return f"{len(items)} {title}: {shown}{more}"
+
+
+class LM(nn.Module):
+    """Temporal transformer + depformer. `depformer_steps` builds only the first steps (default dep_q)."""
+
+    def __init__(self, config: LMConfig, dtype: mx.Dtype = mx.float32, depformer_steps: int | None = None):
+        super().__init__()
+        steps = config.dep_q if depformer_steps is None else depformer_steps
+        if not 0 < steps <= config.dep_q:
+            raise ValueError(f"depformer_steps must be in 1..{config.dep_q}, got {steps}")
+        self.config = config
+        self.dtype = dtype
+        self.emb = [nn.Embedding(config.card + 1, config.dim) for _ in range(config.n_q)]
+        self.text_emb = nn.Embedding(config.text_card + 1, config.dim)
+        self.transformer = Transformer(
+            config.dim,
+            config.num_heads,
+            config.num_layers,
+            config.hidden,
+            config.context,
+            config.max_period,
+            config.norm_eps,
+        )
+        self.out_norm = RMSNorm(config.dim, config.norm_eps)
+        self.text_linear = nn.Linear(config.dim, config.text_card, bias=False)
+        self.depformer = Depformer(
+            in_dim=config.dim,
+            dim=config.depformer_dim,
+            num_heads=config.depformer_num_heads,
+            num_layers=config.depformer_num_layers,
+            hidden=config.depformer_hidden,
+            steps=steps,
+            kv_capacity=config.dep_q,
+            card=config.card,
+            text_card=config.text_card,
+            norm_eps=config.norm_eps,
+        )
+        if dtype != mx.float32:
+            self.set_dtype(dtype)
+
+    # ----------------------------------------------------------------------------------- weights
+
+    def sanitize(self, weights: Mapping[str, mx.array]) -> dict[str, mx.array]:
+        """Map reference state-dict keys (spec §3.1) to this module's parameters (spec §3.3).
+
+        Alphas [1,1,D] become norm weights [D]; the depformer's fused per-step projections are
+        split `dep_q`-way, step-major; steps beyond the built `depformer.steps` are dropped.
+        """
+        steps_in_file = self.config.dep_q
+        built = self.depformer.steps
+        out: dict[str, mx.array] = {}
+        for key, value in weights.items():
+            parts = key.split(".")
+            if key.endswith(".alpha"):
+                out[key[: -len("alpha")] + "weight"] = value.reshape(-1)
+            elif key.startswith("depformer.layers.") and parts[3] == "self_attn":
+                base = ".".join(parts[:4])
+                name = "in_proj" if parts[4] == "in_proj_weight" else "out_proj"
+                for step, chunk in enumerate(mx.split(value, steps_in_file, axis=0)[:built]):
+                    out[f"{base}.{name}.{step}.weight"] = chunk
+            elif key.startswith("depformer.layers.") and parts[3] == "gating":
+                if int(parts[4]) < built:
+                    out[key] = value
+            elif key.startswith("transformer.layers.") and parts[4] == "in_proj_weight":
+                out[".".join(parts[:4]) + ".in_proj.weight"] = value
+            elif parts[0] == "depformer_in":
+                if int(parts[1]) < built:
+                    out[f"depformer.input_projs.{parts[1]}.weight"] = value
+            elif parts[0] == "linears":
+                if int(parts[1]) < built:
+                    out[f"depformer.heads.{parts[1]}.weight"] = value
+            elif parts[0] == "depformer_emb":
+                if int(parts[1]) < built - 1:
+                    out[f"depformer.audio_embs.{parts[1]}.weight"] = value
+            elif parts[0] == "depformer_text_emb":
+                out["depformer.text_emb.weight"] = value
+            else:
+                out[key] = value
+        return out
+
+    def load_reference_weights(self, weights: Mapping[str, mx.array], source: str = "LM checkpoint") -> None:
+        """Strictly load a reference state dict, cast to this model's dtype.
+
+        Raises `CheckpointError` naming every missing, unexpected or mis-shaped key, and refuses a
+        checkpoint whose depformer has fewer steps than `dep_q` (Kyutai's 8-step Moshi layout).
+        """
+        expected = reference_weight_shapes(self.config)
+        self._refuse_short_depformer(weights, source)
+        missing = sorted(set(expected) - set(weights))
+        unexpected = sorted(set(weights) - set(expected))
+        wrong = [
+            f"{key} {tuple(weights[key].shape)} (expected {expected[key]})"
+            for key in sorted(set(expected) & set(weights))
+            if tuple(weights[key].shape) != expected[key]
+        ]
+        problems = [
+            _list_problem(title, items)
+            for title, items in (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", wrong))
+            if items
+        ]
+        if problems:
+            raise CheckpointError(
+                f"{source} does not match the PersonaPlex LM layout: " + "; ".join(problems)
+                + ". Use the unmodified model.safetensors of nvidia/personaplex-7b-v1."
+            )
+        sanitized = {k: v.astype(self.dtype) for k, v in self.sanitize(weights).items()}
+        self.load_weights(list(sanitized.items()), strict=True)
+
+    def _refuse_short_depformer(self, weights: Mapping[str, mx.array], source: str) -> None:
+        dd, dep_q = self.config.depformer_dim, self.config.dep_q
+        in_proj = weights.get("depformer.layers.0.self_attn.in_proj_weight")
+        steps_in_proj = in_proj.shape[0] // (3 * dd) if in_proj is not None and in_proj.ndim == 2 else dep_q
+        steps_in_heads = sum(1 for s in range(dep_q) if f"linears.{s}.weight" in weights)
+        steps = min(steps_in_proj, steps_in_heads) if steps_in_heads else steps_in_proj
+        if steps < dep_q:
+            raise CheckpointError(
+                f"{source} has a {steps}-step depformer (depformer.layers.0.self_attn.in_proj_weight, linears.*), "
+                f"but PersonaPlex needs {dep_q} steps; this looks like a Kyutai Moshi checkpoint, "
+                "not nvidia/personaplex-7b-v1"
+            )
+
+    # ----------------------------------------------------------------------------------- forward
+
+    def make_cache(self, batch_size: int = 1) -> list[RingKVCache]:
+        """Fresh KV caches for the temporal transformer (positions start at 0)."""
+        return self.transformer.make_cache(batch_size, self.dtype)
+
+    def embed_codes(self, tokens: mx.array) -> mx.array:
+        """tokens [B, 17, T] (text, then audio streams 1..16) -> input embeddings [B, T, dim].
+
+        Summed in the reference order: audio 0..15, then text (spec §4.1); -1 gives a zero row.
+        """
+        x = embed_tokens(self.emb[0], tokens[:, 1])
+        for index in range(1, self.config.n_q):
+            x = x + embed_tokens(self.emb[index], tokens[:, index + 1])
+        return x + embed_tokens(self.text_emb, tokens[:, 0])
+
+    def forward_embeddings(self, x: mx.array, cache: list[RingKVCache]) -> tuple[mx.array, mx.array]:
+        """Run the transformer on x [B, T, dim] at the cache's next positions.
+
+        Returns (h = out_norm(output) [B, T, dim], float32 text logits [B, T, text_card]); `h` is the
+        depformer's input too (spec pitfall 8).
+        """
+        h = self.out_norm(self.transformer(x.astype(self.dtype), cache))
+        return h, self.text_linear(h).astype(mx.float32)
+
+    def forward_codes(self, tokens: mx.array, cache: list[RingKVCache]) -> tuple[mx.array, mx.array]:
+        """`forward_embeddings(embed_codes(tokens))`."""
+        return self.forward_embeddings(self.embed_codes(tokens), cache)
+
+    def prefill(self, x: mx.array, cache: list[RingKVCache]) -> None:
+        """Only fill the KV caches with x [B, T, dim] (no head): evaluate `cache` state afterwards."""
+        self.transformer(x.astype(self.dtype), cache)

@@ -1,0 +1,387 @@
+"""The Mimi neural audio codec (moshi `models/compression.py::MimiModel`), float32, in MLX.
+
+Encode: PCM -> SEANet encoder -> encoder transformer -> learnt downsample (25 -> 12.5 Hz, replicate
+padding) -> split RVQ codes. Decode: codes -> RVQ sum -> depthwise learnt upsample -> decoder transformer
+-> SEANet decoder -> PCM. Public tensors use the reference layout (PCM `[B, 1, T]`, codes `[B, K, F]`);
+inside, activations are NLC.
+
+Loading maps the reference state dict (spec §3.2) onto this module tree, one parameter at a time
+(`_ReferenceParam`), so that key names, expected shapes and layout transforms come from one place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.utils import tree_flatten
+
+from ppchat.errors import CheckpointError
+from ppchat.models.conv import PAD_MODES, StreamingConv1d, StreamingConvTranspose1d
+from ppchat.models.mimi_transformer import MimiTransformer, MimiTransformerConfig
+from ppchat.models.quantizer import EuclideanCodebook, QuantizerConfig, SplitResidualVectorQuantizer
+from ppchat.models.seanet import SEANetConfig, SEANetDecoder, SEANetEncoder
+
+Shape = tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class MimiConfig:
+    """Everything that shapes a Mimi codec. The defaults are PersonaPlex's (spec §2.1-2.2)."""
+
+    seanet: SEANetConfig = field(default_factory=SEANetConfig)
+    quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
+    transformer: MimiTransformerConfig = field(default_factory=MimiTransformerConfig)
+    num_codebooks: int = 8
+    sample_rate: int = 24000
+    frame_rate: float = 12.5
+    # `upsample_channel_wise_bug` of the reference: the upsample is depthwise (groups = channels).
+    upsample_depthwise: bool = True
+
+    @property
+    def frame_size(self) -> int:
+        """PCM samples per code frame."""
+        return int(self.sample_rate / self.frame_rate)
+
+    @property
+    def resample_stride(self) -> int:
+        """Latent steps (SEANet rate) per code frame: the stride of `downsample` and `upsample`."""
+        return int(self.sample_rate / self.seanet.hop_length / self.frame_rate)
+
+    @classmethod
+    def personaplex(cls) -> MimiConfig:
+        """The codec shipped with PersonaPlex 7B (`tokenizer-e351c8d8-checkpoint125.safetensors`)."""
+        return cls()
+
+    @classmethod
+    def from_reference(cls, cfg: dict) -> MimiConfig:
+        """Build from a reference-style dict: `seanet`/`quantizer`/`transformer` kwargs plus optional
+        `num_codebooks`, `sample_rate`, `frame_rate`, `frame_size`, `resample_method`,
+        `upsample_channel_wise_bug` (PersonaPlex values when absent).
+
+        Raises CheckpointError naming the key when a value is missing or describes a network this
+        implementation does not build.
+        """
+        seanet = _section(cfg, "seanet")
+        quantizer = _section(cfg, "quantizer")
+        transformer = _section(cfg, "transformer")
+        _expect(seanet, "seanet", "causal", (True,))
+        _expect(seanet, "seanet", "activation", ("ELU",))
+        _expect(seanet, "seanet", "true_skip", (True,))
+        _expect(seanet, "seanet", "norm", ("none", "weight_norm"))
+        _expect(seanet, "seanet", "lstm", (0,), default=0)
+        _expect(seanet, "seanet", "pad_mode", PAD_MODES)
+        _expect(transformer, "transformer", "causal", (True,))
+        _expect(transformer, "transformer", "gating", ("none",))
+        _expect(transformer, "transformer", "norm", ("layer_norm",))
+        _expect(transformer, "transformer", "positional_embedding", ("rope",))
+        _expect(cfg, "config", "resample_method", ("conv",), default="conv")
+        try:
+            config = cls(
+                seanet=SEANetConfig(
+                    channels=int(seanet["channels"]),
+                    dimension=int(seanet["dimension"]),
+                    n_filters=int(seanet["n_filters"]),
+                    ratios=tuple(int(r) for r in seanet["ratios"]),
+                    kernel_size=int(seanet["kernel_size"]),
+                    residual_kernel_size=int(seanet["residual_kernel_size"]),
+                    last_kernel_size=int(seanet["last_kernel_size"]),
+                    n_residual_layers=int(seanet["n_residual_layers"]),
+                    dilation_base=int(seanet["dilation_base"]),
+                    compress=int(seanet["compress"]),
+                    pad_mode=seanet["pad_mode"],
+                ),
+                quantizer=QuantizerConfig(
+                    dimension=int(quantizer["dimension"]),
+                    n_q=int(quantizer["n_q"]),
+                    bins=int(quantizer["bins"]),
+                    input_dimension=int(quantizer["input_dimension"]),
+                    output_dimension=int(quantizer["output_dimension"]),
+                ),
+                transformer=MimiTransformerConfig(
+                    d_model=int(transformer["d_model"]),
+                    num_heads=int(transformer["num_heads"]),
+                    num_layers=int(transformer["num_layers"]),
+                    dim_feedforward=int(transformer["dim_feedforward"]),
+                    context=int(transformer["context"]),
+                    max_period=float(transformer["max_period"]),
+                ),
+                num_codebooks=int(cfg.get("num_codebooks", 8)),
+                sample_rate=int(cfg.get("sample_rate", 24000)),
+                frame_rate=float(cfg.get("frame_rate", 12.5)),
+                upsample_depthwise=bool(cfg.get("upsample_channel_wise_bug", True)),
+            )
+        except KeyError as err:
+            raise CheckpointError(
+                f"Mimi config is missing key {err.args[0]!r}; use the config that came with the checkpoint"
+            ) from None
+        except (TypeError, ValueError) as err:
+            raise CheckpointError(
+                f"Mimi config has a malformed value ({err}); use the config that came with the checkpoint"
+            ) from None
+        config._check_consistent(cfg, transformer)
+        return config
+
+    def _check_consistent(self, cfg: dict, transformer: dict) -> None:
+        """The pieces must fit together the way MimiModel wires them (no extra projections anywhere)."""
+        d = self.seanet.dimension
+        problems = []
+        for key, value in (
+            ("transformer.d_model", self.transformer.d_model),
+            ("transformer.input_dimension", transformer.get("input_dimension", d)),
+            ("quantizer.input_dimension", self.quantizer.input_dimension),
+            ("quantizer.output_dimension", self.quantizer.output_dimension),
+        ):
+            if value != d:
+                problems.append(f"{key} = {value} differs from seanet.dimension = {d}")
+        if list(transformer.get("output_dimensions", [d])) != [d]:
+            problems.append(f"transformer.output_dimensions = {transformer['output_dimensions']} is not [{d}]")
+        if self.transformer.d_model % self.transformer.num_heads:
+            problems.append("transformer.d_model is not a multiple of num_heads")
+        if not 1 <= self.num_codebooks <= self.quantizer.n_q:
+            problems.append(f"num_codebooks = {self.num_codebooks} is not in 1..quantizer.n_q = {self.quantizer.n_q}")
+        if self.resample_stride < 2 or self.resample_stride * self.seanet.hop_length != self.frame_size:
+            problems.append(
+                f"frame size {self.frame_size} is not a multiple (>= 2) of the SEANet hop {self.seanet.hop_length}"
+            )
+        if "frame_size" in cfg and int(cfg["frame_size"]) != self.frame_size:
+            problems.append(f"frame_size = {cfg['frame_size']} but sample_rate / frame_rate = {self.frame_size}")
+        if problems:
+            raise CheckpointError("Mimi config is not a supported codec: " + "; ".join(problems))
+
+
+def _section(cfg: dict, key: str) -> dict:
+    value = cfg.get(key)
+    if not isinstance(value, dict):
+        raise CheckpointError(
+            f"Mimi config needs a {key!r} section of keyword arguments; use the config that came with the checkpoint"
+        )
+    return value
+
+
+def _expect(section: dict, where: str, key: str, allowed: tuple, default: object = None) -> None:
+    value = section.get(key, default)
+    if value not in allowed:
+        raise CheckpointError(
+            f"Mimi config {where}.{key} = {value!r} is not supported (ppchat builds {' or '.join(map(repr, allowed))})"
+        )
+
+
+def fold_weight_norm(weights: dict[str, mx.array]) -> dict[str, mx.array]:
+    """Replace each `X.weight_g`/`X.weight_v` pair by `X.weight = g * v / ||v||` (norm over all axes but 0)."""
+    out = {}
+    for key, value in weights.items():
+        if key.endswith(".weight_g") and key[:-2] + "_v" in weights:
+            continue
+        g = weights.get(key[:-2] + "_g") if key.endswith(".weight_v") else None
+        if g is None:
+            out[key] = value
+            continue
+        v = value.astype(mx.float32)
+        norm = mx.sqrt(mx.sum(v * v, axis=tuple(range(1, v.ndim)), keepdims=True))
+        out[key[:-2]] = g.astype(mx.float32).reshape((-1,) + (1,) * (v.ndim - 1)) * v / norm
+    return out
+
+
+@dataclass(frozen=True)
+class _ReferenceParam:
+    """One parameter of this module and the reference state-dict entries it is made from."""
+
+    name: str
+    sources: tuple[str, ...]
+    shapes: tuple[Shape, ...]
+    convert: Callable[..., mx.array]
+
+
+def _same(x: mx.array) -> mx.array:
+    return x
+
+
+def _reference_param(path: str, leaf: str, module: nn.Module, shape: Shape) -> _ReferenceParam:
+    """Where parameter `path.leaf` (of `module`, with MLX shape `shape`) lives in the reference checkpoint."""
+    name = f"{path}.{leaf}"
+    if isinstance(module, StreamingConv1d):
+        # SEANet convs are wrapped twice (StreamingConv1d.conv.conv); `downsample` adds one more level.
+        prefix = "downsample.conv.conv.conv" if path == "downsample" else f"{path}.conv.conv"
+        if leaf == "bias":
+            return _ReferenceParam(name, (f"{prefix}.bias",), (shape,), _same)
+        out_ch, k, in_ch = shape
+        return _ReferenceParam(name, (f"{prefix}.weight",), ((out_ch, in_ch, k),), lambda w: w.transpose(0, 2, 1))
+    if isinstance(module, StreamingConvTranspose1d):
+        prefix = "upsample.convtr.convtr.convtr" if path == "upsample" else f"{path}.convtr.convtr"
+        if leaf == "bias":
+            return _ReferenceParam(name, (f"{prefix}.bias",), (shape,), _same)
+        # PyTorch [in, out/groups, k] -> MLX [out, k, in/groups], group by group.
+        out_ch, k, in_per_group = shape
+        g = module.groups
+
+        def convtr(w: mx.array) -> mx.array:
+            return w.reshape(g, in_per_group, out_ch // g, k).transpose(0, 2, 3, 1).reshape(out_ch, k, in_per_group)
+
+        return _ReferenceParam(name, (f"{prefix}.weight",), ((in_per_group * g, out_ch // g, k),), convtr)
+    if isinstance(module, EuclideanCodebook):
+        rvq, _, index = path.rsplit(".", 2)
+        base = f"{rvq}.vq.layers.{index}._codebook"
+        bins = shape[0]
+
+        def codebook(embedding_sum: mx.array, cluster_usage: mx.array) -> mx.array:
+            return embedding_sum / mx.maximum(cluster_usage, 1e-5)[:, None]
+
+        return _ReferenceParam(name, (f"{base}.embedding_sum", f"{base}.cluster_usage"), (shape, (bins,)), codebook)
+    if path.startswith("quantizer."):
+        # The RVQ projections are 1x1 Conv1d in the reference.
+        return _ReferenceParam(name, (name,), (shape + (1,),), lambda w: w[:, :, 0])
+    if path.startswith(("encoder_transformer.", "decoder_transformer.")):
+        top, rest = name.split(".", 1)
+        source = f"{top}.transformer.{rest}".replace("self_attn.in_proj.weight", "self_attn.in_proj_weight")
+        return _ReferenceParam(name, (source,), (shape,), _same)
+    raise TypeError(f"no reference mapping for parameter {name}")
+
+
+def _format_problems(label: str, items: list[str], limit: int = 8) -> str:
+    shown = ", ".join(items[:limit])
+    more = f" and {len(items) - limit} more" if len(items) > limit else ""
+    return f"{label} ({len(items)}): {shown}{more}"
+
+
+class Mimi(nn.Module):
+    """Mimi codec with a streaming (`encode_step`/`decode_step`, per 80 ms frame) and a whole-signal API."""
+
+    def __init__(self, config: MimiConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.frame_size = config.frame_size
+        self.sample_rate = config.sample_rate
+        self.num_codebooks = config.num_codebooks
+        dim, stride = config.seanet.dimension, config.resample_stride
+        self.encoder = SEANetEncoder(config.seanet)
+        self.encoder_transformer = MimiTransformer(config.transformer)
+        self.downsample = StreamingConv1d(dim, dim, 2 * stride, stride=stride, bias=False, pad_mode="replicate")
+        self.quantizer = SplitResidualVectorQuantizer(config.quantizer, config.num_codebooks)
+        self.upsample = StreamingConvTranspose1d(
+            dim, dim, 2 * stride, stride=stride, groups=dim if config.upsample_depthwise else 1, bias=False
+        )
+        self.decoder_transformer = MimiTransformer(config.transformer)
+        self.decoder = SEANetDecoder(config.seanet)
+
+    # --- whole signal -------------------------------------------------------------------------
+
+    def encode(self, pcm: mx.array) -> mx.array:
+        """PCM `[B, 1, T]` -> codes `[B, num_codebooks, ceil(T / frame_size)]` int32, as the reference
+        outside streaming: each conv pads the right end to complete its last window. Leaves the
+        streaming state alone."""
+        latent = self.encoder(pcm.transpose(0, 2, 1))
+        latent = self.downsample(self.encoder_transformer(latent))
+        return self.quantizer.encode(latent)
+
+    def decode(self, codes: mx.array) -> mx.array:
+        """Codes `[B, num_codebooks, F]` (each in `[0, bins)`) -> PCM `[B, 1, F * frame_size]`.
+        Leaves the streaming state alone."""
+        latent = self.decoder_transformer(self.upsample(self.quantizer.decode(codes)))
+        return self.decoder(latent).transpose(0, 2, 1)
+
+    # --- streaming ----------------------------------------------------------------------------
+
+    def reset(self, batch_size: int = 1) -> None:
+        """Start new streams: clears conv buffers, padding, transposed-conv tails, KV rings and positions."""
+        for part in (
+            self.encoder,
+            self.encoder_transformer,
+            self.downsample,
+            self.upsample,
+            self.decoder_transformer,
+            self.decoder,
+        ):
+            part.reset(batch_size)
+
+    def encode_step(self, pcm: mx.array) -> mx.array:
+        """Next PCM frame(s) `[B, 1, n * frame_size]` of the stream -> codes `[B, num_codebooks, n]` int32."""
+        if pcm.ndim != 3 or pcm.shape[2] == 0 or pcm.shape[2] % self.frame_size:
+            raise ValueError(f"encode_step takes PCM [B, 1, n * {self.frame_size}], got shape {pcm.shape}")
+        latent = self.encoder.step(pcm.transpose(0, 2, 1))
+        latent = self.downsample.step(self.encoder_transformer.step(latent))
+        return self.quantizer.encode(latent)
+
+    def decode_step(self, codes: mx.array) -> mx.array:
+        """Next code frame(s) `[B, num_codebooks, n]` of the stream -> PCM `[B, 1, n * frame_size]`,
+        with no added delay."""
+        if codes.ndim != 3 or codes.shape[1] != self.num_codebooks or codes.shape[2] == 0:
+            raise ValueError(f"decode_step takes codes [B, {self.num_codebooks}, n], got shape {codes.shape}")
+        latent = self.decoder_transformer.step(self.upsample.step(self.quantizer.decode(codes)))
+        return self.decoder.step(latent).transpose(0, 2, 1)
+
+    # --- reference checkpoint -----------------------------------------------------------------
+
+    def _reference_params(self) -> list[_ReferenceParam]:
+        modules = dict(self.named_modules())
+        params = []
+        for name, value in tree_flatten(self.parameters()):
+            path, leaf = name.rsplit(".", 1)
+            params.append(_reference_param(path, leaf, modules[path], tuple(value.shape)))
+        return params
+
+    def _unused_reference_keys(self) -> dict[str, Shape]:
+        """Reference keys this codec reads past: `_initialized` flags and the codebooks beyond `num_codebooks`."""
+        q = self.config.quantizer
+        unused: dict[str, Shape] = {}
+        for rvq, n_layers, n_used in (("rvq_first", 1, 1), ("rvq_rest", q.n_q - 1, self.num_codebooks - 1)):
+            for i in range(n_layers):
+                base = f"quantizer.{rvq}.vq.layers.{i}._codebook"
+                unused[f"{base}._initialized"] = (1,)
+                if i >= n_used:
+                    unused[f"{base}.embedding_sum"] = (q.bins, q.dimension)
+                    unused[f"{base}.cluster_usage"] = (q.bins,)
+        return unused
+
+    def reference_key_shapes(self) -> dict[str, Shape]:
+        """Every key of the reference state dict for this config, with its shape (spec §3.2)."""
+        shapes = {s: shape for p in self._reference_params() for s, shape in zip(p.sources, p.shapes)}
+        return {**shapes, **self._unused_reference_keys()}
+
+    def sanitize(self, weights: dict[str, mx.array]) -> dict[str, mx.array]:
+        """Reference state dict -> this module's parameters (float32, MLX layouts, codebooks precomputed).
+
+        Unused entries are dropped; keys it does not know are passed through for strict loading to report.
+        """
+        weights = fold_weight_norm(weights)
+        params = self._reference_params()
+        known = {s for p in params for s in p.sources} | set(self._unused_reference_keys())
+        out = {k: v for k, v in weights.items() if k not in known}
+        for p in params:
+            if all(s in weights for s in p.sources):
+                out[p.name] = p.convert(*(weights[s].astype(mx.float32) for s in p.sources))
+        return out
+
+    def load_reference_weights(self, weights: dict[str, mx.array]) -> None:
+        """Load a reference state dict (e.g. `mx.load` of the Mimi safetensors), strictly.
+
+        Raises CheckpointError naming every missing, unexpected or wrongly shaped reference key.
+        """
+        weights = fold_weight_norm(weights)
+        expected = self.reference_key_shapes()
+        unused = self._unused_reference_keys()
+        missing = [k for k in expected if k not in weights and k not in unused]
+        unexpected = [k for k in weights if k not in expected]
+        wrong = [
+            f"{k} {list(weights[k].shape)} (expected {list(shape)})"
+            for k, shape in expected.items()
+            if k in weights and tuple(weights[k].shape) != shape
+        ]
+        problems = [
+            _format_problems(label, items)
+            for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", wrong))
+            if items
+        ]
+        if problems:
+            raise CheckpointError(
+                "Mimi weights do not match the Mimi config: "
+                + "; ".join(problems)
+                + ". Use the codec checkpoint that belongs to this model, unmodified."
+            )
+        try:
+            self.load_weights(list(self.sanitize(weights).items()), strict=True)
+        except ValueError as err:
+            raise CheckpointError(f"Mimi weights could not be loaded: {err}") from None
+        mx.eval(self.parameters())

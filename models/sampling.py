@@ -1,0 +1,55 @@
+"""Token sampling as in the reference `sample_token` (spec §4.5).
+
+Logits are used in float32. With `temp > 0` the draw is categorical over the `top_k` largest logits
+scaled by `1/temp` (the reference's softmax + top-k + exponential race is the same distribution);
+with `temp <= 0` it is the argmax. PAD/EPAD are ordinary classes: nothing is masked.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import mlx.core as mx
+
+TEXT_TEMP = 0.7
+TEXT_TOP_K = 25
+AUDIO_TEMP = 0.8
+AUDIO_TOP_K = 250
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Temperature and top-k of one head; `temp <= 0` means greedy."""
+
+    temp: float
+    top_k: int
+
+    @property
+    def greedy(self) -> bool:
+        return self.temp <= 0
+
+
+TEXT_DEFAULTS = SamplingParams(TEXT_TEMP, TEXT_TOP_K)
+AUDIO_DEFAULTS = SamplingParams(AUDIO_TEMP, AUDIO_TOP_K)
+
+
+def sample_token(logits: mx.array, temp: float, top_k: int, key: mx.array | None = None) -> mx.array:
+    """Draw one token per row of `logits` [..., vocab] -> int32 [...].
+
+    `key` is an `mx.random.key`; without one the global MLX generator (`mx.random.seed`) is used.
+    """
+    logits = logits.astype(mx.float32)
+    if temp <= 0:
+        return mx.argmax(logits, axis=-1).astype(mx.int32)
+    vocab = logits.shape[-1]
+    if 0 < top_k < vocab:
+        top_idx = mx.argpartition(-logits, kth=top_k - 1, axis=-1)[..., :top_k]
+        top_logits = mx.take_along_axis(logits, top_idx, axis=-1)
+        choice = mx.random.categorical(top_logits / temp, axis=-1, key=key)
+        return mx.take_along_axis(top_idx, choice[..., None], axis=-1)[..., 0].astype(mx.int32)
+    return mx.random.categorical(logits / temp, axis=-1, key=key).astype(mx.int32)
+
+
+def sample_with(params: SamplingParams, logits: mx.array, key: mx.array | None = None) -> mx.array:
+    """`sample_token` with a `SamplingParams`."""
+    return sample_token(logits, params.temp, params.top_k, key)

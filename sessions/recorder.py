@@ -1,0 +1,258 @@
+"""Records a live conversation from the event bus into a session directory.
+
+The recorder runs its own thread: the engine only publishes, and publishing never
+waits on the recorder. Every `StepEvent` becomes one 1920-sample frame in `user.wav`
+and in `agent.wav` (silence where its pcm is None) and one line in `steps.jsonl`, so
+frame index == step in both tracks. Files are flushed and fsynced every
+`flush_interval` seconds (1 s by default: a crash loses at most that much; three
+small fsyncs per second are cheap next to 24 kHz audio).
+
+Back-pressure: the recorder's bus queue holds `queue_events` events (375 = 30 s of
+steps). If the disk stalls for longer, the bus drops the oldest events. The recorder
+sees the hole in the step numbers, writes silence for the missing steps in both
+tracks (alignment holds), logs a `gap` record, counts them in `stats.lost_steps` and
+publishes a warning notice.
+
+Disk full or any other write error stops the recording, never the conversation:
+the recorder publishes an error `NoticeEvent`, keeps it in `notices`, leaves every
+flushed byte intact and marks `session.json` "stopped" if it still can.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+
+from ppchat.engine.events import EventBus, NoticeEvent, StepEvent
+from ppchat.sessions.files import RecordingStopped
+from ppchat.sessions.jsonl import JsonlWriter
+from ppchat.sessions.liveness import mark_recording, unmark_recording
+from ppchat.sessions.schema import (
+    AGENT_WAV,
+    FRAME_SAMPLES,
+    FRAME_SECONDS,
+    SAMPLE_RATE,
+    STEPS_JSONL,
+    USER_WAV,
+    SessionInfo,
+    SessionMeta,
+    gap_record,
+    notice_record,
+    write_session_info,
+)
+from ppchat.sessions.stats import StepStatsBuilder
+from ppchat.sessions.store import new_session_dir
+from ppchat.sessions.wav_writer import WavWriter
+
+log = logging.getLogger(__name__)
+
+_SILENCE = np.zeros(FRAME_SAMPLES, dtype=np.float32)
+_LOG_LEVELS = {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
+
+class Recorder:
+    """Subscribe to `bus` and record into the (existing, empty) `session_dir` until `close()`.
+
+    Raises `RecordingStopped` (a `SessionError`) at once if the files can't be created.
+    """
+
+    def __init__(
+        self,
+        bus: EventBus,
+        session_dir: Path,
+        meta: SessionMeta,
+        *,
+        started: datetime | None = None,
+        flush_interval: float = 1.0,
+        queue_events: int = 375,
+    ):
+        self.session_dir = Path(session_dir)
+        self.notices: list[NoticeEvent] = []  # what went wrong, for whoever asks later
+        self.stop_reason: str | None = None
+        self._bus = bus
+        self._flush_interval = flush_interval
+        self._info = SessionInfo(meta=meta, started=started or datetime.now().astimezone(), pid=os.getpid())
+        self._stats = StepStatsBuilder()
+        self._next_step = 0
+        self._warned_frame_size = False
+        self._user, self._agent, self._log = self._open_files()
+        mark_recording(self.session_dir)
+        self._sub = bus.subscribe(queue_events, name="recorder")
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="ppchat-recorder", daemon=True)
+        self._thread.start()
+
+    @property
+    def status(self) -> str:
+        """"recording", then "complete" or "stopped" (see `stop_reason`)."""
+        return self._info.status
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Record what was published so far, finalise the files and `session.json`. Never raises."""
+        self._stop.set()
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.warning("the recorder is still writing %s after %.0f s (slow disk?)", self.session_dir, timeout)
+
+    def __enter__(self) -> Recorder:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _open_files(self) -> tuple[WavWriter, WavWriter, JsonlWriter]:
+        opened: list = []
+        try:
+            opened.append(WavWriter(self.session_dir / USER_WAV, sample_rate=SAMPLE_RATE))
+            opened.append(WavWriter(self.session_dir / AGENT_WAV, sample_rate=SAMPLE_RATE))
+            opened.append(JsonlWriter(self.session_dir / STEPS_JSONL))
+            write_session_info(self.session_dir, self._info)
+        except RecordingStopped as exc:
+            for writer in opened:
+                writer.abandon()
+            raise RecordingStopped(
+                f"cannot record this session: {exc}. Choose a writable folder with --sessions-dir"
+            ) from exc
+        return tuple(opened)
+
+    # --- writer thread -----------------------------------------------------------------
+
+    def _run(self) -> None:
+        status = "complete"
+        try:
+            last_flush = time.monotonic()
+            wait = min(0.1, self._flush_interval)
+            while not self._stop.is_set():
+                first = self._sub.get(timeout=wait)
+                for event in ([first] if first is not None else []) + self._sub.drain():
+                    self._record(event)
+                if time.monotonic() - last_flush >= self._flush_interval:
+                    self._flush()
+                    last_flush = time.monotonic()
+            for event in self._sub.drain():
+                self._record(event)
+            self._flush()
+        except RecordingStopped as exc:
+            status = "stopped"
+            self._stop_recording(str(exc))
+        except Exception as exc:  # a recorder bug must not end the conversation
+            log.exception("recorder failed")
+            status = "stopped"
+            self._stop_recording(f"internal error ({type(exc).__name__}: {exc})")
+        finally:
+            self._sub.close()
+            self._finish(status)
+
+    def _record(self, event: object) -> None:
+        if isinstance(event, StepEvent):
+            self._record_step(event)
+        elif isinstance(event, NoticeEvent):
+            self._log.append(notice_record(self._next_step * FRAME_SECONDS, event))
+
+    def _record_step(self, event: StepEvent) -> None:
+        if event.step < self._next_step:
+            return  # already recorded (or a step counter that went back): writing it would break alignment
+        if event.step > self._next_step:
+            self._fill_gap(event.step - self._next_step)
+        self._user.append(self._frame(event.user_pcm))
+        self._agent.append(self._frame(event.agent_pcm))
+        self._log.append(event.to_json())
+        self._stats.add(event)
+        self._next_step = event.step + 1
+
+    def _fill_gap(self, count: int) -> None:
+        silence = np.zeros(count * FRAME_SAMPLES, dtype=np.float32)
+        self._user.append(silence)
+        self._agent.append(silence)
+        self._log.append(gap_record(self._next_step, count))
+        self._stats.add_lost(count)
+        self._notify(
+            "warning",
+            f"The recorder fell behind (slow disk?): {count} steps ({count * FRAME_SECONDS:.2f} s) from "
+            f"{self._next_step * FRAME_SECONDS:.2f} s on were not recorded; they are silence in the recording.",
+        )
+        self._next_step += count
+
+    def _frame(self, pcm: np.ndarray | None) -> np.ndarray:
+        if pcm is None:
+            return _SILENCE
+        frame = np.asarray(pcm, dtype=np.float32).reshape(-1)
+        if frame.size == FRAME_SAMPLES:
+            return frame
+        # Keep the tracks aligned with the steps whatever the engine sent.
+        if not self._warned_frame_size:
+            self._warned_frame_size = True
+            log.warning("step frame of %d samples (expected %d): padded or cut", frame.size, FRAME_SAMPLES)
+        fitted = np.zeros(FRAME_SAMPLES, dtype=np.float32)
+        fitted[: min(frame.size, FRAME_SAMPLES)] = frame[:FRAME_SAMPLES]
+        return fitted
+
+    def _flush(self) -> None:
+        # Audio before the log, so a step line never points at audio that isn't on disk.
+        self._user.flush()
+        self._agent.flush()
+        self._log.flush()
+
+    def _stop_recording(self, reason: str) -> None:
+        self._sub.close()  # stop queueing events nobody will write
+        self.stop_reason = reason
+        self._notify(
+            "error",
+            f"Recording stopped: {reason}. The conversation goes on; the first {self._saved_seconds():.1f} s "
+            f"are saved in {self.session_dir}.",
+        )
+
+    def _finish(self, status: str) -> None:
+        writers = (self._user, self._agent, self._log)
+        if status == "complete":
+            for writer in writers:
+                try:
+                    writer.close()
+                except RecordingStopped as exc:
+                    status = "stopped"
+                    self._stop_recording(str(exc))
+                    break
+        if status == "stopped":
+            for writer in writers:
+                writer.abandon()
+        info = self._info
+        info.status = status
+        info.stop_reason = self.stop_reason
+        if status == "complete":
+            info.duration_s = self._next_step * FRAME_SECONDS
+        else:
+            info.duration_s = self._saved_seconds()
+        info.stats = self._stats.result()
+        try:
+            write_session_info(self.session_dir, info)
+        except RecordingStopped as exc:
+            # session.json keeps "recording"; the next `ppchat sessions` repairs it.
+            log.warning("could not finalise the recording: %s", exc)
+        finally:
+            unmark_recording(self.session_dir)
+
+    def _saved_seconds(self) -> float:
+        """Audio safely on disk in both tracks."""
+        return min(self._user.frames_committed, self._agent.frames_committed) / SAMPLE_RATE
+
+    def _notify(self, level: str, message: str) -> None:
+        notice = NoticeEvent(level, message, wall_time=time.time())
+        self.notices.append(notice)
+        log.log(_LOG_LEVELS[level], "%s", message)
+        self._bus.publish(notice)
+
+
+def start_recording(bus: EventBus, root: Path, meta: SessionMeta, **options) -> Recorder:
+    """Record into a new session folder under `root`, named after the start time.
+
+    Subscribe before the engine publishes its first step, so step 0 is recorded.
+    `options` go to `Recorder`. Raises `SessionError` if the folder can't be created.
+    """
+    started = datetime.now().astimezone()
+    return Recorder(bus, new_session_dir(root, started), meta, started=started, **options)

@@ -1,0 +1,347 @@
+"""Pilot tests of the console with a fake controller publishing real StepEvents on a real EventBus.
+
+The golden screens under tests/snapshots/ are the console's text as a person sees it
+(colours dropped); regenerate with PPCHAT_UPDATE_SNAPSHOTS=1 and review the diff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from rich.console import Console
+
+from ppchat.engine.events import EventBus, NoticeEvent, StepEvent
+from ppchat.errors import AudioError
+from ppchat.tui.app import PPChatApp
+from ppchat.tui.pickers import PromptPicker, VoicePicker
+from ppchat.tui.widgets.latency import LatencyPanel
+from ppchat.tui.widgets.monologue import Monologue
+
+SNAPSHOTS = Path(__file__).parent / "snapshots"
+PROMPTS = {"assistant": "You are a helpful assistant.", "teacher": "You are a patient teacher."}
+VOICES = ["NATF0", "NATF2", "NATM1", "/voices/grandpa.wav"]
+
+
+class FakeConversation:
+    """Records the calls the console makes; the test publishes the events."""
+
+    def __init__(self, fail_start: Exception | None = None) -> None:
+        self.bus = EventBus()
+        self.running = False
+        self.calls: list[tuple] = []
+        self.fail_start = fail_start
+
+    @property
+    def info(self) -> dict:
+        return {
+            "model": "PersonaPlex 7B", "is_demo": True, "quantization": "q8",
+            "input_device": "USB mic", "output_device": "Speakers", "voice": "NATF2",
+            "prompt": PROMPTS["assistant"], "prompt_name": "assistant",
+            "session_dir": "/var/ppchat/sessions/2025-01-01T10-00-00_ab12",
+        }
+
+    def start(self, voice: str, prompt: str) -> None:
+        self.calls.append(("start", voice, prompt))
+        if self.fail_start:
+            raise self.fail_start
+        self.running = True
+
+    def stop(self) -> None:
+        self.calls.append(("stop",))
+        self.running = False
+
+    def restart(self, voice: str, prompt: str) -> None:
+        self.calls.append(("restart", voice, prompt))
+        self.running = True
+
+    def set_mute(self, on: bool) -> None:
+        self.calls.append(("mute", on))
+
+    def set_half_duplex(self, on: bool) -> None:
+        self.calls.append(("half_duplex", on))
+
+    def mark(self) -> None:
+        self.calls.append(("mark",))
+
+    def voices(self) -> list[str]:
+        return list(VOICES)
+
+    def prompts(self) -> dict[str, str]:
+        return dict(PROMPTS)
+
+
+WORDS = [" Hello", " there", ",", " how", " can", " I", " help", "?"]
+
+
+def scripted_events(n: int = 200) -> list[StepEvent]:
+    """A deterministic conversation: the user speaks for 2 s, then the agent answers in two turns."""
+    events = []
+    for i in range(n):
+        user_speaks = i < 25
+        turn_start = next((s for s in (40, 120) if s <= i < s + 3 * len(WORDS)), None)
+        agent_turn = turn_start is not None
+        token, piece = 3, None
+        if agent_turn and (i - turn_start) % 3 == 0:
+            token, piece = 100 + i, WORDS[(i - turn_start) // 3]
+        total = 95.0 if i % 50 == 49 else 40.0 + (i % 7)
+        events.append(StepEvent(
+            step=i, audio_time=i * 0.08, wall_time=1000.0 + i * 0.08,
+            timings_ms={"encode": 4.0, "temporal": 24.0, "depformer": 9.0, "decode": 3.0, "total": total},
+            text_token=token, text_piece=piece,
+            in_rms=0.1 if user_speaks else 0.0003, in_peak=0.4 if user_speaks else 0.001,
+            out_rms=0.08 if agent_turn else 0.0, out_peak=0.3 if agent_turn else 0.0,
+            late=total > 80.0, queue_in=1, queue_out=2,
+        ))
+    return events
+
+
+def screen_text(app: PPChatApp) -> str:
+    """What the terminal shows, as plain text."""
+    console = Console(width=app.size.width, height=app.size.height, file=io.StringIO(), record=True, force_terminal=True, color_system=None)
+    console.print(app.screen._compositor.render_update(full=True))
+    return "\n".join(line.rstrip() for line in console.export_text().splitlines())
+
+
+async def settle(pilot, seconds: float = 0.3) -> None:
+    """Let the redraw timer drain the bus and workers finish."""
+    await pilot.pause(seconds)
+    await pilot.app.workers.wait_for_complete()
+    await pilot.pause()
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_autostart_then_events_show_text_latency_and_waveforms():
+    async def go():
+        conv = FakeConversation()
+        app = PPChatApp(conv)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await settle(pilot)
+            assert conv.calls[0] == ("start", "NATF2", PROMPTS["assistant"])
+            events = scripted_events()
+            for ev in events[:30]:
+                conv.bus.publish(ev)
+            await settle(pilot)
+            assert app.state == "live"
+            # The user spoke for steps 0-24: loud columns in the mic rows, none in the agent rows.
+            rows = screen_text(app).splitlines()
+            assert "███" in rows[4] and "█" not in "".join(rows[5:8])
+            for ev in events[30:]:
+                conv.bus.publish(ev)
+            await settle(pilot)
+            lines = app.query_one(Monologue).transcript.plain_lines()
+            assert lines[0] == "00:03 Hello there, how can I help?"
+            assert lines[1].startswith("00:09 Hello there")
+            stats = app.query_one(LatencyPanel).stats
+            assert stats.steps == 200 and stats.late == 4
+            text = screen_text(app)
+            assert "Hello there, how can I help?" in text
+            p50 = np.percentile([ev.timings_ms["total"] for ev in events], 50)
+            assert "late 4" in text and f"p50 {p50:.1f}" in text and "max 95.0" in text
+            assert "● LIVE" in text and "DEMO" in text and "00:16" in text  # 200 steps of 80 ms
+            # The agent's second answer (steps 120-143) is in view in the agent rows.
+            assert "███" in text.splitlines()[7]
+    run(go())
+
+
+def test_space_stops_and_starts_and_quit_always_stops():
+    async def go():
+        conv = FakeConversation()
+        app = PPChatApp(conv)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await settle(pilot)
+            await pilot.press("space")
+            await settle(pilot)
+            assert conv.calls[-1] == ("stop",) and app.state == "stopped"
+            await pilot.press("space")
+            await settle(pilot)
+            assert conv.calls[-1][0] == "start" and app.state == "starting"
+            await pilot.press("q")
+            await settle(pilot)
+        assert conv.calls[-1] == ("stop",)
+        assert app.return_code == 0
+    run(go())
+
+
+def test_quit_without_autostart_still_calls_stop():
+    async def go():
+        conv = FakeConversation()
+        app = PPChatApp(conv, autostart=False)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await settle(pilot)
+            assert conv.calls == []
+            await pilot.press("q")
+            await settle(pilot)
+        assert conv.calls == [("stop",)]
+    run(go())
+
+
+def test_mute_half_duplex_and_mark_keys():
+    async def go():
+        conv = FakeConversation()
+        app = PPChatApp(conv)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await settle(pilot)
+            await pilot.press("m", "h", "k", "m")
+            await settle(pilot)
+            assert conv.calls[1:] == [("mute", True), ("half_duplex", True), ("mark",), ("mute", False)]
+            await pilot.press("m")
+            await settle(pilot)
+            text = screen_text(app)
+            assert "MUTED" in text and "HALF-DUPLEX" in text
+    run(go())
+
+
+def test_voice_picker_restarts_with_the_chosen_voice():
+    async def go():
+        conv = FakeConversation()
+        app = PPChatApp(conv)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await settle(pilot)
+            await pilot.press("v")
+            await settle(pilot)
+            assert isinstance(app.screen, VoicePicker)
+            assert "grandpa.wav" in screen_text(app)
+            await pilot.press("down", "enter")  # NATF2 is highlighted; the next is NATM1
+            await settle(pilot)
+            assert conv.calls[-1] == ("restart", "NATM1", PROMPTS["assistant"])
+            assert "voice NATM1" in screen_text(app)
+            await pilot.press("v", "escape")
+            await settle(pilot)
+            assert conv.calls[-1][1] == "NATM1" and len(conv.calls) == 2
+    run(go())
+
+
+def test_prompt_picker_preset_and_free_text():
+    async def go():
+        conv = FakeConversation()
+        app = PPChatApp(conv)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await settle(pilot)
+            await pilot.press("p")
+            await settle(pilot)
+            assert isinstance(app.screen, PromptPicker)
+            await pilot.press("down", "enter")
+            await settle(pilot)
+            assert conv.calls[-1] == ("restart", "NATF2", PROMPTS["teacher"])
+            # Edit the preset text freely: tab into the editor, type, ctrl+s.
+            await pilot.press("p", "tab", "end")
+            await pilot.press(*" Speak French.")
+            await pilot.press("ctrl+s")
+            await settle(pilot)
+            assert conv.calls[-1] == ("restart", "NATF2", PROMPTS["teacher"] + " Speak French.")
+            assert app.prompt_name == "custom" and "prompt custom" in screen_text(app)
+    run(go())
+
+
+def test_choosing_a_voice_while_stopped_waits_for_start():
+    async def go():
+        conv = FakeConversation()
+        app = PPChatApp(conv, autostart=False)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.press("v", "down", "enter")
+            await settle(pilot)
+            assert conv.calls == []
+            await pilot.press("space")
+            await settle(pilot)
+            assert conv.calls == [("start", "NATM1", PROMPTS["assistant"])]
+    run(go())
+
+
+def test_start_failure_is_shown_not_raised():
+    async def go():
+        conv = FakeConversation(fail_start=AudioError("no input device 'USB mic': plug it in or pass --input"))
+        app = PPChatApp(conv)
+        async with app.run_test(size=(80, 24), notifications=True) as pilot:
+            await settle(pilot)
+            assert app.state == "stopped"
+            assert any("no input device" in n.message for n in app._notifications)
+    run(go())
+
+
+def test_engine_notices_become_toasts():
+    async def go():
+        conv = FakeConversation()
+        app = PPChatApp(conv)
+        async with app.run_test(size=(80, 24), notifications=True) as pilot:
+            await settle(pilot)
+            conv.bus.publish(NoticeEvent("warning", "recording stopped: disk full"))
+            await settle(pilot)
+            notes = [(n.message, n.severity) for n in app._notifications]
+            assert ("recording stopped: disk full", "warning") in notes
+    run(go())
+
+
+def test_command_palette_offers_the_console_actions():
+    async def go():
+        conv = FakeConversation()
+        app = PPChatApp(conv)
+        async with app.run_test(size=(80, 24)) as pilot:
+            titles = [c.title for c in app.get_system_commands(app.screen)]
+            assert {"Voice…", "Prompt…", "Sessions…", "Start / stop", "Mark"} <= set(titles)
+            await pilot.press("ctrl+p")
+            await pilot.press(*"Voice")
+            await pilot.press("enter")
+            await settle(pilot)
+            assert isinstance(app.screen, VoicePicker)
+    run(go())
+
+
+def screen_colours(app: PPChatApp) -> set[tuple[int, int, int]]:
+    """Every foreground and background colour on the screen."""
+    colours = set()
+    for line in app.screen._compositor.render_update(full=True).strips:
+        for strip in line:
+            for segment in strip:
+                for colour in (segment.style.color, segment.style.bgcolor) if segment.style else ():
+                    if colour is not None:
+                        colours.add(colour.get_truecolor())
+    return colours
+
+
+@pytest.mark.parametrize("no_color", [False, True])
+def test_no_color_is_respected(monkeypatch, no_color):
+    if no_color:
+        monkeypatch.setenv("NO_COLOR", "1")
+    else:
+        monkeypatch.delenv("NO_COLOR", raising=False)
+
+    async def go():
+        conv = FakeConversation()
+        app = PPChatApp(conv)
+        async with app.run_test(size=(80, 24)) as pilot:
+            for ev in scripted_events(60):
+                conv.bus.publish(ev)
+            await settle(pilot)
+            greys = all(r == g == b for r, g, b in screen_colours(app))
+            assert greys == no_color  # colour normally; only shades of grey under NO_COLOR
+            assert "█" in screen_text(app)  # the levels are still drawn
+
+    run(go())
+
+
+@pytest.mark.parametrize("size", [(80, 24), (120, 40)])
+def test_screen_snapshot(size):
+    async def go():
+        conv = FakeConversation()
+        app = PPChatApp(conv)
+        async with app.run_test(size=size) as pilot:
+            await settle(pilot)
+            for ev in scripted_events():
+                conv.bus.publish(ev)
+            await settle(pilot)
+            return screen_text(app)
+
+    text = run(go())
+    golden = SNAPSHOTS / f"tui_main_{size[0]}x{size[1]}.txt"
+    if os.environ.get("PPCHAT_UPDATE_SNAPSHOTS"):
+        golden.write_text(text + "\n")
+    assert golden.exists(), f"missing {golden}: run with PPCHAT_UPDATE_SNAPSHOTS=1 and review it"
+    assert text + "\n" == golden.read_text()

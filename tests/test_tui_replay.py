@@ -1,0 +1,155 @@
+"""The replay screen and the session browser, on sessions recorded by the real Recorder."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from rich.console import Console
+
+from ppchat.engine.events import EventBus, StepEvent
+from ppchat.sessions.recorder import Recorder
+from ppchat.sessions.schema import SessionMeta
+from ppchat.sessions.store import load_session
+from ppchat.tui.app import PPChatApp
+from ppchat.tui.replay import ReplayApp, ReplayScreen
+from ppchat.tui.session_browser import SessionBrowser
+from ppchat.tui.widgets.latency import LatencyPanel
+from ppchat.tui.widgets.monologue import Monologue
+
+STEPS = 100
+WORDS = {10: " Good", 12: " morning", 14: "!", 60: " Bye"}
+
+
+def record_session(root: Path, name: str, voice: str = "NATF2") -> Path:
+    """100 steps: a greeting at 0.8 s, a goodbye at 4.8 s, one late step."""
+    session_dir = root / name
+    session_dir.mkdir(parents=True)
+    bus = EventBus()
+    with Recorder(bus, session_dir, SessionMeta(model_id="demo-tiny", voice=voice, role_prompt="You are a test.")):
+        for i in range(STEPS):
+            token, piece = (100 + i, WORDS[i]) if i in WORDS else (3, None)
+            pcm = np.full(1920, 0.25 if 10 <= i < 20 else 0.0, np.float32)
+            bus.publish(StepEvent(i, i * 0.08, 0.0, {"total": 90.0 if i == 50 else 30.0}, token, piece,
+                                  out_rms=0.25 if 10 <= i < 20 else 0.0, out_peak=0.25 if 10 <= i < 20 else 0.0,
+                                  late=i == 50, user_pcm=np.zeros(1920, np.float32), agent_pcm=pcm))
+    return session_dir
+
+
+class IdleConversation:
+    """A controller that is never started: enough to open the session browser."""
+
+    bus = EventBus()
+    running = False
+    info = {"model": "demo", "voice": "NATF2", "prompt": "p", "prompt_name": "p", "session_dir": None}
+
+    def stop(self) -> None:
+        pass
+
+    def set_mute(self, on: bool) -> None:
+        raise AssertionError("mute must not reach the controller from the session browser")
+
+    def voices(self) -> list[str]:
+        return ["NATF2"]
+
+    def prompts(self) -> dict[str, str]:
+        return {"p": "p"}
+
+
+def screen_text(app) -> str:
+    console = Console(width=app.size.width, height=app.size.height, file=io.StringIO(), record=True, color_system=None)
+    console.print(app.screen._compositor.render_update(full=True))
+    return console.export_text()
+
+
+async def settle(pilot, seconds: float = 0.3) -> None:
+    await pilot.pause(seconds)
+
+
+def test_replay_plays_the_whole_session_into_the_live_view(tmp_path):
+    session = load_session(record_session(tmp_path, "2025-01-01T10-00-00_aaaa"))
+
+    async def go():
+        app = ReplayApp(session, speed=math.inf)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await settle(pilot)
+            screen = app.screen
+            assert isinstance(screen, ReplayScreen) and screen.ended
+            assert screen.query_one(Monologue).transcript.plain_lines() == ["00:00 Good morning!", "00:04 Bye"]
+            stats = screen.query_one(LatencyPanel).stats
+            assert stats.steps == STEPS and stats.late == 1 and stats.max() == 90.0
+            assert screen.position == pytest.approx(STEPS * 0.08)
+            await pilot.press("q")
+            await settle(pilot)
+        assert app.return_code == 0
+
+    asyncio.run(go())
+
+
+def test_seek_while_paused_redraws_history_up_to_the_new_position(tmp_path):
+    session = load_session(record_session(tmp_path, "2025-01-01T10-00-00_bbbb"))
+
+    async def go():
+        app = ReplayApp(session, speed=1.0)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.pause()
+            screen = app.screen
+            await pilot.press("space")  # pause
+            await pilot.pause()
+            assert not screen.playing
+            screen._play_from(2.0, autoplay=False)
+            assert screen.query_one(LatencyPanel).stats.steps == 25  # steps 0..24 lie before 2.0 s
+            await pilot.press("right")  # +5 s, still paused
+            await settle(pilot)
+            # 7.0 s falls inside step 87 (6.96-7.04 s): the view snaps to the next frame, step 88.
+            assert not screen.playing and screen.position == pytest.approx(88 * 0.08)
+            assert screen.query_one(LatencyPanel).stats.steps == 88
+            await pilot.press("left", "left")  # 7.04 - 10 clamps at the start
+            await settle(pilot)
+            assert screen.position == 0.0 and screen.query_one(LatencyPanel).stats.steps == 0
+
+    asyncio.run(go())
+
+
+def test_speed_keys_step_through_the_speed_ladder(tmp_path):
+    session = load_session(record_session(tmp_path, "2025-01-01T10-00-00_cccc"))
+
+    async def go():
+        app = ReplayApp(session, speed=1.0)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.pause()
+            screen = app.screen
+            await pilot.press("plus", "plus")
+            assert screen.speed == 4.0
+            await pilot.press("minus", "minus", "minus", "minus", "minus")
+            assert screen.speed == 0.25  # the slowest
+
+    asyncio.run(go())
+
+
+def test_session_browser_lists_sessions_and_opens_a_replay(tmp_path):
+    record_session(tmp_path, "2025-01-01T10-00-00_aaaa", voice="NATM1")
+    record_session(tmp_path, "2025-01-02T10-00-00_bbbb", voice="NATF0")
+
+    async def go():
+        app = PPChatApp(IdleConversation(), autostart=False, sessions_root=tmp_path)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.press("s")
+            await settle(pilot)
+            assert isinstance(app.screen, SessionBrowser)
+            rows = [line for line in screen_text(app).splitlines() if "00:08" in line]
+            assert len(rows) == 2 and "NATF0" in rows[0] and "NATM1" in rows[1]  # newest first
+            await pilot.press("m")  # conversation keys are off here
+            assert app.muted is False
+            await pilot.press("enter")
+            await settle(pilot)
+            assert isinstance(app.screen, ReplayScreen) and app.screen.session.info.meta.voice == "NATF0"
+            await pilot.press("escape", "escape")
+            await settle(pilot)
+            assert len(app.screen_stack) == 1
+
+    asyncio.run(go())

@@ -1,0 +1,302 @@
+"""The conversation console: `PPChatApp(conversation)` drives a `Conversation` controller.
+
+The engine publishes StepEvents from its own thread at 12.5 Hz. The console never
+handles them one by one: a timer (12 Hz by default) drains its own bus subscription
+and applies the batch to the widgets, each of which then redraws once. Calls into
+the controller that may block (start = prefill, stop = finalise the recording,
+restart) run in worker threads so the screen stays responsive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Protocol
+
+from textual.app import App, ComposeResult, SystemCommand
+from textual.binding import Binding
+from textual.screen import Screen
+from textual.widgets import Footer
+
+from ppchat.engine.events import EventBus, NoticeEvent
+from ppchat.errors import PPChatError
+from ppchat.tui.live_view import LiveView
+from ppchat.tui.pickers import PromptPicker, VoicePicker
+from ppchat.tui.widgets.statusbar import StatusBar
+
+SEVERITY = {"info": "information", "warning": "warning", "error": "error"}
+CONVERSATION_ACTIONS = {"toggle_run", "toggle_mute", "toggle_half_duplex", "mark", "pick_voice", "pick_prompt", "sessions"}
+
+
+class ConversationLike(Protocol):
+    """What the console needs from `ppchat.engine.conversation.Conversation`."""
+
+    bus: EventBus
+    running: bool
+
+    @property
+    def info(self) -> dict[str, Any]: ...
+    def start(self, voice: str, prompt: str) -> None: ...
+    def stop(self) -> None: ...
+    def restart(self, voice: str, prompt: str) -> None: ...
+    def set_mute(self, on: bool) -> None: ...
+    def set_half_duplex(self, on: bool) -> None: ...
+    def mark(self) -> None: ...
+    def voices(self) -> list[str]: ...
+    def prompts(self) -> dict[str, str]: ...
+
+
+def notify_event(app: App, notice: NoticeEvent) -> None:
+    """Show an engine notice as a toast; warnings and errors stay up longer."""
+    timeout = {"error": 30.0, "warning": 12.0}.get(notice.level, 5.0)
+    app.notify(notice.message, severity=SEVERITY.get(notice.level, "information"), timeout=timeout)
+
+
+class PPChatApp(App):
+    """The live conversation console.
+
+    `conversation` is the controller (see `ConversationLike`); `voice` / `prompt`
+    default to what the controller reports; `autostart` starts talking at once;
+    `refresh_hz` is the redraw rate; `sessions_root` is where the session browser
+    looks (default: the folder holding the current session).
+    """
+
+    TITLE = "ppchat"
+    CSS_PATH = "app.tcss"
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (120, "-wide")]
+    VERTICAL_BREAKPOINTS = [(0, "-short"), (34, "-tall"), (48, "-very-tall")]
+    BINDINGS = [
+        Binding("space", "toggle_run", "Start/stop"),
+        Binding("m", "toggle_mute", "Mute"),
+        Binding("h", "toggle_half_duplex", "Half-dup"),
+        Binding("k", "mark", "Mark"),
+        Binding("v", "pick_voice", "Voice"),
+        Binding("p", "pick_prompt", "Prompt"),
+        Binding("s", "sessions", "Sessions"),
+        Binding("q", "quit", "Quit"),
+    ]
+
+    def __init__(
+        self,
+        conversation: ConversationLike,
+        *,
+        voice: str | None = None,
+        prompt: str | None = None,
+        prompt_name: str | None = None,
+        autostart: bool = True,
+        refresh_hz: float = 12.0,
+        sessions_root: str | Path | None = None,
+    ) -> None:
+        super().__init__()
+        self.conversation = conversation
+        info = conversation.info
+        self.voice = voice or info.get("voice") or next(iter(conversation.voices()), "")
+        self.prompt = prompt if prompt is not None else (info.get("prompt") or "")
+        self.prompt_name = prompt_name if prompt is not None else info.get("prompt_name")
+        self.autostart = autostart
+        self.refresh_hz = refresh_hz
+        self.sessions_root = Path(sessions_root) if sessions_root else None
+        self.state = "stopped"
+        self.muted = False
+        self.half_duplex = False
+        self._subscription = conversation.bus.subscribe(maxlen=1024, name="tui")
+        self._ticks = 0
+        self._stopped_for_exit = False
+        self._stop_lock = threading.Lock()
+
+    # ---- layout and the redraw loop -------------------------------------------------
+
+    def compose(self) -> ComposeResult:
+        yield StatusBar(id="status")
+        yield LiveView(id="live")
+        yield Footer(compact=True)
+
+    @property
+    def live(self) -> LiveView:
+        return self.query_one("#live", LiveView)
+
+    @property
+    def status_bar(self) -> StatusBar:
+        return self.query_one("#status", StatusBar)
+
+    def on_resize(self) -> None:
+        # The footer's palette hint would push Sessions/Quit off an 80-column footer;
+        # ctrl+p still opens the palette.
+        self.query_one(Footer).show_command_palette = self.size.width >= 100
+
+    def on_mount(self) -> None:
+        self._update_status()
+        self.set_interval(1.0 / self.refresh_hz, self._pump)
+        if self.autostart:
+            self.action_toggle_run()
+
+    def _pump(self) -> None:
+        """Apply everything the engine published since the last tick, in one redraw."""
+        self._ticks += 1
+        events = self._subscription.drain()
+        if events:
+            for notice in self.live.apply(events):
+                notify_event(self, notice)
+            if self.state == "starting" and self.live.last_step is not None and self.conversation.running:
+                self._set_state("live")
+        if events or self._ticks % max(1, round(self.refresh_hz)) == 0:
+            if self.state == "live" and not self.conversation.running:
+                self.state = "stopped"  # the engine ended by itself (device lost, error)
+            self._update_status()
+
+    def _update_status(self) -> None:
+        info = dict(self.conversation.info)
+        # Show the choice that the next start will use, even before it is applied.
+        info.update(voice=self.voice, prompt_name=self.prompt_name or "custom")
+        last = self.live.last_step
+        self.status_bar.set(
+            state=self.state, info=info, muted=self.muted, half_duplex=self.half_duplex,
+            elapsed=last.audio_time + 0.08 if last else 0.0,
+        )
+
+    def _set_state(self, state: str) -> None:
+        self.state = state
+        self._update_status()
+
+    # ---- controller calls (worker threads: prefill and finalising can take seconds) --
+
+    def _run_in_thread(self, work, name: str) -> None:
+        def guarded() -> None:
+            try:
+                work()
+            except PPChatError as exc:
+                self.call_from_thread(self._failed, str(exc))
+
+        self.run_worker(guarded, name=name, thread=True, group="conversation")
+
+    def _failed(self, message: str) -> None:
+        self.notify(message, severity="error", timeout=30.0)
+        self._set_state("live" if self.conversation.running else "stopped")
+
+    def _start(self) -> None:
+        self.live.reset()
+        self._set_state("starting")
+        self._run_in_thread(lambda: self.conversation.start(self.voice, self.prompt), "start")
+
+    def _restart(self) -> None:
+        self.live.reset()
+        self._set_state("starting")
+        self._run_in_thread(lambda: self.conversation.restart(self.voice, self.prompt), "restart")
+
+    def _stop(self) -> None:
+        self._set_state("stopping")
+
+        def stop() -> None:
+            self.conversation.stop()
+            self.call_from_thread(self._set_state, "stopped")
+
+        self._run_in_thread(stop, "stop")
+
+    # ---- actions ----------------------------------------------------------------------
+
+    def action_toggle_run(self) -> None:
+        """Space: start talking, or stop (which saves the recording)."""
+        if self.state in ("live", "starting"):
+            self._stop()
+        elif self.state == "stopped":
+            self._start()
+
+    def action_toggle_mute(self) -> None:
+        self.muted = not self.muted
+        self.conversation.set_mute(self.muted)
+        self.live.wave_in.badge = "MUTED" if self.muted else ""
+        self.live.wave_in.refresh()
+        self._update_status()
+
+    def action_toggle_half_duplex(self) -> None:
+        self.half_duplex = not self.half_duplex
+        self.conversation.set_half_duplex(self.half_duplex)
+        self._update_status()
+        self.notify("Half-duplex gate on: your mic is gated while the agent speaks." if self.half_duplex else "Half-duplex gate off.", timeout=3)
+
+    def action_mark(self) -> None:
+        if not self.conversation.running:
+            self.notify("Nothing to mark: the conversation is not running.", severity="warning", timeout=3)
+            return
+        self.conversation.mark()
+        self.notify("Marked this moment in the recording.", timeout=2)
+
+    def action_pick_voice(self) -> None:
+        self.push_screen(VoicePicker(self.conversation.voices(), self.voice), self._voice_chosen)
+
+    def action_pick_prompt(self) -> None:
+        self.push_screen(PromptPicker(self.conversation.prompts(), self.prompt, self.prompt_name), self._prompt_chosen)
+
+    def action_sessions(self) -> None:
+        from ppchat.tui.session_browser import SessionBrowser
+
+        self.push_screen(SessionBrowser(self._sessions_root()))
+
+    async def action_quit(self) -> None:
+        """q: stop (which saves the recording), then leave."""
+        self._set_state("stopping")
+        await asyncio.to_thread(self._stop_for_exit)
+        self.exit()
+
+    def _stop_for_exit(self) -> None:
+        with self._stop_lock:
+            if not self._stopped_for_exit:
+                self._stopped_for_exit = True
+                self.conversation.stop()
+
+    def on_unmount(self) -> None:
+        # Any way out (ctrl+q, an exception) still saves the session.
+        self._stop_for_exit()
+        self._subscription.close()
+
+    # ---- picker results ------------------------------------------------------------------
+
+    def _voice_chosen(self, voice: str | None) -> None:
+        if voice is None or voice == self.voice:
+            return
+        self.voice = voice
+        self._conditioning_changed(f"voice {voice}")
+
+    def _prompt_chosen(self, choice: tuple[str, str] | None) -> None:
+        if choice is None:
+            return
+        name, text = choice
+        if text == self.prompt and name == self.prompt_name:
+            return
+        self.prompt_name, self.prompt = name, text
+        self._conditioning_changed(f"prompt {name}")
+
+    def _conditioning_changed(self, what: str) -> None:
+        if self.state in ("live", "starting"):
+            self.notify(f"Restarting with {what}…", timeout=3)
+            self._restart()
+        else:
+            self.notify(f"{what.capitalize()} will be used when you start (space).", timeout=4)
+            self._update_status()
+
+    def _sessions_root(self) -> Path | None:
+        if self.sessions_root:
+            return self.sessions_root
+        session = self.conversation.info.get("session_dir")
+        return Path(session).parent if session else None
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        # Conversation keys act on the main screen only, not under a picker, the
+        # session browser or a replay (which bind some of the same keys themselves).
+        if action in CONVERSATION_ACTIONS and len(self.screen_stack) > 1:
+            return False
+        return True
+
+    # ---- command palette -----------------------------------------------------------------
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        yield SystemCommand("Start / stop", "Start talking, or stop and save the recording (space)", self.action_toggle_run)
+        yield SystemCommand("Voice…", "Pick the agent's voice; restarts the conversation (v)", self.action_pick_voice)
+        yield SystemCommand("Prompt…", "Pick or edit the role prompt; restarts the conversation (p)", self.action_pick_prompt)
+        yield SystemCommand("Sessions…", "Browse and replay recorded sessions (s)", self.action_sessions)
+        yield SystemCommand("Mute microphone", "Toggle sending silence instead of your voice (m)", self.action_toggle_mute)
+        yield SystemCommand("Half-duplex gate", "Toggle gating your mic while the agent speaks (h)", self.action_toggle_half_duplex)
+        yield SystemCommand("Mark", "Mark this moment in the recording (k)", self.action_mark)
+        yield from super().get_system_commands(screen)

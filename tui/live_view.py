@@ -1,0 +1,90 @@
+"""The live picture shared by the console, the replay screen and the monitor.
+
+Events are applied in batches by a timer (10-15 Hz), never one redraw per event:
+`LiveView.apply(events)` feeds every widget and then refreshes each one once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from textual.app import ComposeResult
+from textual.containers import Horizontal, Vertical
+
+from ppchat.engine.events import NoticeEvent, StepEvent
+from ppchat.tui.widgets.latency import LatencyPanel
+from ppchat.tui.widgets.monologue import Monologue
+from ppchat.tui.widgets.waveform import FrameLevel, Waveform
+
+
+class LiveView(Vertical):
+    """Input and output waveforms, the inner monologue and the latency panel."""
+
+    DEFAULT_CSS = """
+    LiveView { height: 1fr; }
+    LiveView > Waveform { height: 3; margin: 0 1; }
+    LiveView #wave-out { margin: 0 1 1 1; }
+    LiveView > #live-body { height: 1fr; width: 100%; }
+    LiveView #monologue { width: 1fr; border-right: tall $panel; }
+    LiveView #latency { width: 36; }
+    """
+
+    def __init__(self, *, budget_ms: float = 80.0, turn_gap_steps: int = 20, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self._budget_ms = budget_ms
+        self._turn_gap_steps = turn_gap_steps
+        self.last_step: StepEvent | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Waveform("mic", speech_color="green", id="wave-in")
+        yield Waveform("agent", speech_color="cyan", id="wave-out")
+        with Horizontal(id="live-body"):
+            yield Monologue(turn_gap_steps=self._turn_gap_steps, id="monologue")
+            yield LatencyPanel(self._budget_ms, id="latency")
+
+    @property
+    def wave_in(self) -> Waveform:
+        return self.query_one("#wave-in", Waveform)
+
+    @property
+    def wave_out(self) -> Waveform:
+        return self.query_one("#wave-out", Waveform)
+
+    @property
+    def monologue(self) -> Monologue:
+        return self.query_one("#monologue", Monologue)
+
+    @property
+    def latency(self) -> LatencyPanel:
+        return self.query_one("#latency", LatencyPanel)
+
+    def apply(self, events: Iterable[object]) -> list[NoticeEvent]:
+        """Feed a batch of events to the widgets and redraw once; returns the notices in it."""
+        notices: list[NoticeEvent] = []
+        wave_in, wave_out, monologue, latency = self.wave_in, self.wave_out, self.monologue, self.latency
+        steps = 0
+        for ev in events:
+            if isinstance(ev, StepEvent):
+                filled = ev.filled or ""
+                wave_in.push(FrameLevel(ev.in_rms, ev.in_peak, filled in ("user", "both"), ev.marked))
+                wave_out.push(FrameLevel(ev.out_rms, ev.out_peak, filled in ("agent", "both"), ev.marked))
+                monologue.add(ev)
+                latency.add(ev)
+                self.last_step = ev
+                steps += 1
+            elif isinstance(ev, NoticeEvent):
+                notices.append(ev)
+        if steps:
+            wave_in.refresh()
+            wave_out.refresh()
+            latency.refresh()
+            monologue.flush()
+        return notices
+
+    def reset(self) -> None:
+        """Forget everything shown (a new conversation or a seek in a replay)."""
+        self.wave_in.clear()
+        self.wave_out.clear()
+        self.monologue.clear()
+        self.latency.reset()
+        self.last_step = None

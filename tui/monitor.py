@@ -1,0 +1,195 @@
+"""`ppchat monitor`: attach read-only to a running ppchat through its monitor socket.
+
+The TUI shows the same live picture as the console (levels, monologue, latency) and
+reconnects by itself when the conversation restarts or ppchat is relaunched.
+`--no-tui` prints one status line per second instead, for logs and scripts, and ends
+when the server goes away.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.widgets import Footer
+
+from ppchat.engine import monitor_socket
+from ppchat.engine.events import EventBus, NoticeEvent, StepEvent
+from ppchat.errors import PPChatError
+from ppchat.tui.app import notify_event
+from ppchat.tui.live_view import LiveView
+from ppchat.tui.widgets.latency import LatencyStats
+from ppchat.tui.widgets.monologue import NO_TEXT_TOKENS, clock
+from ppchat.tui.widgets.statusbar import StatusBar
+from ppchat.tui.widgets.waveform import EIGHTHS, level_db, level_fraction
+
+
+class MonitorFeed:
+    """Reads the socket in a thread and republishes what arrives on a local EventBus.
+
+    With `reconnect`, a lost connection is retried every `retry_s` seconds; `connected`
+    and `info` say where things stand.
+    """
+
+    def __init__(self, path: str | Path | None, *, reconnect: bool = True, retry_s: float = 1.0) -> None:
+        self.path = path
+        self.reconnect = reconnect
+        self.retry_s = retry_s
+        self.bus = EventBus()
+        self.info: dict[str, Any] = {}
+        self.connected = False
+        self._closing = threading.Event()
+        self._sock = None
+        self._thread = threading.Thread(target=self._run, name="ppchat-monitor-client", daemon=True)
+
+    def start(self) -> "MonitorFeed":
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        self._closing.set()
+        sock = self._sock
+        if sock is not None:
+            try:
+                sock.shutdown(2)
+            except OSError:
+                pass
+        self._thread.join(timeout=2.0)
+
+    def _run(self) -> None:
+        announced_failure = False
+        while not self._closing.is_set():
+            try:
+                self._sock = monitor_socket.connect(self.path)
+            except PPChatError as exc:
+                if not announced_failure:
+                    self.bus.publish(NoticeEvent("warning", f"{exc} (retrying)", time.time()))
+                    announced_failure = True
+                if not self.reconnect:
+                    return
+                self._closing.wait(self.retry_s)
+                continue
+            announced_failure = False
+            self.connected = True
+            try:
+                for msg in monitor_socket.read_messages(self._sock):
+                    if isinstance(msg, dict):
+                        self.info = msg
+                    else:
+                        self.bus.publish(msg)
+            except OSError:
+                pass
+            finally:
+                self.connected = False
+                self._sock.close()
+                self._sock = None
+            if self._closing.is_set() or not self.reconnect:
+                return
+            self.bus.publish(NoticeEvent("warning", "ppchat went away; waiting for it to come back…", time.time()))
+            self._closing.wait(self.retry_s)
+
+
+class MonitorApp(App):
+    """Read-only live view of a running ppchat."""
+
+    TITLE = "ppchat monitor"
+    CSS_PATH = "app.tcss"
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (120, "-wide")]
+    VERTICAL_BREAKPOINTS = [(0, "-short"), (34, "-tall"), (48, "-very-tall")]
+    BINDINGS = [Binding("q", "quit", "Quit")]
+
+    def __init__(self, feed: MonitorFeed, *, refresh_hz: float = 12.0) -> None:
+        super().__init__()
+        self.feed = feed
+        self.refresh_hz = refresh_hz
+        self._subscription = feed.bus.subscribe(maxlen=1024, name="monitor-tui")
+
+    def compose(self) -> ComposeResult:
+        yield StatusBar(id="status")
+        yield LiveView(id="live")
+        yield Footer(compact=True)
+
+    def on_mount(self) -> None:
+        self.set_interval(1.0 / self.refresh_hz, self._pump)
+        self._pump()
+
+    def _pump(self) -> None:
+        live = self.query_one(LiveView)
+        events = self._subscription.drain()
+        if live.last_step is not None and any(isinstance(e, StepEvent) and e.step < live.last_step.step for e in events):
+            live.reset()  # the conversation restarted
+        for notice in live.apply(events):
+            notify_event(self, notice)
+        last = live.last_step
+        self.query_one(StatusBar).set(
+            state="monitor" if self.feed.connected else "disconnected",
+            info=dict(self.feed.info),
+            elapsed=last.audio_time + 0.08 if last else 0.0,
+        )
+
+    def on_unmount(self) -> None:
+        self._subscription.close()
+
+
+def envelope_bar(env: list[float]) -> str:
+    """The 10 ms peaks of one frame as block characters on the meter's dB scale."""
+    return "".join(EIGHTHS[max(1, round(level_fraction(v) * 8))] if v > 0 else EIGHTHS[0] for v in env)
+
+
+def status_line(stats: LatencyStats, last: StepEvent, text: str) -> str:
+    """One line summarising the last second: time, levels, latency, counters, recent text."""
+    env_in = getattr(last, "env_in", [])
+    env_out = getattr(last, "env_out", [])
+    p50, p95 = stats.percentile(50), stats.percentile(95)
+    return (
+        f"{clock(last.audio_time)} step {last.step}"
+        f"  in {level_db(last.in_peak):4.0f}dB {envelope_bar(env_in)}"
+        f"  out {level_db(last.out_peak):4.0f}dB {envelope_bar(env_out)}"
+        f"  ms p50 {p50:.1f} p95 {p95:.1f}  rtf {stats.real_time_factor():.2f}"
+        f"  late {stats.late} drop {stats.dropped_in} under {stats.underruns}"
+        + (f"  | {text.strip()[-40:]}" if text.strip() else "")
+    )
+
+
+def print_status_lines(path: str | Path | None, out: TextIO = sys.stdout, interval_s: float = 1.0) -> int:
+    """`--no-tui`: print a status line every `interval_s` while events flow; returns when the server closes."""
+    sock = monitor_socket.connect(path)
+    stats = LatencyStats()
+    last: StepEvent | None = None
+    text = ""
+    next_print = time.monotonic() + interval_s
+    for msg in monitor_socket.read_messages(sock):
+        if isinstance(msg, dict):
+            badge = " [DEMO]" if msg.get("is_demo") else ""
+            print(f"attached to {msg.get('model', '?')}{badge} voice {msg.get('voice', '?')} pid {msg.get('pid', '?')}", file=out, flush=True)
+        elif isinstance(msg, NoticeEvent):
+            print(f"{msg.level}: {msg.message}", file=out, flush=True)
+        elif isinstance(msg, StepEvent):
+            stats.add(msg)
+            last = msg
+            if msg.text_piece and msg.text_token not in NO_TEXT_TOKENS:
+                text = (text + msg.text_piece)[-200:]
+        if last is not None and time.monotonic() >= next_print:
+            next_print = time.monotonic() + interval_s
+            print(status_line(stats, last, text), file=out, flush=True)
+    print("ppchat closed the monitor connection", file=out, flush=True)
+    return 0
+
+
+def run_monitor(path: str | Path | None = None, *, tui: bool = True) -> int:
+    """Entry point of `ppchat monitor`."""
+    if not tui:
+        return print_status_lines(path)
+    if path is None and monitor_socket.find_server_socket() is None:
+        raise PPChatError(f"no running ppchat found in {monitor_socket.runtime_dir()}: start `ppchat talk` first, or pass --socket PATH")
+    feed = MonitorFeed(path).start()
+    try:
+        MonitorApp(feed).run()
+    finally:
+        feed.close()
+    return 0

@@ -1,0 +1,1 @@
+"""The console's live widgets: waveforms, inner monologue, latency panel, status bar."""

@@ -1,0 +1,194 @@
+"""The latency panel: per-step compute time against the 80 ms frame budget.
+
+A bar per step (newest right) with the budget drawn as a line across the chart;
+bars over budget are red. Under it: p50/p95/max of the recent window, the real-time
+factor (compute time / audio time: below 1 keeps up), the late/dropped/underrun/xrun
+counters since the start, and the mean split between the four phases.
+"""
+
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass, field
+
+import numpy as np
+from rich.style import Style
+from textual.strip import Strip
+from textual.widget import Widget
+
+from ppchat.engine.events import PHASES, StepEvent
+from ppchat.tui.widgets.strips import runs_to_strip
+
+FRAME_MS = 80.0
+EIGHTHS = " ▁▂▃▄▅▆▇█"
+PHASE_LABELS = {"encode": "enc", "temporal": "tmp", "depformer": "dep", "decode": "dec"}
+PHASE_COLORS = {"encode": "cyan", "temporal": "magenta", "depformer": "yellow", "decode": "blue"}
+# Distinct shades keep the phase bar readable under NO_COLOR.
+PHASE_CHARS = {"encode": "▓", "temporal": "█", "depformer": "▒", "decode": "░"}
+
+
+@dataclass
+class LatencyStats:
+    """A sliding window of step timings plus counters that only grow."""
+
+    window: int = 250  # 20 s of steps
+    totals: collections.deque = field(default_factory=collections.deque)
+    phases: dict[str, collections.deque] = field(default_factory=dict)
+    steps: int = 0
+    late: int = 0
+    dropped_in: int = 0
+    underruns: int = 0
+    xruns: int = 0
+    filled: int = 0
+    queue_in: int = 0
+    queue_out: int = 0
+
+    def __post_init__(self) -> None:
+        self.totals = collections.deque(maxlen=self.window)
+        self.phases = {p: collections.deque(maxlen=self.window) for p in PHASES}
+
+    def add(self, ev: StepEvent) -> None:
+        ms = ev.timings_ms
+        total = ms.get("total")
+        if total is None:
+            total = sum(ms.get(p, 0.0) for p in PHASES)
+        self.totals.append(float(total))
+        for p in PHASES:
+            self.phases[p].append(float(ms.get(p, 0.0)))
+        self.steps += 1
+        self.late += bool(ev.late)
+        self.dropped_in += ev.dropped_in
+        self.underruns += ev.underruns
+        self.xruns += ev.xruns
+        self.filled += bool(ev.filled)
+        self.queue_in, self.queue_out = ev.queue_in, ev.queue_out
+
+    def percentile(self, q: float) -> float | None:
+        if not self.totals:
+            return None
+        return float(np.percentile(np.fromiter(self.totals, float, len(self.totals)), q))
+
+    def max(self) -> float | None:
+        return max(self.totals) if self.totals else None
+
+    def real_time_factor(self, frame_ms: float = FRAME_MS) -> float | None:
+        """Mean compute time per step over the audio time a step covers (< 1 keeps up)."""
+        if not self.totals:
+            return None
+        return sum(self.totals) / len(self.totals) / frame_ms
+
+    def phase_means(self) -> dict[str, float]:
+        return {p: (sum(v) / len(v) if v else 0.0) for p, v in self.phases.items()}
+
+
+def chart_cells(values: list[float], rows: int, top: float, budget: float) -> list[list[tuple[str, str]]]:
+    """Bar chart cells, top row first: (character, kind) with kind in ok/over/budget/''.
+
+    The budget line goes on the row holding `budget`; bars cover it where they reach it.
+    """
+    total = rows * 8
+    budget_row = rows - 1 - min(rows - 1, int(budget / top * rows)) if top > 0 else rows - 1
+    grid = []
+    for row in range(rows):
+        base = (rows - 1 - row) * 8
+        line = []
+        for v in values:
+            height = min(total, round(v / top * total)) if top > 0 else 0
+            fill = min(8, max(0, height - base))
+            kind = "over" if v > budget else "ok"
+            if fill:
+                line.append((EIGHTHS[fill], kind))
+            elif row == budget_row:
+                line.append(("┈", "budget"))
+            else:
+                line.append((" ", ""))
+        grid.append(line)
+    return grid
+
+
+class LatencyPanel(Widget):
+    """Step timing chart and statistics for a live or replayed conversation."""
+
+    DEFAULT_CSS = """
+    LatencyPanel { height: 1fr; width: 1fr; padding: 0 1; text-wrap: nowrap; text-overflow: clip; }
+    """
+
+    def __init__(self, budget_ms: float = FRAME_MS, *, name: str | None = None, id: str | None = None, classes: str | None = None) -> None:
+        super().__init__(name=name, id=id, classes=classes)
+        self.budget_ms = budget_ms
+        self.stats = LatencyStats()
+        self._styles = {
+            "ok": Style(color="green"),
+            "over": Style(color="red", bold=True),
+            "budget": Style(color="yellow"),
+        }
+        self._dim, self._bold = Style(dim=True), Style(bold=True)
+        self._phase_styles = {p: Style(color=PHASE_COLORS[p]) for p in PHASES}
+        self._strips: list[Strip] | None = None
+        self._strips_size = (0, 0)
+
+    def reset(self) -> None:
+        self.stats = LatencyStats()
+        self.refresh()
+
+    def add(self, ev: StepEvent) -> None:
+        """Record one step; call `refresh()` once after a batch."""
+        self.stats.add(ev)
+
+    def refresh(self, *args, **kwargs):
+        self._strips = None
+        return super().refresh(*args, **kwargs)
+
+    def render_line(self, y: int) -> Strip:
+        width, height = self.content_size.width, self.content_size.height
+        if self._strips is None or self._strips_size != (width, height):
+            self._strips = [runs_to_strip(runs, width) for runs in self.render_runs(width, height)]
+            self._strips_size = (width, height)
+        return self._strips[y] if 0 <= y < len(self._strips) else Strip.blank(width)
+
+    def render_runs(self, width: int, height: int) -> list[list[tuple[str, Style | None]]]:
+        """The panel as lines of (text, style) runs: title, chart, statistics, phase split."""
+        s = self.stats
+        dim, bold, over = self._dim, self._bold, self._styles["over"]
+        info_lines = 5
+        rows = max(1, height - info_lines - 1)
+        values = list(s.totals)[-width:] if width else []
+        top = max(self.budget_ms * 1.5, max(values) if values else 0.0)
+        lines = [[("step ms ", bold), ("┈", self._styles["budget"]), (f"{self.budget_ms:.0f} budget  top {top:.0f}", dim)]]
+        for line in chart_cells(values, rows, top, self.budget_ms):
+            lines.append([(" " * (width - len(line)), None)] + [(char, self._styles.get(kind)) for char, kind in line])
+
+        def fmt(v: float | None) -> str:
+            return "–" if v is None else f"{v:.1f}"
+
+        def flagged(v: float | None, bad: bool) -> tuple[str, Style]:
+            return fmt(v), over if bad else bold
+
+        p95, rtf = s.percentile(95), s.real_time_factor(self.budget_ms)
+        lines.append([("p50 ", dim), flagged(s.percentile(50), False), (" p95 ", dim), flagged(p95, bool(p95 and p95 > self.budget_ms)),
+                      (" max ", dim), flagged(s.max(), False)])
+        lines.append([("RTF ", dim), ("–" if rtf is None else f"{rtf:.2f}", over if rtf and rtf > 1 else bold),
+                      (" queue ", dim), (f"{s.queue_in}/{s.queue_out}", bold)])
+        counters = []
+        for label, value in (("late", s.late), ("drop", s.dropped_in), ("under", s.underruns), ("xrun", s.xruns)):
+            counters += [(f" {label} " if counters else f"{label} ", dim), (str(value), over if value else bold)]
+        lines.append(counters)
+        means = s.phase_means()
+        lines.append(self.phase_bar(means, width))
+        split = []
+        for p in PHASES:
+            split += [(" " if split else "", None), (PHASE_LABELS[p] + " ", self._phase_styles[p]), (f"{means[p]:.0f}" if s.totals else "–", bold)]
+        lines.append(split)
+        return lines
+
+    def phase_bar(self, means: dict[str, float], width: int) -> list[tuple[str, Style | None]]:
+        """The mean step split into phases, to scale: the full width is the frame budget."""
+        runs: list[tuple[str, Style | None]] = []
+        used = 0
+        for p in PHASES:
+            cells = min(width - used, round(means[p] / self.budget_ms * width))
+            if cells > 0:
+                runs.append((PHASE_CHARS[p] * cells, self._phase_styles[p]))
+                used += cells
+        runs.append(("·" * (width - used), self._dim))
+        return runs

@@ -1,0 +1,174 @@
+"""The agent's inner monologue: text pieces streamed as they are sampled, split into turns.
+
+A turn ends when the model has produced no text for `turn_gap_steps` frames (PAD/EPAD
+runs); the next piece then starts a new, time-stamped line instead of growing one
+endless line. Marks (k) appear as their own lines.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rich.style import Style
+from rich.text import Text
+from textual.geometry import Size
+from textual.scroll_view import ScrollView
+from textual.strip import Strip
+
+from ppchat.engine.events import StepEvent
+
+NO_TEXT_TOKENS = (0, 3)  # EPAD and PAD: "nothing new this frame"
+CURSOR = "▌"
+
+
+@dataclass
+class Entry:
+    start: float  # audio time in seconds
+    text: str = ""
+    kind: str = "turn"  # "turn" or "mark"
+
+
+def clock(seconds: float) -> str:
+    """mm:ss (or h:mm:ss past an hour)."""
+    s = max(0, int(seconds))
+    h, rem = divmod(s, 3600)
+    return f"{h}:{rem // 60:02d}:{rem % 60:02d}" if h else f"{rem // 60:02d}:{rem % 60:02d}"
+
+
+class Transcript:
+    """Turns built from a stream of StepEvents."""
+
+    def __init__(self, turn_gap_steps: int = 20, max_entries: int = 300) -> None:
+        self.turn_gap_steps = turn_gap_steps
+        self.max_entries = max_entries
+        self.entries: list[Entry] = []
+        self.silent_steps = 0
+
+    def clear(self) -> None:
+        self.entries.clear()
+        self.silent_steps = 0
+
+    @property
+    def speaking(self) -> bool:
+        """True while the last turn is still open (text came recently)."""
+        return bool(self.entries) and self.entries[-1].kind == "turn" and self.silent_steps < self.turn_gap_steps
+
+    def add(self, ev: StepEvent) -> bool:
+        """Take one step; True if the visible text changed."""
+        was_speaking = self.speaking
+        changed = False
+        if ev.marked:
+            self._append(Entry(ev.audio_time, kind="mark"))
+            changed = True
+        piece = ev.text_piece if ev.text_token not in NO_TEXT_TOKENS else None
+        if piece:
+            if self.speaking:
+                self.entries[-1].text += piece
+            else:
+                self._append(Entry(ev.audio_time, piece.lstrip()))
+            self.silent_steps = 0
+            return True
+        self.silent_steps += 1
+        return changed or (was_speaking and not self.speaking)
+
+    def _append(self, entry: Entry) -> None:
+        self.entries.append(entry)
+        if len(self.entries) > self.max_entries:
+            del self.entries[: len(self.entries) - self.max_entries]
+
+    def plain_lines(self) -> list[str]:
+        return [f"{clock(e.start)} " + ("◆ mark" if e.kind == "mark" else e.text) for e in self.entries]
+
+
+class Monologue(ScrollView, can_focus=True):
+    """Scrollable transcript that follows the newest text unless scrolled back.
+
+    A Line-API widget: each entry is wrapped once per (text, width) and cached, so a new
+    piece rewraps only the open turn, and growing text never triggers a screen relayout.
+    """
+
+    DEFAULT_CSS = """
+    Monologue { height: 1fr; width: 2fr; padding: 0 1; }
+    """
+    PLACEHOLDER = "The agent's inner monologue appears here as it speaks."
+
+    def __init__(self, *, turn_gap_steps: int = 20, name: str | None = None, id: str | None = None, classes: str | None = None) -> None:
+        super().__init__(name=name, id=id, classes=classes)
+        self.transcript = Transcript(turn_gap_steps)
+        self._dirty = True
+        self._lines: list[Strip] = []
+        self._wrapped: dict[int, tuple[tuple, list[Strip]]] = {}
+        self._stamp, self._mark = Style(dim=True), Style(color="magenta", bold=True)
+        self._cursor, self._placeholder = Style(color="green"), Style(dim=True, italic=True)
+
+    def on_mount(self) -> None:
+        self.flush()
+
+    def on_resize(self) -> None:
+        self._dirty = True
+        self.flush()
+
+    def add(self, ev: StepEvent) -> None:
+        """Take one step; call `flush()` once after a batch."""
+        self._dirty |= self.transcript.add(ev)
+
+    def clear(self) -> None:
+        self.transcript.clear()
+        self._dirty = True
+        self.flush()
+
+    def flush(self) -> None:
+        """Rewrap what changed and redraw, staying pinned to the end if the view was there."""
+        if not self._dirty or not self.is_mounted:
+            return
+        self._dirty = False
+        width = self.scrollable_content_region.width
+        if width <= 0:
+            return
+        follow = self.scroll_y >= self.max_scroll_y
+        self._lines = self._wrap_all(width)
+        self.virtual_size = Size(width, len(self._lines))
+        if follow:
+            self.scroll_end(animate=False, immediate=True, x_axis=False)
+        self.refresh()
+
+    def _wrap_all(self, width: int) -> list[Strip]:
+        entries = self.transcript.entries
+        if not entries:
+            return self._wrap(Text(self.PLACEHOLDER, self._placeholder), width)
+        speaking = self.transcript.speaking
+        cache, lines = {}, []
+        for i, entry in enumerate(entries):
+            live = speaking and i == len(entries) - 1
+            key = (entry.start, entry.kind, entry.text, live, width)
+            hit = self._wrapped.get(id(entry))
+            strips = hit[1] if hit and hit[0] == key else self._wrap(self._entry_text(entry, live), width)
+            cache[id(entry)] = (key, strips)
+            lines.extend(strips)
+        self._wrapped = cache
+        return lines
+
+    def _entry_text(self, entry: Entry, live: bool) -> Text:
+        text = Text(clock(entry.start) + " ", self._stamp)
+        if entry.kind == "mark":
+            text.append("◆ mark", self._mark)
+        else:
+            text.append(entry.text)
+        if live:
+            text.append(CURSOR, self._cursor)
+        return text
+
+    def _wrap(self, text: Text, width: int) -> list[Strip]:
+        console = self.app.console
+        return [Strip(line) for line in console.render_lines(text, console.options.update(width=width, height=None), pad=False)]
+
+    def render_line(self, y: int) -> Strip:
+        scroll_x, scroll_y = self.scroll_offset
+        index = scroll_y + y
+        width = self.scrollable_content_region.width
+        strip = self._lines[index] if index < len(self._lines) else Strip.blank(width)
+        return strip.crop_extend(scroll_x, scroll_x + width, None).apply_style(self.rich_style)
+
+    def plain_lines(self) -> list[str]:
+        """What is on screen, line by line (wrapped), for tests and exports."""
+        return ["".join(segment.text for segment in strip) for strip in self._lines]

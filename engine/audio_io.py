@@ -13,6 +13,8 @@ PortAudio library becomes an `AudioError` instead of an import-time crash.
 
 from __future__ import annotations
 
+import sys
+
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,7 +36,35 @@ def _sounddevice():
         import sounddevice
     except OSError as exc:  # sounddevice raises OSError when libportaudio is missing
         raise AudioError(f"the PortAudio library cannot be loaded ({exc}); install it (Debian/Ubuntu: apt install libportaudio2)") from exc
+    _silence_alsa()
     return sounddevice
+
+
+_ALSA_HANDLER = None
+
+
+def _silence_alsa() -> None:
+    """Stop libasound from printing to the terminal (e.g. "underrun occurred").
+
+    ALSA writes such messages straight to fd 2, which tears through the console; xruns
+    are counted from PortAudio's status flags instead, so the text adds nothing.
+    """
+    global _ALSA_HANDLER
+    if _ALSA_HANDLER is not None or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("asound")
+    if not name:
+        return
+    try:
+        lib = ctypes.CDLL(name)
+        handler_type = ctypes.CFUNCTYPE(None, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p)
+        _ALSA_HANDLER = handler_type(lambda *args: None)
+        lib.snd_lib_error_set_handler(_ALSA_HANDLER)
+    except (OSError, AttributeError):
+        _ALSA_HANDLER = False
 
 
 @dataclass(frozen=True)

@@ -178,7 +178,7 @@ class Conversation:
     def close(self) -> None:
         self.stop()
         if self.monitor is not None:
-            self.monitor.stop()
+            self.monitor.close()
             self.monitor = None
 
     def __enter__(self) -> "Conversation":
@@ -204,7 +204,7 @@ class Conversation:
         self._devices = {"input": audio.input_device.name, "output": audio.output_device.name}
         return audio
 
-    def _start_recorder(self) -> Recorder:
+    def _start_recorder(self) -> Recorder | None:
         meta = SessionMeta(
             model_id=self.info["model"],
             quantization=self.model.info.quantization,

@@ -113,7 +113,8 @@ class AudioEndpoint(Protocol):
 
 @dataclass
 class RuntimePolicy:
-    """Tunable behaviour; fields may be changed while running (read once per step)."""
+    """Tunable behaviour; fields may be changed while running (read once per step),
+    except `gate_hold_frames`, which is read when the runtime is created."""
 
     max_backlog_frames: int = 3
     half_duplex_gate: bool = False
@@ -209,6 +210,7 @@ class DuplexRuntime:
         self._mark_pending = False
         self._seen_underruns = 0
         self._seen_xruns = 0
+        self._seen_lost = {"microphone": 0, "speaker": 0}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="ppchat-step", daemon=True)
 
@@ -267,6 +269,7 @@ class DuplexRuntime:
         policy = self.policy
         while not self._stop.is_set():
             self.audio.check()
+            self._warn_on_overruns()
             waiting = self._capture.frames_waiting()
             if waiting == 0:
                 if not self.audio.input_finished():
@@ -289,9 +292,19 @@ class DuplexRuntime:
                 return False
         return False
 
+    def _warn_on_overruns(self) -> None:
+        """A full ring loses audio outside the step log: say so (rare: needs a long stall)."""
+        for name, ring in (("microphone", self.audio.buffers.capture), ("speaker", self.audio.buffers.playback)):
+            lost = ring.dropped_samples - self._seen_lost[name]
+            if lost:
+                self._seen_lost[name] = ring.dropped_samples
+                self.bus.publish(NoticeEvent(
+                    "warning", f"the {name} buffer overflowed: {lost} samples lost (the audio stalled or a step blocked)", time.time()
+                ))
+
     def _gate_mic(self) -> bool:
         """Replace the current frame by silence if muted or gated; True if replaced."""
-        gated = self.policy.half_duplex_gate and self._recent_out_rms and max(self._recent_out_rms) > self.policy.gate_threshold_rms
+        gated = self.policy.half_duplex_gate and bool(self._recent_out_rms) and max(self._recent_out_rms) > self.policy.gate_threshold_rms
         if self.muted or gated:
             self._frame.fill(0.0)
             return True

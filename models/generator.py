@@ -14,13 +14,20 @@ call, as in the reference.
 
 The token ring is tiny host (numpy) state; the model work of a call is array-only over the ring KV
 caches, so the only host synchronisation in a live step is reading the sampled tokens.
+
+Fast path: with `compile=True` (the default on a GPU) the model work of a call that samples is two
+`mx.compile`d graphs (temporal transformer + text head, then the depformer) whose KV caches and random
+key are passed in and returned as explicit state, so nothing is retraced from call to call.
+`step_live` goes one step further for the duplex loop: it builds the call lazily from device-resident
+user codes (which call n does not read when only agent streams are predicted) so that the caller can
+evaluate Mimi encode, this call and Mimi decode together, with one host synchronisation per frame.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import mlx.core as mx
 import numpy as np
@@ -82,6 +89,24 @@ class VoiceEmbeddings:
     """[17, 4] (or [1, 17, 4]) int: the token ring after call N_v-1."""
 
 
+@dataclass
+class LiveStep:
+    """A live call built by `LMGen.step_live` but not yet evaluated.
+
+    `agent_codes` (int32 [per_speaker], lazy) is this call's agent output frame, ready to feed Mimi's
+    decoder in the same graph. Evaluate `arrays` together with whatever else the frame computes, then
+    call `result()` exactly once before the next call.
+    """
+
+    agent_codes: mx.array
+    arrays: list[mx.array]
+    _commit: Callable[[], StepOutput] = field(repr=False)
+
+    def result(self) -> StepOutput:
+        """Read the evaluated tokens into the token ring and return call-frame n-1."""
+        return self._commit()
+
+
 class LMGen:
     """Streaming generator over an `LM` for one conversation (batch size 1)."""
 
@@ -99,10 +124,13 @@ class LMGen:
         silence_tokens: Sequence[int] = SILENCE_TOKENS,
         sine_tokens: Sequence[int] = SINE_TOKENS,
         text_pad: int | None = None,
+        compile: bool | None = None,
     ):
         """`depformer_steps`: steps run per live call (default: all the model has; 8 suffices live).
         `seed`: use an explicit `mx.random.key` stream instead of the global MLX generator.
-        `silence_tokens`/`sine_tokens`/`text_pad`: prompt-phase constants (defaults: the real ones)."""
+        `silence_tokens`/`sine_tokens`/`text_pad`: prompt-phase constants (defaults: the real ones).
+        `compile`: run sampling calls through `mx.compile`d graphs (default: only on a GPU, where it
+        pays; on the CPU backend every fused kernel is first built with the system C++ compiler)."""
         config = lm.config
         self.lm = lm
         self.config = config
@@ -127,6 +155,9 @@ class LMGen:
         self.phase_timing = True
         """Time the temporal transformer and the depformer separately (`last_timings_ms`)."""
         self.last_timings_ms: dict[str, float] = {}
+        self.compile = mx.default_device() == mx.gpu if compile is None else compile
+        self._compiled: dict[tuple, tuple[Callable, Callable]] = {}
+        self._live_open = False
         self.reset()
 
     # ------------------------------------------------------------------------------------ state
@@ -139,6 +170,7 @@ class LMGen:
         self._offset = 0
         self._cache = self.lm.make_cache(1)
         self._pending: list[np.ndarray | mx.array] = []
+        self._live_open = False
         self.last_trace = None
 
     def eval_state(self) -> None:
@@ -176,6 +208,7 @@ class LMGen:
 
         Returns call-frame n-1, or None for calls 0 and 1.
         """
+        self._refuse_open_live_step()
         self.last_trace = None
         user = None if user_codes is None else self._codes(user_codes, "user_codes")
         agent = None if agent_codes is None else self._codes(agent_codes, "agent_codes")
@@ -183,12 +216,57 @@ class LMGen:
             return None
         return self._model_call(None)
 
+    def step_live(self, user_codes: mx.array) -> LiveStep:
+        """A live call (nothing but the user stream provided) built lazily from device-resident codes.
+
+        `user_codes` (int [per_speaker], may be unevaluated, e.g. straight from Mimi's encoder) are
+        written to the ring only by `LiveStep.result()`: call n reads the user codes of earlier calls
+        only, as long as the depformer predicts agent streams alone. Where that does not hold (prompt
+        calls not yet past the delays, or more depformer steps than agent streams) the call is made
+        synchronously with `step` and returned already resolved.
+        """
+        self._refuse_open_live_step()
+        self.last_trace = None
+        if self.trace or self._offset <= self.config.max_delay or self.depformer_steps > self.per_speaker:
+            out = self.step(user_codes=np.array(user_codes))
+            done = mx.array(out.agent_codes.astype(np.int32))
+            return LiveStep(done, [done], lambda: out)
+        n, slots = self._offset, self._ring.shape[1]
+        input_slot, target_slot = (n - 1) % slots, n % slots
+        target = self._ring[:, target_slot].copy()
+        provided = self._provided[:, target_slot].copy()
+        self._check_predictable(provided, self.depformer_steps)
+        self.flush()
+        sampled = self._sample_graph(self._ring[:, input_slot], target, provided, self.depformer_steps, sync=False)
+        columns = (n - self.config.max_delay + self._delays) % slots
+        agents = slice(1, 1 + self.per_speaker)
+        # Agent streams of the largest delay are output from the column sampled right now.
+        fresh = (columns[agents] == target_slot) & ~provided[agents]
+        agent_codes = mx.where(mx.array(fresh), sampled[agents], mx.array(self._ring[agents, columns[agents]].astype(np.int32)))
+        user_codes = mx.array(user_codes).reshape(-1)
+        self._live_open = True
+
+        def commit() -> StepOutput:
+            if not self._live_open or self._offset != n:
+                raise RuntimeError("LiveStep.result() must be called once, before the next call")
+            tokens = np.array(sampled, dtype=np.int64)
+            self._fill_target(target_slot, tokens, provided)
+            self._provided[:, input_slot] = False
+            for q, token in enumerate(self._codes(np.array(user_codes), "user_codes")):
+                self._write(1 + self.per_speaker + q, int(token))
+            self._offset += 1
+            self._live_open = False
+            return StepOutput(self._ring[np.arange(self._ring.shape[0]), columns].copy())
+
+        return LiveStep(agent_codes, [sampled, user_codes, agent_codes, *self._state_arrays()], commit)
+
     def step_embeddings(self, embedding: np.ndarray | mx.array) -> StepOutput | None:
         """Replay one stored input embedding [dim] instead of the embedded token column (spec §6.3).
 
         Like the reference, dummy tokens (audio INIT, text PAD) are written as provided, and a
         first call also lets call 0 pass.
         """
+        self._refuse_open_live_step()
         self.last_trace = None
         embedding = mx.array(embedding).reshape(-1)
         if embedding.shape[0] != self.config.dim:
@@ -310,8 +388,7 @@ class LMGen:
         if not provided.all() or (self.trace and not self.batch_prefill):
             self.flush()
             chosen = self._predict(source, target, provided, model_input if embedding is None else None)
-            fill = ~provided[: chosen.shape[0]]
-            self._ring[: chosen.shape[0], target_slot][fill] = chosen[fill]
+            self._fill_target(target_slot, chosen, provided)
         elif self.batch_prefill:
             self._pending.append(source)
         else:
@@ -323,6 +400,20 @@ class LMGen:
             return None
         columns = (n - self.config.max_delay + self._delays) % slots
         return StepOutput(self._ring[np.arange(self._ring.shape[0]), columns].copy())
+
+    def _fill_target(self, target_slot: int, chosen: np.ndarray, provided: np.ndarray) -> None:
+        """Write sampled tokens where nothing was provided (provided tokens win)."""
+        fill = ~provided[: chosen.shape[0]]
+        self._ring[: chosen.shape[0], target_slot][fill] = chosen[fill]
+
+    def _refuse_open_live_step(self) -> None:
+        if self._live_open:
+            raise RuntimeError("the previous LiveStep has not been resolved: call its result() first")
+
+    def _state_arrays(self) -> list[mx.array]:
+        """Arrays a call updates: KV caches and the random key (explicit or the global generator's)."""
+        key = [self._key] if self._key is not None else list(mx.random.state)
+        return [a for c in self._cache for a in c.state] + key
 
     def _embed_source(self, source: np.ndarray | mx.array) -> mx.array:
         if isinstance(source, np.ndarray):
@@ -339,18 +430,112 @@ class LMGen:
         self._key, sub = mx.random.split(self._key)
         return sub
 
-    def _predict(
-        self, source: np.ndarray | mx.array, target: np.ndarray, provided: np.ndarray, model_input: np.ndarray | None
-    ) -> np.ndarray:
-        """Transformer on the input column, text sample, depformer; returns the sampled
-        [1 + steps] tokens (text, then streams 1..steps) before forcing."""
-        steps = self.depformer_steps if not self.trace else self.lm.depformer.steps
+    def _sample_graph(
+        self, model_input: np.ndarray, target: np.ndarray, provided: np.ndarray, steps: int, *, sync: bool
+    ) -> mx.array:
+        """The sampled [1 + steps] tokens (int32) of a token-column call, through the (compiled) graphs.
+
+        KV caches and key are updated. With `sync`, evaluates them; with `phase_timing`, also
+        between the two halves (that one extra sync feeds `last_timings_ms` for the latency panel).
+        """
+        temporal, depformer = self._graphs(steps)
+        t0 = time.perf_counter()
+        state = self._state_arrays()
+        h, text_sampled, text_in, state = temporal(
+            state,
+            mx.array(model_input.astype(np.int32)),
+            mx.array(target[:1].astype(np.int32)),
+            mx.array(provided[:1]),
+        )
+        self._set_state_arrays(state)
+        if self.phase_timing:
+            mx.eval(h, text_in, state)
+        t1 = time.perf_counter()
+        audio, key = depformer(
+            state[len(state) - 1 :],
+            h,
+            text_in,
+            mx.array(target[None, 1 : 1 + steps].astype(np.int32)),
+            mx.array(provided[None, 1 : 1 + steps]),
+        )
+        self._set_state_arrays(state[: len(state) - 1] + key)
+        sampled = mx.concatenate([text_sampled, audio])
+        if sync:
+            mx.eval(sampled, self._state_arrays())
+        t2 = time.perf_counter()
+        self.last_timings_ms = {"temporal": (t1 - t0) * 1e3, "depformer": (t2 - t1) * 1e3} if self.phase_timing else {}
+        return sampled
+
+    def _graphs(self, steps: int) -> tuple[Callable, Callable]:
+        """The temporal and depformer graph functions for `steps`, compiled once per sampling setting."""
+        if not self.compile:
+            return self._temporal_graph, lambda *args: self._depformer_graph(steps, *args)
+        signature = (steps, self.text_sampling, self.audio_sampling)
+        if signature not in self._compiled:
+            # The global generator's state is captured so that an unseeded draw advances it as eagerly.
+            capture = {"inputs": [mx.random.state], "outputs": [mx.random.state]}
+            self._compiled = {
+                signature: (
+                    mx.compile(self._temporal_graph, **capture),
+                    mx.compile(lambda *args: self._depformer_graph(steps, *args), **capture),
+                )
+            }
+        return self._compiled[signature]
+
+    def _set_state_arrays(self, arrays: list[mx.array]) -> None:
+        for index, cache in enumerate(self._cache):
+            cache.state = list(arrays[4 * index : 4 * index + 4])
+        if self._key is not None:
+            self._key = arrays[-1]
+        else:
+            mx.random.state[0] = arrays[-1]
+
+    def _temporal_graph(
+        self, state: list[mx.array], tokens: mx.array, text_given: mx.array, text_mask: mx.array
+    ) -> tuple[mx.array, mx.array, mx.array, list[mx.array]]:
+        """Pure function of its arguments (and the weights): (h, text sampled [1], depformer text input [1], state)."""
+        self._set_state_arrays(state)
+        h, text_logits = self.lm.forward_embeddings(self.lm.embed_codes(tokens[None, :, None]), self._cache)
+        text_sampled = sample_with(self.text_sampling, text_logits[:, 0], self._graph_key())
+        text_in = mx.where(text_mask, text_given, text_sampled)
+        return h, text_sampled, text_in, self._state_arrays()
+
+    def _depformer_graph(
+        self, steps: int, key: list[mx.array], h: mx.array, text_in: mx.array, forced: mx.array, forced_mask: mx.array
+    ) -> tuple[mx.array, list[mx.array]]:
+        """Pure function: (sampled audio tokens [steps] before forcing, [new key])."""
+        keys = list(key)
+
+        def draw(logits: mx.array) -> mx.array:
+            keys[0], sub = mx.random.split(keys[0])
+            return sample_with(self.audio_sampling, logits, sub if self._key is not None else None)
+
+        audio, _ = self.lm.depformer.sample_column(h, text_in, forced, forced_mask, draw, steps)
+        if self._key is None:
+            keys = list(mx.random.state)
+        return audio[0], keys
+
+    def _graph_key(self) -> mx.array | None:
+        """`_next_key` for the graph functions (the global generator when unseeded)."""
+        return self._next_key()
+
+    def _check_predictable(self, provided: np.ndarray, steps: int) -> None:
         unforced = np.flatnonzero(~provided[1 + steps :])
         if unforced.size:
             raise ValueError(
                 f"stream(s) {(unforced + 1 + steps).tolist()} are neither provided nor predicted: with "
                 f"{steps} depformer steps, user codes must be given at every call"
             )
+
+    def _predict(
+        self, source: np.ndarray | mx.array, target: np.ndarray, provided: np.ndarray, model_input: np.ndarray | None
+    ) -> np.ndarray:
+        """Transformer on the input column, text sample, depformer; returns the sampled
+        [1 + steps] tokens (text, then streams 1..steps) before forcing."""
+        steps = self.depformer_steps if not self.trace else self.lm.depformer.steps
+        self._check_predictable(provided, steps)
+        if self.compile and not self.trace and isinstance(source, np.ndarray):
+            return np.array(self._sample_graph(source, target, provided, steps, sync=True), dtype=np.int64)
         t0 = time.perf_counter()
         h, text_logits = self.lm.forward_embeddings(self._embed_source(source), self._cache)
         text_logits = text_logits[:, 0]

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
+
+from ppchat.errors import AudioError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -45,3 +49,34 @@ def fixtures_dir() -> Path:
     if not root.is_dir():
         pytest.fail(f"fixtures root {root} not found (set PPCHAT_FIXTURES)")
     return root
+
+
+@pytest.fixture(scope="session")
+def pulse_device():
+    """The PortAudio device "pulse", backed by the virtual PulseAudio sink."""
+
+    def unavailable(reason: str):
+        if os.environ.get("CI"):
+            pytest.fail(f"virtual audio device unavailable on CI: {reason}")
+        pytest.skip(f"virtual audio device unavailable: {reason}")
+
+    # libpulse (inside PortAudio's ALSA plugin) finds the server through this directory,
+    # so it must be in the environment before PortAudio enumerates devices.
+    os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp/ppchat-xdg")
+    if not (shutil.which("pulseaudio") and shutil.which("pactl")):
+        unavailable("pulseaudio/pactl not installed (apt install pulseaudio pulseaudio-utils)")
+    try:
+        proc = subprocess.run(["bash", str(REPO / "tools" / "virtual-audio.sh")], capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        unavailable("tools/virtual-audio.sh timed out")
+    if proc.returncode != 0:
+        unavailable(f"tools/virtual-audio.sh failed: {proc.stderr.strip() or proc.stdout.strip()}")
+
+    from ppchat.engine.audio_io import refresh_devices, resolve_device
+
+    try:
+        # PortAudio enumerated devices at import, possibly before the server existed.
+        refresh_devices()
+        return resolve_device("pulse", "input")
+    except AudioError as exc:
+        unavailable(str(exc))

@@ -89,8 +89,8 @@ def test_without_xdg_runtime_dir_a_private_tmp_dir_is_used(monkeypatch, tmp_path
 
 def test_info_on_connect_then_steps_with_envelopes_and_notices(runtime):
     bus = EventBus()
-    with MonitorServer(bus, INFO) as server:
-        reader = LineReader(monitor_socket.connect())
+    with MonitorServer(bus, INFO):
+        reader = LineReader(monitor_socket.connect())  # finds the server by itself
         reader.wait_for(lambda: reader.messages, "the info line")
         info = reader.messages[0]
         assert info["type"] == "info" and info["version"] == 1 and info["pid"] == os.getpid()

@@ -507,3 +507,13 @@ def test_context_manager_stops_a_live_runtime():
         assert isinstance(first, StepEvent) and first.step == 0
     assert not runtime.running and runtime.error is None
     assert audio._clock is not None and not audio._clock.is_alive()
+
+
+def test_ring_overflow_is_reported():
+    audio = ArrayAudio(frame_numbered(2), RATE, realtime=False)
+    ring = audio.buffers.playback
+    ring.write(np.zeros(ring.capacity + 10, np.float32))  # as if the speaker had stalled
+    _, steps, notices = run_to_end(Passthrough(), audio)
+    warnings = [n.message for n in notices if n.level == "warning"]
+    assert any("speaker buffer overflowed" in m for m in warnings), notices
+    assert len(steps) == 2

@@ -43,9 +43,11 @@ def record_session(root: Path, name: str, voice: str = "NATF2") -> Path:
 class IdleConversation:
     """A controller that is never started: enough to open the session browser."""
 
-    bus = EventBus()
     running = False
     info = {"model": "demo", "voice": "NATF2", "prompt": "p", "prompt_name": "p", "session_dir": None}
+
+    def __init__(self) -> None:
+        self.bus = EventBus()
 
     def stop(self) -> None:
         pass
@@ -147,7 +149,16 @@ def test_session_browser_lists_sessions_and_opens_a_replay(tmp_path):
             assert app.muted is False
             await pilot.press("enter")
             await settle(pilot)
-            assert isinstance(app.screen, ReplayScreen) and app.screen.session.info.meta.voice == "NATF0"
+            replay = app.screen
+            assert isinstance(replay, ReplayScreen) and replay.session.info.meta.voice == "NATF0"
+            # Live events keep going to the console's own view, never into the replay's.
+            await pilot.press("space")  # pause the replay
+            replayed = replay.query_one(LatencyPanel).stats.steps
+            for n in range(5):
+                app.conversation.bus.publish(StepEvent(n, n * 0.08, 0.0, {"total": 500.0}))
+            await settle(pilot)
+            assert replay.query_one(LatencyPanel).stats.steps == replayed and replay.query_one(LatencyPanel).stats.max() != 500.0
+            assert app.live.latency.stats.steps == 5
             await pilot.press("escape", "escape")
             await settle(pilot)
             assert len(app.screen_stack) == 1

@@ -9,6 +9,7 @@ from ppchat.engine.events import StepEvent
 from ppchat.tui.widgets.latency import LatencyStats, chart_cells
 from ppchat.tui.widgets.monologue import Transcript, clock
 from ppchat.tui.widgets.statusbar import short_path
+from ppchat.tui.widgets.strips import strip_text
 from ppchat.tui.widgets.waveform import FLOOR_DB, FrameLevel, Waveform, column_cells, level_db, level_fraction
 
 
@@ -63,9 +64,10 @@ def test_waveform_scrolls_newest_right_and_draws_speech_and_silence_differently(
         wave.push(FrameLevel(rms=0.1, peak=0.3))  # speech: -20 dB RMS
     for _ in range(5):
         wave.push(FrameLevel(rms=0.0005, peak=0.002))  # room noise: -66 dB RMS
-    text = wave.render_text(rows=3, width=20)
-    lines = text.plain.split("\n")
-    assert len(lines) == 3 and all(len(line) == 7 + 20 for line in lines)
+    strips = wave.render_strips(rows=3, width=7 + 20)
+    assert len(strips) == 3 and all(strip.cell_length == 27 for strip in strips)
+    lines = [strip_text(strip) for strip in strips]
+    assert lines[0].startswith("mic")
     chart = [line[7:] for line in lines]
     # 10 frames right-aligned in 20 columns: first 10 columns blank.
     assert all(row[:10] == " " * 10 for row in chart)
@@ -75,13 +77,19 @@ def test_waveform_scrolls_newest_right_and_draws_speech_and_silence_differently(
     # peak 0.002 = -54 dB = 0.1 of the scale = 2.4 -> 2 of 24 eighths.
     assert all(chart[2][c] == "▂" for c in silence_cols)
     # Colour: speech cells carry the speech colour, silence cells never do.
-    offset = sum(len(line) + 1 for line in lines[:2]) + 7
-    colours = {}
-    for span in text.spans:
-        for pos in range(span.start, span.end):
-            colours[pos] = str(span.style)
-    assert "green" in colours[offset + 10] and "green" not in colours.get(offset + 17, "")
-    assert lines[0].startswith("mic")
+    colours = [cell_colour(strips[2], 7 + c) for c in range(20)]
+    assert all(colours[c] == "green" for c in speech_cols)
+    assert all(colours[c] != "green" for c in silence_cols)
+
+
+def cell_colour(strip, x: int) -> str | None:
+    """The foreground colour name of the cell at column x."""
+    pos = 0
+    for segment in strip:
+        if pos <= x < pos + len(segment.text):
+            return segment.style.color.name if segment.style and segment.style.color else None
+        pos += len(segment.text)
+    raise IndexError(x)
 
 
 def test_waveform_keeps_only_its_history():

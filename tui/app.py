@@ -109,22 +109,19 @@ class PPChatApp(App):
     # ---- layout and the redraw loop -------------------------------------------------
 
     def compose(self) -> ComposeResult:
-        yield StatusBar(id="status")
-        yield LiveView(id="live")
-        yield Footer(compact=True)
-
-    @property
-    def live(self) -> LiveView:
-        return self.query_one("#live", LiveView)
-
-    @property
-    def status_bar(self) -> StatusBar:
-        return self.query_one("#status", StatusBar)
+        # Held by reference: App.query_one searches the *active* screen, which may be a
+        # picker or a replay with a LiveView of its own.
+        self.status_bar = StatusBar(id="status")
+        self.live = LiveView(id="live")
+        self._footer = Footer(compact=True)
+        yield self.status_bar
+        yield self.live
+        yield self._footer
 
     def on_resize(self) -> None:
         # The footer's palette hint would push Sessions/Quit off an 80-column footer;
         # ctrl+p still opens the palette.
-        self.query_one(Footer).show_command_palette = self.size.width >= 100
+        self._footer.show_command_palette = self.size.width >= 100
 
     def on_mount(self) -> None:
         self._update_status()
@@ -300,3 +297,14 @@ class PPChatApp(App):
         yield SystemCommand("Half-duplex gate", "Toggle gating your mic while the agent speaks (h)", self.action_toggle_half_duplex)
         yield SystemCommand("Mark", "Mark this moment in the recording (k)", self.action_mark)
         yield from super().get_system_commands(screen)
+
+
+def run_app(conversation: ConversationLike, *, sessions_root: str | Path | None = None, autostart: bool = True) -> int:
+    """Entry point of `ppchat talk`: the console on this terminal until the user quits.
+
+    The conversation is stopped (and its recording saved) on the way out, however the
+    console ends; closing the controller stays with the caller.
+    """
+    app = PPChatApp(conversation, autostart=autostart, sessions_root=sessions_root)
+    app.run()
+    return app.return_code or 0

@@ -110,8 +110,11 @@ class MonitorApp(App):
         self._subscription = feed.bus.subscribe(maxlen=1024, name="monitor-tui")
 
     def compose(self) -> ComposeResult:
-        yield StatusBar(id="status")
-        yield LiveView(id="live")
+        # By reference: App.query_one would search the command palette when it is open.
+        self.status_bar = StatusBar(id="status")
+        self.live = LiveView(id="live")
+        yield self.status_bar
+        yield self.live
         yield Footer(compact=True)
 
     def on_mount(self) -> None:
@@ -119,14 +122,14 @@ class MonitorApp(App):
         self._pump()
 
     def _pump(self) -> None:
-        live = self.query_one(LiveView)
+        live = self.live
         events = self._subscription.drain()
         if live.last_step is not None and any(isinstance(e, StepEvent) and e.step < live.last_step.step for e in events):
             live.reset()  # the conversation restarted
         for notice in live.apply(events):
             notify_event(self, notice)
         last = live.last_step
-        self.query_one(StatusBar).set(
+        self.status_bar.set(
             state="monitor" if self.feed.connected else "disconnected",
             info=dict(self.feed.info),
             elapsed=last.audio_time + 0.08 if last else 0.0,

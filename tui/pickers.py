@@ -45,7 +45,7 @@ class VoicePicker(ModalScreen[str | None]):
     def compose(self) -> ComposeResult:
         with Vertical():
             yield Label("Voice", classes="picker-title")
-            yield Label("↑↓ choose · enter use · esc cancel  (changing it restarts the conversation)", classes="picker-hint")
+            yield Label("↑↓ choose · enter use (restarts the conversation) · esc cancel", classes="picker-hint")
             options = [Option(voice_label(v), id=f"v{i}") for i, v in enumerate(self.voices)]
             yield OptionList(*options, id="voices")
 

@@ -16,7 +16,7 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import Footer
 
-from ppchat.engine.events import EventBus, StepEvent
+from ppchat.engine.events import EventBus
 from ppchat.sessions.replay import play
 from ppchat.sessions.schema import FRAME_SECONDS
 from ppchat.sessions.store import Session, load_session
@@ -51,8 +51,9 @@ class ReplayScreen(Screen):
 
     BINDINGS = [
         Binding("space", "toggle_pause", "Pause/play"),
-        Binding("left", "seek(-1)", "-5 s"),
-        Binding("right", "seek(1)", "+5 s"),
+        # priority: the focused transcript would otherwise take the arrows for scrolling.
+        Binding("left", "seek(-1)", "-5 s", key_display="←", priority=True),
+        Binding("right", "seek(1)", "+5 s", key_display="→", priority=True),
         Binding("minus", "speed(-1)", "Slower"),
         Binding("plus,equals_sign", "speed(1)", "Faster"),
         Binding("home", "restart", "Start"),

@@ -62,9 +62,11 @@ class StatusBar(Widget):
         """Update fields of `status`; redraws only if something changed."""
         changed = False
         for key, value in changes.items():
-            if getattr(self.status, key) != value:
+            old = getattr(self.status, key)
+            if old != value:
                 setattr(self.status, key, value)
-                changed = True
+                # The clock shows whole seconds: finer changes need no redraw.
+                changed |= key != "elapsed" or clock(old) != clock(value)
         if changed:
             self.refresh()
 
@@ -78,6 +80,8 @@ class StatusBar(Widget):
         label, style = STATE_STYLES.get(st.state, (st.state.upper(), Style(reverse=True)))
         line1 = Text(no_wrap=True, overflow="ellipsis")
         line1.append(f" {label} ", style).append(f" {clock(st.elapsed)}", bold)
+        if st.extra:
+            line1.append(" ").append(st.extra, dim)
         # Mic state first: it is what a person most needs to see at a glance.
         for on, badge in ((st.muted, "MUTED"), (st.half_duplex, "HALF-DUPLEX")):
             if on:
@@ -89,8 +93,6 @@ class StatusBar(Widget):
             line1.append(" ").append(str(info["quantization"]), dim)
         line1.append(*sep).append("voice ", dim).append(str(info.get("voice") or "–"), bold)
         line1.append(*sep).append("prompt ", dim).append(str(info.get("prompt_name") or "custom"), bold)
-        if st.extra:
-            line1.append(*sep).append(st.extra, bold)
         line2 = Text(no_wrap=True, overflow="ellipsis")
         line2.append("in ", dim).append(str(info.get("input_device") or "–"))
         line2.append(" → out ", dim).append(str(info.get("output_device") or "–"))

@@ -14,22 +14,25 @@ from rich.style import Style
 from textual.strip import Strip
 
 
+NULL_STYLE = Style()  # Textual's line filters (NO_COLOR) need a style on every segment
+
+
 def runs_to_strip(runs: Iterable[tuple[str, Style | None]], width: int) -> Strip:
     """One line from (text, style) runs, merged where styles repeat, cropped/padded to `width`."""
     segments: list[Segment] = []
     text_parts: list[str] = []
-    current: Style | None = None
+    current: Style | None = NULL_STYLE
     for text, style in runs:
         if not text:
             continue
-        if style is not current and text_parts:
+        if (style or NULL_STYLE) is not current and text_parts:
             segments.append(Segment("".join(text_parts), current))
             text_parts = []
-        current = style
+        current = style or NULL_STYLE
         text_parts.append(text)
     if text_parts:
         segments.append(Segment("".join(text_parts), current))
-    return Strip(segments).crop_extend(0, width, None)
+    return Strip(segments).crop_extend(0, width, NULL_STYLE)
 
 
 def strip_text(strip: Strip) -> str:

@@ -1,0 +1,57 @@
+"""CLI: `download` (fetch the real model and optionally pre-convert it) and `demo-model`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "download",
+        help="download PersonaPlex 7B from Hugging Face (needs HF_TOKEN)",
+        description="Download nvidia/personaplex-7b-v1 (gated: accept the licence on its Hugging Face page "
+                    "and export HF_TOKEN) into the Hugging Face cache, with progress bars. Files already in "
+                    "the cache are not fetched again. With --quantize, also convert the LM once so that the "
+                    "first `ppchat --quantize N` starts fast.",
+    )
+    p.add_argument("--repo", default=None, help="Hugging Face repo id (default nvidia/personaplex-7b-v1)")
+    p.add_argument("--revision", default=None, help="branch, tag or commit of the repo")
+    p.add_argument("--quantize", choices=("4", "8"), default=None, help="also build the 4- or 8-bit LM cache")
+    p.add_argument("--group-size", type=int, default=None, help="quantisation group size (default 32 for 4 bit, 64 for 8 bit)")
+    p.set_defaults(func=cmd_download)
+
+    p = sub.add_parser(
+        "demo-model",
+        help="(re)build the built-in tiny demo model and print where it is",
+        description="The demo model has the real PersonaPlex architecture at a tiny size with random weights, "
+                    "generated deterministically. It lets ppchat run end to end without the real weights.",
+    )
+    p.set_defaults(func=cmd_demo_model)
+
+
+def cmd_download(args) -> int:
+    from ppchat.models import hub, manifest, paths
+    from ppchat.models.checkpoint import open_checkpoint_dir
+    from ppchat.models.loader import load_model, resolve_voices_dir
+
+    repo = args.repo or manifest.REPO_ID
+    snapshot = hub.download_model(repo, revision=args.revision)
+    ckpt = open_checkpoint_dir(snapshot)
+    ckpt.validate_weights()
+    voices = resolve_voices_dir(ckpt, paths.cache_dir())
+    print(f"ppchat: {repo} is ready in {snapshot}" + (f" (voices in {voices})" if voices else ""))
+    if args.quantize:
+        model = load_model(snapshot, quantize=int(args.quantize), group_size=args.group_size, depformer_steps=8)
+        where = model.info.quantized_cache
+        print(f"ppchat: {model.info.quantization} weights cached in {where}")
+    print("ppchat: start talking with `ppchat" + (f" --quantize {args.quantize}`" if args.quantize else "`"))
+    return 0
+
+
+def cmd_demo_model(args) -> int:
+    from ppchat.models import paths
+    from ppchat.models.demo import ensure_demo_model
+
+    print(ensure_demo_model(paths.cache_dir()))
+    return 0

@@ -168,7 +168,7 @@ def cmd_talk(args) -> int:
             return _run_headless(conv, args.duration)
         from ppchat.tui.app import run_app
 
-        return run_app(conv)
+        return run_app(conv, sessions_root=args.sessions_dir)
     finally:
         conv.close()
 

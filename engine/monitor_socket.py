@@ -45,7 +45,9 @@ INFO_CHECK_S = 1.0
 def runtime_dir() -> Path:
     """The per-user private directory for ppchat's sockets, created 0700 if missing."""
     xdg = os.environ.get("XDG_RUNTIME_DIR")
-    base = Path(xdg) / "ppchat" if xdg and os.path.isdir(xdg) else Path(tempfile.gettempdir()) / f"ppchat-{os.getuid()}"
+    # The XDG spec says a relative value is invalid and must be ignored.
+    usable = xdg and os.path.isabs(xdg) and os.path.isdir(xdg)
+    base = Path(xdg) / "ppchat" if usable else Path(tempfile.gettempdir()) / f"ppchat-{os.getuid()}"
     try:
         base.mkdir(mode=0o700, parents=False, exist_ok=True)
         st = base.lstat()

@@ -5,22 +5,30 @@ silence, `<system>` role prompt, silence; spec §6.1) and `process()` then turns
 1920-sample microphone frame into one 1920-sample agent frame plus the text token of the
 agent's inner monologue. The output is the agent's call-frame n−1 at call n (spec §5.3),
 exactly as the reference's server and offline tool emit it.
+
+A frame is built as one lazy graph (Mimi encode → LM call → Mimi decode, each `mx.compile`d on a
+GPU) and evaluated once. With `phase_timing` the pipeline synchronises between the phases instead,
+so that `timings_ms` splits the frame into encode / temporal / depformer / decode; without it only
+`total` is measured, at one host synchronisation per frame.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import mlx.core as mx
 import numpy as np
 
-from ppchat.engine.runtime import FrameResult
 from ppchat.errors import PPChatError
 from ppchat.models.generator import SILENCE_TOKENS, SINE_TOKENS, LMGen, VoiceEmbeddings
 from ppchat.models.loader import LoadedModel
 from ppchat.models.sampling import SamplingParams
-from ppchat.models.voices import VoicePrompt
+
+if TYPE_CHECKING:  # voices and the runtime pull in audio-file libraries that `ppchat bench` does without
+    from ppchat.engine.runtime import FrameResult
+    from ppchat.models.voices import VoicePrompt
 
 # int(0.5 * 12.5): silence frames before and after the role prompt (spec §6.1).
 SILENCE_FRAMES = 6
@@ -59,8 +67,15 @@ def _prompt_constant(tokens: tuple[int, ...], card: int) -> tuple[int, ...]:
 class ModelPipeline:
     """The model side of the duplex engine (implements `engine.runtime.FrameProcessor`)."""
 
-    def __init__(self, model: LoadedModel, sampling: SamplingSettings | None = None, depformer_steps: int | None = 8):
+    def __init__(
+        self,
+        model: LoadedModel,
+        sampling: SamplingSettings | None = None,
+        depformer_steps: int | None = 8,
+        phase_timing: bool = True,
+    ):
         self.model = model
+        self.phase_timing = phase_timing
         self.sampling = sampling or SamplingSettings()
         self.mimi = model.mimi
         self.frame_size = self.mimi.frame_size
@@ -77,14 +92,17 @@ class ModelPipeline:
             silence_tokens=_prompt_constant(SILENCE_TOKENS, card),
             sine_tokens=_prompt_constant(SINE_TOKENS, card),
         )
-        self._silence_codes = np.array(_prompt_constant(SILENCE_TOKENS, card), dtype=np.int32)
+        self.gen.phase_timing = phase_timing
+        self._silence_codes_mx = mx.array(np.array(_prompt_constant(SILENCE_TOKENS, card), dtype=np.int32))
         self._in = np.zeros((1, 1, self.frame_size), dtype=np.float32)
         self.started = False
 
     # ----------------------------------------------------------------------------- conditioning
 
-    def start(self, voice: VoicePrompt | None, prompt_text: str) -> PrefillReport:
-        """Reset everything and run the prompt phases; the next `process` is the first live call."""
+    def start(self, voice: VoicePrompt | VoiceEmbeddings | None, prompt_text: str) -> PrefillReport:
+        """Reset everything and run the prompt phases; the next `process` is the first live call.
+
+        `voice` is a loaded voice prompt, or directly the `VoiceEmbeddings` of a `.pt` voice."""
         t0 = time.perf_counter()
         if self.sampling.seed is not None:
             mx.random.seed(self.sampling.seed)
@@ -115,9 +133,11 @@ class ModelPipeline:
             timings_ms={"voice_encode": (t_prompts - t0) * 1e3, "prefill": (t_done - t_prompts) * 1e3},
         )
 
-    def _voice_argument(self, voice: VoicePrompt | None):
+    def _voice_argument(self, voice: VoicePrompt | VoiceEmbeddings | None):
         if voice is None:
             return None, 0
+        if isinstance(voice, VoiceEmbeddings):
+            return voice, len(voice.embeddings) + 1
         if voice.kind == "embeddings":
             return VoiceEmbeddings(voice.embeddings, voice.cache), voice.n_frames
         if voice.kind == "codes":
@@ -143,23 +163,27 @@ class ModelPipeline:
     # ------------------------------------------------------------------------------------- live
 
     def process(self, pcm: np.ndarray) -> FrameResult:
+        from ppchat.engine.runtime import FrameResult  # noqa: PLC0415 (see the TYPE_CHECKING import)
+
         if not self.started:
             raise RuntimeError("ModelPipeline.start() must run before process()")
         t0 = time.perf_counter()
         self._in[0, 0, :] = pcm
         codes = self.mimi.encode_step(mx.array(self._in))
-        user_codes = np.array(codes[0, :, 0], dtype=np.int64)
+        if self.phase_timing:
+            mx.eval(codes, self.mimi.streaming_state())
         t1 = time.perf_counter()
-        out = self.gen.step(user_codes=user_codes)
+        live = self.gen.step_live(codes[0, :, 0])
         t2 = time.perf_counter()
-        if out is None:  # only possible if start() ran no prompt at all
-            agent_codes, token = self._silence_codes, None
-        else:
-            agent_codes, token = out.agent_codes, out.text_token
-        audio = self.mimi.decode_step(mx.array(np.asarray(agent_codes, dtype=np.int32)).reshape(1, -1, 1))
+        agent_codes = self._silence_codes_mx if live.agent_codes is None else live.agent_codes
+        audio = self.mimi.decode_step(agent_codes.reshape(1, -1, 1))
+        mx.eval(audio, live.arrays, self.mimi.streaming_state())
+        out = live.result()
         frame = np.array(audio[0, 0], dtype=np.float32)
         t3 = time.perf_counter()
+        token = out.text_token if out is not None else None  # None only if start() ran no prompt at all
         piece = self.model.tokenizer.piece(token) if token is not None else None
-        timings = {"encode": (t1 - t0) * 1e3, **self.gen.last_timings_ms, "decode": (t3 - t2) * 1e3,
-                   "total": (t3 - t0) * 1e3}
+        timings = {"total": (t3 - t0) * 1e3}
+        if self.phase_timing:
+            timings.update({"encode": (t1 - t0) * 1e3, **self.gen.last_timings_ms, "decode": (t3 - t2) * 1e3})
         return FrameResult(pcm=frame, text_token=token, text_piece=piece, timings_ms=timings)

@@ -94,16 +94,17 @@ class LiveStep:
     """A live call built by `LMGen.step_live` but not yet evaluated.
 
     `agent_codes` (int32 [per_speaker], lazy) is this call's agent output frame, ready to feed Mimi's
-    decoder in the same graph. Evaluate `arrays` together with whatever else the frame computes, then
-    call `result()` exactly once before the next call.
+    decoder in the same graph; None when the call returns no frame (calls 0 and 1). Evaluate `arrays`
+    together with whatever else the frame computes, then call `result()` exactly once before the
+    next call.
     """
 
-    agent_codes: mx.array
+    agent_codes: mx.array | None
     arrays: list[mx.array]
-    _commit: Callable[[], StepOutput] = field(repr=False)
+    _commit: Callable[[], StepOutput | None] = field(repr=False)
 
-    def result(self) -> StepOutput:
-        """Read the evaluated tokens into the token ring and return call-frame n-1."""
+    def result(self) -> StepOutput | None:
+        """Read the evaluated tokens into the token ring and return call-frame n-1 (as `step` does)."""
         return self._commit()
 
 
@@ -229,20 +230,24 @@ class LMGen:
         self.last_trace = None
         if self.trace or self._offset <= self.config.max_delay or self.depformer_steps > self.per_speaker:
             out = self.step(user_codes=np.array(user_codes))
-            done = mx.array(out.agent_codes.astype(np.int32))
-            return LiveStep(done, [done], lambda: out)
+            done = None if out is None else mx.array(out.agent_codes.astype(np.int32))
+            return LiveStep(done, [], lambda: out)
         n, slots = self._offset, self._ring.shape[1]
         input_slot, target_slot = (n - 1) % slots, n % slots
         target = self._ring[:, target_slot].copy()
         provided = self._provided[:, target_slot].copy()
+        provided[1 + self.per_speaker :] = True  # the user codes, written by `result()`
         self._check_predictable(provided, self.depformer_steps)
         self.flush()
-        sampled = self._sample_graph(self._ring[:, input_slot], target, provided, self.depformer_steps, sync=False)
+        sampled = self._sample_graph(
+            self._ring[:, input_slot], target, provided, self.depformer_steps, sync=self.phase_timing
+        )
         columns = (n - self.config.max_delay + self._delays) % slots
-        agents = slice(1, 1 + self.per_speaker)
+        agents = np.arange(1, 1 + self.per_speaker)
         # Agent streams of the largest delay are output from the column sampled right now.
         fresh = (columns[agents] == target_slot) & ~provided[agents]
-        agent_codes = mx.where(mx.array(fresh), sampled[agents], mx.array(self._ring[agents, columns[agents]].astype(np.int32)))
+        known = self._ring[agents, columns[agents]].astype(np.int32)
+        agent_codes = mx.where(mx.array(fresh), sampled[1 : 1 + self.per_speaker], mx.array(known))
         user_codes = mx.array(user_codes).reshape(-1)
         self._live_open = True
 
@@ -258,7 +263,7 @@ class LMGen:
             self._live_open = False
             return StepOutput(self._ring[np.arange(self._ring.shape[0]), columns].copy())
 
-        return LiveStep(agent_codes, [sampled, user_codes, agent_codes, *self._state_arrays()], commit)
+        return LiveStep(agent_codes, [sampled, user_codes, agent_codes, *self.pending_arrays()], commit)
 
     def step_embeddings(self, embedding: np.ndarray | mx.array) -> StepOutput | None:
         """Replay one stored input embedding [dim] instead of the embedded token column (spec §6.3).
@@ -410,11 +415,6 @@ class LMGen:
         if self._live_open:
             raise RuntimeError("the previous LiveStep has not been resolved: call its result() first")
 
-    def _state_arrays(self) -> list[mx.array]:
-        """Arrays a call updates: KV caches and the random key (explicit or the global generator's)."""
-        key = [self._key] if self._key is not None else list(mx.random.state)
-        return [a for c in self._cache for a in c.state] + key
-
     def _embed_source(self, source: np.ndarray | mx.array) -> mx.array:
         if isinstance(source, np.ndarray):
             return self.lm.embed_codes(mx.array(source)[None, :, None])
@@ -440,84 +440,82 @@ class LMGen:
         """
         temporal, depformer = self._graphs(steps)
         t0 = time.perf_counter()
-        state = self._state_arrays()
         h, text_sampled, text_in, state = temporal(
-            state,
+            self._state_arrays(),
             mx.array(model_input.astype(np.int32)),
             mx.array(target[:1].astype(np.int32)),
             mx.array(provided[:1]),
         )
         self._set_state_arrays(state)
         if self.phase_timing:
-            mx.eval(h, text_in, state)
+            mx.eval(h, text_in, self.pending_arrays())
         t1 = time.perf_counter()
         audio, key = depformer(
-            state[len(state) - 1 :],
+            [] if self._key is None else [self._key],
             h,
             text_in,
             mx.array(target[None, 1 : 1 + steps].astype(np.int32)),
             mx.array(provided[None, 1 : 1 + steps]),
         )
-        self._set_state_arrays(state[: len(state) - 1] + key)
+        if self._key is not None:
+            self._key = key[0]
         sampled = mx.concatenate([text_sampled, audio])
         if sync:
-            mx.eval(sampled, self._state_arrays())
+            mx.eval(sampled, self.pending_arrays())
         t2 = time.perf_counter()
         self.last_timings_ms = {"temporal": (t1 - t0) * 1e3, "depformer": (t2 - t1) * 1e3} if self.phase_timing else {}
         return sampled
 
-    def _graphs(self, steps: int) -> tuple[Callable, Callable]:
-        """The temporal and depformer graph functions for `steps`, compiled once per sampling setting."""
-        if not self.compile:
-            return self._temporal_graph, lambda *args: self._depformer_graph(steps, *args)
-        signature = (steps, self.text_sampling, self.audio_sampling)
-        if signature not in self._compiled:
-            # The global generator's state is captured so that an unseeded draw advances it as eagerly.
-            capture = {"inputs": [mx.random.state], "outputs": [mx.random.state]}
-            self._compiled = {
-                signature: (
-                    mx.compile(self._temporal_graph, **capture),
-                    mx.compile(lambda *args: self._depformer_graph(steps, *args), **capture),
-                )
-            }
-        return self._compiled[signature]
+    def pending_arrays(self) -> list[mx.array]:
+        """Every state array a call updates (KV caches, random key): evaluate them with the call's output
+        so that no lazy graph is carried from one call into the next."""
+        key = list(mx.random.state) if self._key is None else [self._key]
+        return [a for c in self._cache for a in c.state] + key
+
+    def _state_arrays(self) -> list[mx.array]:
+        """The explicit state of the graph functions: KV caches, then the explicit key if seeded."""
+        return [a for c in self._cache for a in c.state] + ([] if self._key is None else [self._key])
 
     def _set_state_arrays(self, arrays: list[mx.array]) -> None:
         for index, cache in enumerate(self._cache):
             cache.state = list(arrays[4 * index : 4 * index + 4])
         if self._key is not None:
             self._key = arrays[-1]
-        else:
-            mx.random.state[0] = arrays[-1]
+
+    def _graphs(self, steps: int) -> tuple[Callable, Callable]:
+        """The temporal and depformer graph functions for `steps`, compiled once per sampling setting."""
+
+        def depformer(*args: object) -> tuple[mx.array, list[mx.array]]:
+            return self._depformer_graph(steps, *args)
+
+        if not self.compile:
+            return self._temporal_graph, depformer
+        signature = (steps, self.text_sampling, self.audio_sampling, self._key is None)
+        if signature not in self._compiled:
+            # An unseeded draw uses MLX's global generator: capture its state so it advances as eagerly.
+            capture = {"inputs": [mx.random.state], "outputs": [mx.random.state]}
+            self._compiled = {signature: (mx.compile(self._temporal_graph, **capture), mx.compile(depformer, **capture))}
+        return self._compiled[signature]
 
     def _temporal_graph(
         self, state: list[mx.array], tokens: mx.array, text_given: mx.array, text_mask: mx.array
     ) -> tuple[mx.array, mx.array, mx.array, list[mx.array]]:
-        """Pure function of its arguments (and the weights): (h, text sampled [1], depformer text input [1], state)."""
+        """Pure in its arguments and the weights: (h, text sampled [1], depformer text input [1], new state)."""
         self._set_state_arrays(state)
         h, text_logits = self.lm.forward_embeddings(self.lm.embed_codes(tokens[None, :, None]), self._cache)
-        text_sampled = sample_with(self.text_sampling, text_logits[:, 0], self._graph_key())
+        text_sampled = sample_with(self.text_sampling, text_logits[:, 0], self._next_key())
         text_in = mx.where(text_mask, text_given, text_sampled)
         return h, text_sampled, text_in, self._state_arrays()
 
     def _depformer_graph(
         self, steps: int, key: list[mx.array], h: mx.array, text_in: mx.array, forced: mx.array, forced_mask: mx.array
     ) -> tuple[mx.array, list[mx.array]]:
-        """Pure function: (sampled audio tokens [steps] before forcing, [new key])."""
-        keys = list(key)
-
-        def draw(logits: mx.array) -> mx.array:
-            keys[0], sub = mx.random.split(keys[0])
-            return sample_with(self.audio_sampling, logits, sub if self._key is not None else None)
-
+        """Pure in its arguments and the weights: (audio tokens [steps] before forcing, [new key] or [])."""
+        if key:
+            self._key = key[0]
+        draw = lambda logits: sample_with(self.audio_sampling, logits, self._next_key())  # noqa: E731
         audio, _ = self.lm.depformer.sample_column(h, text_in, forced, forced_mask, draw, steps)
-        if self._key is None:
-            keys = list(mx.random.state)
-        return audio[0], keys
-
-    def _graph_key(self) -> mx.array | None:
-        """`_next_key` for the graph functions (the global generator when unseeded)."""
-        return self._next_key()
+        return audio[0], [] if self._key is None else [self._key]
 
     def _check_predictable(self, provided: np.ndarray, steps: int) -> None:
         unforced = np.flatnonzero(~provided[1 + steps :])
@@ -534,7 +532,7 @@ class LMGen:
         [1 + steps] tokens (text, then streams 1..steps) before forcing."""
         steps = self.depformer_steps if not self.trace else self.lm.depformer.steps
         self._check_predictable(provided, steps)
-        if self.compile and not self.trace and isinstance(source, np.ndarray):
+        if not self.trace and isinstance(source, np.ndarray):
             return np.array(self._sample_graph(source, target, provided, steps, sync=True), dtype=np.int64)
         t0 = time.perf_counter()
         h, text_logits = self.lm.forward_embeddings(self._embed_source(source), self._cache)

@@ -246,11 +246,21 @@ def _format_problems(label: str, items: list[str], limit: int = 8) -> str:
     return f"{label} ({len(items)}): {shown}{more}"
 
 
-class Mimi(nn.Module):
-    """Mimi codec with a streaming (`encode_step`/`decode_step`, per 80 ms frame) and a whole-signal API."""
+_ENCODER_PARTS = ("encoder", "encoder_transformer", "downsample")
+_DECODER_PARTS = ("upsample", "decoder_transformer", "decoder")
 
-    def __init__(self, config: MimiConfig) -> None:
+
+class Mimi(nn.Module):
+    """Mimi codec with a streaming (`encode_step`/`decode_step`, per 80 ms frame) and a whole-signal API.
+
+    With `compile_streaming` (default: on a GPU) each streaming direction runs as one `mx.compile`d
+    graph whose streaming state (conv buffers, transposed-conv tails, KV rings, positions) is passed in
+    and returned explicitly, so a frame costs a replay of the compiled graph, not a Python trace.
+    """
+
+    def __init__(self, config: MimiConfig, compile_streaming: bool | None = None) -> None:
         super().__init__()
+        self.compile_streaming = mx.default_device() == mx.gpu if compile_streaming is None else compile_streaming
         self.config = config
         self.frame_size = config.frame_size
         self.sample_rate = config.sample_rate
@@ -300,17 +310,64 @@ class Mimi(nn.Module):
         """Next PCM frame(s) `[B, 1, n * frame_size]` of the stream -> codes `[B, num_codebooks, n]` int32."""
         if pcm.ndim != 3 or pcm.shape[2] == 0 or pcm.shape[2] % self.frame_size:
             raise ValueError(f"encode_step takes PCM [B, 1, n * {self.frame_size}], got shape {pcm.shape}")
-        latent = self.encoder.step(pcm.transpose(0, 2, 1))
-        latent = self.downsample.step(self.encoder_transformer.step(latent))
-        return self.quantizer.encode(latent)
+        return self._run_streaming("encode", _ENCODER_PARTS, self._encode_graph, pcm)
 
     def decode_step(self, codes: mx.array) -> mx.array:
         """Next code frame(s) `[B, num_codebooks, n]` of the stream -> PCM `[B, 1, n * frame_size]`,
         with no added delay."""
         if codes.ndim != 3 or codes.shape[1] != self.num_codebooks or codes.shape[2] == 0:
             raise ValueError(f"decode_step takes codes [B, {self.num_codebooks}, n], got shape {codes.shape}")
+        return self._run_streaming("decode", _DECODER_PARTS, self._decode_graph, codes)
+
+    def streaming_state(self) -> list[mx.array]:
+        """Every streaming state array (to evaluate with a frame's output, so none stays lazy)."""
+        return [module[key] for module, key in self._state_slots(_ENCODER_PARTS + _DECODER_PARTS)]
+
+    def _encode_graph(self, state: list[mx.array], pcm: mx.array) -> tuple[mx.array, list[mx.array]]:
+        self._set_state(_ENCODER_PARTS, state)
+        latent = self.encoder.step(pcm.transpose(0, 2, 1))
+        latent = self.downsample.step(self.encoder_transformer.step(latent))
+        return self.quantizer.encode(latent), self._get_state(_ENCODER_PARTS)
+
+    def _decode_graph(self, state: list[mx.array], codes: mx.array) -> tuple[mx.array, list[mx.array]]:
+        self._set_state(_DECODER_PARTS, state)
         latent = self.decoder_transformer.step(self.upsample.step(self.quantizer.decode(codes)))
-        return self.decoder.step(latent).transpose(0, 2, 1)
+        return self.decoder.step(latent).transpose(0, 2, 1), self._get_state(_DECODER_PARTS)
+
+    def _run_streaming(self, name: str, parts: tuple[str, ...], graph, x: mx.array) -> mx.array:
+        """Run `graph` (state, x) -> (y, state), compiled when enabled, and store the new state."""
+        fn = graph
+        if self.compile_streaming:
+            # Kept out of the module tree (a dict attribute would become a child of this module).
+            compiled = self.__dict__.setdefault("_compiled_graphs", {})
+            if name not in compiled:
+                compiled[name] = mx.compile(graph)
+            fn = compiled[name]
+        state = self._get_state(parts)
+        try:
+            y, state = fn(state, x)
+        finally:
+            # A trace that raised must not leave placeholder arrays in the modules.
+            self._set_state(parts, state)
+        return y
+
+    def _state_slots(self, parts: tuple[str, ...]) -> list[tuple[nn.Module, str]]:
+        """(module, attribute) of every streaming state array under `parts`, in a fixed order."""
+        cached = self.__dict__.setdefault("_slot_cache", {})
+        if parts in cached:
+            return cached[parts]
+        slots = cached[parts] = []
+        for part in parts:
+            for _, module in getattr(self, part).named_modules():
+                slots += [(module, key) for key, value in module.items() if key.startswith("_") and isinstance(value, mx.array)]
+        return slots
+
+    def _get_state(self, parts: tuple[str, ...]) -> list[mx.array]:
+        return [module[key] for module, key in self._state_slots(parts)]
+
+    def _set_state(self, parts: tuple[str, ...], state: list[mx.array]) -> None:
+        for (module, key), value in zip(self._state_slots(parts), state):
+            setattr(module, key, value)
 
     # --- reference checkpoint -----------------------------------------------------------------
 

@@ -45,6 +45,16 @@ class FakeConversation:
             "session_dir": "/var/ppchat/sessions/2025-01-01T10-00-00_ab12",
         }
 
+    @property
+    def lifecycle(self) -> list[tuple]:
+        """The start/stop/restart calls only."""
+        return [c for c in self.calls if c[0] in ("start", "stop", "restart")]
+
+    @property
+    def switches(self) -> list[tuple]:
+        """The mute/half-duplex/mark calls only."""
+        return [c for c in self.calls if c[0] in ("mute", "half_duplex", "mark")]
+
     def start(self, voice: str, prompt: str) -> None:
         self.calls.append(("start", voice, prompt))
         if self.fail_start:
@@ -124,7 +134,7 @@ def test_autostart_then_events_show_text_latency_and_waveforms():
         app = PPChatApp(conv)
         async with app.run_test(size=(80, 24)) as pilot:
             await settle(pilot)
-            assert conv.calls[0] == ("start", "NATF2", PROMPTS["assistant"])
+            assert conv.lifecycle[0] == ("start", "NATF2", PROMPTS["assistant"])
             events = scripted_events()
             for ev in events[:30]:
                 conv.bus.publish(ev)
@@ -159,13 +169,13 @@ def test_space_stops_and_starts_and_quit_always_stops():
             await settle(pilot)
             await pilot.press("space")
             await settle(pilot)
-            assert conv.calls[-1] == ("stop",) and app.state == "stopped"
+            assert conv.lifecycle[-1] == ("stop",) and app.state == "stopped"
             await pilot.press("space")
             await settle(pilot)
-            assert conv.calls[-1][0] == "start" and app.state == "starting"
+            assert conv.lifecycle[-1][0] == "start" and app.state == "starting"
             await pilot.press("q")
             await settle(pilot)
-        assert conv.calls[-1] == ("stop",)
+        assert conv.lifecycle[-1] == ("stop",)
         assert app.return_code == 0
     run(go())
 
@@ -189,13 +199,19 @@ def test_mute_half_duplex_and_mark_keys():
         app = PPChatApp(conv)
         async with app.run_test(size=(80, 24)) as pilot:
             await settle(pilot)
+            conv.calls.clear()
             await pilot.press("m", "h", "k", "m")
             await settle(pilot)
-            assert conv.calls[1:] == [("mute", True), ("half_duplex", True), ("mark",), ("mute", False)]
+            assert conv.switches == [("mute", True), ("half_duplex", True), ("mark",), ("mute", False)]
             await pilot.press("m")
             await settle(pilot)
             text = screen_text(app)
             assert "MUTED" in text and "HALF-DUPLEX" in text
+            # A restart (new voice) brings a fresh runtime: the console re-applies both switches.
+            conv.calls.clear()
+            await pilot.press("v", "down", "enter")
+            await settle(pilot)
+            assert conv.calls == [("restart", "NATM1", PROMPTS["assistant"]), ("mute", True), ("half_duplex", True)]
     run(go())
 
 
@@ -211,11 +227,11 @@ def test_voice_picker_restarts_with_the_chosen_voice():
             assert "grandpa.wav" in screen_text(app)
             await pilot.press("down", "enter")  # NATF2 is highlighted; the next is NATM1
             await settle(pilot)
-            assert conv.calls[-1] == ("restart", "NATM1", PROMPTS["assistant"])
+            assert conv.lifecycle[-1] == ("restart", "NATM1", PROMPTS["assistant"])
             assert "voice NATM1" in screen_text(app)
             await pilot.press("v", "escape")
             await settle(pilot)
-            assert conv.calls[-1][1] == "NATM1" and len(conv.calls) == 2
+            assert conv.lifecycle == [("start", "NATF2", PROMPTS["assistant"]), ("restart", "NATM1", PROMPTS["assistant"])]
     run(go())
 
 
@@ -230,13 +246,13 @@ def test_prompt_picker_preset_and_free_text():
             assert isinstance(app.screen, PromptPicker)
             await pilot.press("down", "enter")
             await settle(pilot)
-            assert conv.calls[-1] == ("restart", "NATF2", PROMPTS["teacher"])
+            assert conv.lifecycle[-1] == ("restart", "NATF2", PROMPTS["teacher"])
             # Edit the preset text freely: tab into the editor, type, ctrl+s.
             await pilot.press("p", "tab", "end")
             await pilot.press(*" Speak French.")
             await pilot.press("ctrl+s")
             await settle(pilot)
-            assert conv.calls[-1] == ("restart", "NATF2", PROMPTS["teacher"] + " Speak French.")
+            assert conv.lifecycle[-1] == ("restart", "NATF2", PROMPTS["teacher"] + " Speak French.")
             assert app.prompt_name == "custom" and "prompt custom" in screen_text(app)
     run(go())
 
@@ -251,7 +267,7 @@ def test_choosing_a_voice_while_stopped_waits_for_start():
             assert conv.calls == []
             await pilot.press("space")
             await settle(pilot)
-            assert conv.calls == [("start", "NATM1", PROMPTS["assistant"])]
+            assert conv.lifecycle == [("start", "NATM1", PROMPTS["assistant"])]
     run(go())
 
 

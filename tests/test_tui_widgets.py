@@ -110,6 +110,13 @@ def test_transcript_joins_pieces_and_skips_pad_and_epad():
     assert t.plain_lines() == ["00:00 Hello world!"]
 
 
+def test_transcript_turns_raw_word_start_marks_into_spaces():
+    t = Transcript()
+    for n, piece in enumerate(["\u2581Good", "\u2581mor", "ning"]):
+        t.add(step(n, token=50 + n, piece=piece))
+    assert t.plain_lines() == ["00:00 Good morning"]
+
+
 def test_transcript_starts_a_new_turn_after_a_long_pad_run():
     t = Transcript(turn_gap_steps=5)
     t.add(step(0, token=5, piece=" Hi"))

@@ -109,8 +109,8 @@ class PPChatApp(App):
     # ---- layout and the redraw loop -------------------------------------------------
 
     def compose(self) -> ComposeResult:
-        # Held by reference: App.query_one searches the *active* screen, which may be a
-        # picker or a replay with a LiveView of its own.
+        # Held by reference: the redraw timer uses them 12 times a second, and a replay
+        # screen on top has a LiveView (same id) of its own.
         self.status_bar = StatusBar(id="status")
         self.live = LiveView(id="live")
         self._footer = Footer(compact=True)
@@ -165,6 +165,8 @@ class PPChatApp(App):
                 work()
             except PPChatError as exc:
                 self.call_from_thread(self._failed, str(exc))
+            except Exception as exc:  # an engine bug must not take the console (and the recording) down
+                self.call_from_thread(self._failed, f"{name} failed: internal error ({type(exc).__name__}: {exc})")
 
         self.run_worker(guarded, name=name, thread=True, group="conversation")
 
@@ -173,14 +175,24 @@ class PPChatApp(App):
         self._set_state("live" if self.conversation.running else "stopped")
 
     def _start(self) -> None:
-        self.live.reset()
-        self._set_state("starting")
-        self._run_in_thread(lambda: self.conversation.start(self.voice, self.prompt), "start")
+        self._begin(lambda: self.conversation.start(self.voice, self.prompt), "start")
 
     def _restart(self) -> None:
+        self._begin(lambda: self.conversation.restart(self.voice, self.prompt), "restart")
+
+    def _begin(self, call, name: str) -> None:
+        """Start or restart: a clean view, then the blocking call, then the mic switches again."""
+        self._subscription.drain()  # what the previous run left queued is not this run's
         self.live.reset()
         self._set_state("starting")
-        self._run_in_thread(lambda: self.conversation.restart(self.voice, self.prompt), "restart")
+
+        def work() -> None:
+            call()
+            # A new run starts unmuted and ungated; keep what the screen says.
+            self.conversation.set_mute(self.muted)
+            self.conversation.set_half_duplex(self.half_duplex)
+
+        self._run_in_thread(work, name)
 
     def _stop(self) -> None:
         self._set_state("stopping")

@@ -18,6 +18,7 @@ from textual.strip import Strip
 from ppchat.engine.events import StepEvent
 
 NO_TEXT_TOKENS = (0, 3)  # EPAD and PAD: "nothing new this frame"
+WORD_START = "\u2581"  # SentencePiece's "▁"; the engine replaces it, old logs may not have
 CURSOR = "▌"
 
 
@@ -60,7 +61,7 @@ class Transcript:
         if ev.marked:
             self._append(Entry(ev.audio_time, kind="mark"))
             changed = True
-        piece = ev.text_piece if ev.text_token not in NO_TEXT_TOKENS else None
+        piece = ev.text_piece.replace(WORD_START, " ") if ev.text_piece and ev.text_token not in NO_TEXT_TOKENS else None
         if piece:
             if self.speaking:
                 self.entries[-1].text += piece

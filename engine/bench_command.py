@@ -1,0 +1,57 @@
+"""`ppchat bench`: register the benchmark command (the work is in `engine.bench`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+QUANTIZE_CHOICES = {"4": 4, "8": 8, "none": None}
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "bench",
+        help="time the streaming step (Mimi encode + LM + depformer + Mimi decode)",
+        description=(
+            "Build a model, run the voice + role prompt prefill, then time the full streaming step "
+            "frame by frame: per-phase latency percentiles, frames per second, real-time factor, "
+            "prefill and load time, and memory. `--config 7b` builds the full-size PersonaPlex "
+            "architecture with random weights, for machines without the checkpoint."
+        ),
+    )
+    parser.add_argument("--model", default="demo", help="demo, a model folder or a hub repo id (default: demo)")
+    parser.add_argument("--config", choices=("7b",), help="build this architecture with random weights instead of --model")
+    parser.add_argument("--quantize", choices=tuple(QUANTIZE_CHOICES), default="none",
+                        help="LM weights: 4 or 8 bit, or none (the checkpoint dtype; bf16 for --config)")
+    parser.add_argument("--frames", type=int, default=200, help="measured frames (default 200)")
+    parser.add_argument("--warmup", type=int, default=20, help="warm-up frames before measuring (default 20)")
+    parser.add_argument("--phases", action="store_true",
+                        help="synchronise between phases to split encode/temporal/depformer/decode (slower)")
+    parser.add_argument("--compile", dest="compile", action=argparse.BooleanOptionalAction, default=None,
+                        help="mx.compile the step graphs (default: on a GPU only)")
+    parser.add_argument("--voice-frames", type=int, default=125, help="voice prompt length in frames (default 125 = 10 s)")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from ppchat.engine.bench import BenchOptions, format_report, run_bench
+    from ppchat.errors import PPChatError
+
+    if args.frames < 1 or args.warmup < 0 or args.voice_frames < 2:
+        raise PPChatError("--frames must be at least 1, --warmup at least 0 and --voice-frames at least 2")
+    options = BenchOptions(
+        model=args.model,
+        config=args.config,
+        quantize=QUANTIZE_CHOICES[args.quantize],
+        frames=args.frames,
+        warmup=args.warmup,
+        phases=args.phases,
+        compile=args.compile,
+        voice_frames=args.voice_frames,
+    )
+    result = run_bench(options)
+    print(json.dumps(result, indent=1) if args.json else format_report(result))
+    sys.stdout.flush()
+    return 0

@@ -220,11 +220,11 @@ def run_bench(options: BenchOptions) -> dict:
 
     cold = pipeline.start(voice, prompt_text)
     for i in range(options.warmup):
-        pipeline.process(frames[i % len(frames)])
+        pipeline.run_frame(frames[i % len(frames)])
     # A second start is what a new conversation costs once the kernels exist.
     warm = pipeline.start(voice, prompt_text)
     for i in range(min(options.warmup, 4)):
-        pipeline.process(frames[i % len(frames)])
+        pipeline.run_frame(frames[i % len(frames)])
 
     mx.reset_peak_memory()
     active_start = mx.get_active_memory()
@@ -234,12 +234,12 @@ def run_bench(options: BenchOptions) -> dict:
     started = time.perf_counter()
     for i in range(options.frames):
         t = time.perf_counter()
-        result = pipeline.process(frames[i % len(frames)])
+        _, _, frame_timings = pipeline.run_frame(frames[i % len(frames)])
         wall = (time.perf_counter() - t) * 1e3
         timings["total"].append(wall)
         if options.phases:
             for phase in PHASES[:-1]:
-                timings[phase].append(result.timings_ms[phase])
+                timings[phase].append(frame_timings[phase])
         if (i + 1) % every == 0 or i + 1 == options.frames:
             memory_trace.append([i + 1, mx.get_active_memory()])
     elapsed = time.perf_counter() - started
@@ -256,7 +256,7 @@ def run_bench(options: BenchOptions) -> dict:
             "group_size": model.info.group_size,
             "lm_dtype": model.info.lm_dtype,
             "depformer_steps": model.info.depformer_steps,
-            "lm_parameters": sum(v.size for _, v in tree_flatten(model.lm.parameters())),
+            "lm_weight_bytes": sum(v.nbytes for _, v in tree_flatten(model.lm.parameters())),
         },
         "mode": "phases" if options.phases else "one-sync",
         "compiled": {"lm": pipeline.gen.compile, "mimi": model.mimi.compile_streaming},
@@ -296,7 +296,7 @@ def format_report(result: dict) -> str:
         f"ppchat bench — MLX {result['mlx_version']} on {result['device']} ({result.get('device_name', '?')}, "
         f"{result['backend']})",
         f"model {m['source']}  quantization {m['quantization']}  LM dtype {m['lm_dtype']}  "
-        f"depformer steps {m['depformer_steps']}  LM parameters {m['lm_parameters'] / 1e6:.1f} M",
+        f"depformer steps {m['depformer_steps']}  LM weights {m['lm_weight_bytes'] / gib:.2f} GiB",
         f"mode {result['mode']}  compiled lm={result['compiled']['lm']} mimi={result['compiled']['mimi']}  "
         f"frames {result['frames']} after {result['warmup']} warm-up",
         "",

@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from ppchat.engine.events import EventBus, NoticeEvent
 from ppchat.engine.pipeline import ModelPipeline, PrefillReport, SamplingSettings
-from ppchat.engine.prompts import PRESETS, resolve_prompt
+from ppchat.engine.prompts import PRESETS, named_prompt, resolve_prompt
 from ppchat.engine.runtime import AudioEndpoint, DuplexRuntime, RuntimePolicy
 from ppchat.errors import PPChatError
 from ppchat.models import paths
@@ -72,6 +72,7 @@ class Conversation:
         self.bus = EventBus()
         self.model = model or load_model(pick_model_source(options.model), quantize=options.quantize, depformer_steps=8)
         self.pipeline = ModelPipeline(self.model, options.sampling)
+        self._warm_up()
         self._audio_factory = audio_factory or self._open_device
         self._lock = threading.RLock()
         self.runtime: DuplexRuntime | None = None
@@ -120,14 +121,18 @@ class Conversation:
     # ------------------------------------------------------------------------------- control
 
     def start(self, voice: str | None = None, prompt: str | None = None) -> PrefillReport:
-        """Condition the model, open the audio device and go live. Blocks for the prefill."""
+        """Condition the model, open the audio device and go live. Blocks for the prefill.
+
+        `voice`: a voice name or audio file path; `prompt`: a preset name or the prompt text.
+        None keeps the current choice.
+        """
         with self._lock:
             if self.running:
                 raise PPChatError("a conversation is already running; stop it first")
             if voice is not None:
                 self.voice_name = voice
             if prompt is not None:
-                self.prompt_name, self.prompt_text = resolve_prompt(prompt)
+                self.prompt_name, self.prompt_text = named_prompt(prompt)
             voice_prompt = self._load_voice(self.voice_name)
             self._notice("info", f"conditioning: voice {self.voice_name}, prompt '{self.prompt_name}'")
             self.prefill = self.pipeline.start(voice_prompt, self.prompt_text)
@@ -189,6 +194,16 @@ class Conversation:
 
     # ------------------------------------------------------------------------------ helpers
 
+    def _warm_up(self, frames: int = 4) -> None:
+        """Run a few silent frames first, as the reference does, so that one-off costs
+        (kernel compilation, allocations) are paid before the microphone is open."""
+        import numpy as np
+
+        self.pipeline.start(None, PRESETS["casual"])
+        silence = np.zeros(self.pipeline.frame_size, dtype=np.float32)
+        for _ in range(frames):
+            self.pipeline.process(silence)
+
     def _load_voice(self, name: str) -> VoicePrompt | None:
         if name == NO_VOICE:
             return None
@@ -227,7 +242,7 @@ class Conversation:
 
         try:
             self.monitor = MonitorServer(self.bus, info=lambda: self.info, path=self.options.monitor_socket).start()
-        except OSError as exc:
+        except (OSError, PPChatError) as exc:
             self.monitor = None
             self._notice("warning", f"monitor socket unavailable: {exc}")
 

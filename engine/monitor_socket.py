@@ -22,8 +22,6 @@ import json
 import os
 import selectors
 import socket
-import stat
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -35,29 +33,12 @@ import numpy as np
 
 from ppchat.engine.events import EventBus, NoticeEvent, StepEvent
 from ppchat.errors import PPChatError
+from ppchat.models.paths import runtime_dir
 
 PROTOCOL_VERSION = 1
 ENVELOPE_POINTS = 8
 SOCKET_NAME = "monitor.sock"
 INFO_CHECK_S = 1.0
-
-
-def runtime_dir() -> Path:
-    """The per-user private directory for ppchat's sockets, created 0700 if missing."""
-    xdg = os.environ.get("XDG_RUNTIME_DIR")
-    # The XDG spec says a relative value is invalid and must be ignored.
-    usable = xdg and os.path.isabs(xdg) and os.path.isdir(xdg)
-    base = Path(xdg) / "ppchat" if usable else Path(tempfile.gettempdir()) / f"ppchat-{os.getuid()}"
-    try:
-        base.mkdir(mode=0o700, parents=False, exist_ok=True)
-        st = base.lstat()
-    except OSError as exc:
-        raise PPChatError(f"cannot create the runtime directory {base}: {exc.strerror}; set XDG_RUNTIME_DIR to a writable directory") from exc
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
-        raise PPChatError(f"{base} is not a directory owned by you; remove it or set XDG_RUNTIME_DIR")
-    if st.st_mode & 0o077:
-        os.chmod(base, 0o700)
-    return base
 
 
 def default_socket_path() -> Path:

@@ -165,6 +165,12 @@ class ModelPipeline:
     def process(self, pcm: np.ndarray) -> FrameResult:
         from ppchat.engine.runtime import FrameResult  # noqa: PLC0415 (see the TYPE_CHECKING import)
 
+        frame, token, timings = self.run_frame(pcm)
+        piece = self.model.tokenizer.piece(token) if token is not None else None
+        return FrameResult(pcm=frame, text_token=token, text_piece=piece, timings_ms=timings)
+
+    def run_frame(self, pcm: np.ndarray) -> tuple[np.ndarray, int | None, dict[str, float]]:
+        """One live frame: (agent PCM [frame_size] float32, text token or None, timings in ms)."""
         if not self.started:
             raise RuntimeError("ModelPipeline.start() must run before process()")
         t0 = time.perf_counter()
@@ -182,8 +188,7 @@ class ModelPipeline:
         frame = np.array(audio[0, 0], dtype=np.float32)
         t3 = time.perf_counter()
         token = out.text_token if out is not None else None  # None only if start() ran no prompt at all
-        piece = self.model.tokenizer.piece(token) if token is not None else None
         timings = {"total": (t3 - t0) * 1e3}
         if self.phase_timing:
             timings.update({"encode": (t1 - t0) * 1e3, **self.gen.last_timings_ms, "decode": (t3 - t2) * 1e3})
-        return FrameResult(pcm=frame, text_token=token, text_piece=piece, timings_ms=timings)
+        return frame, token, timings

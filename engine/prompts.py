@@ -53,6 +53,21 @@ def resolve_prompt(spec: str | None) -> tuple[str, str]:
     return "custom", _check(spec, "--prompt")
 
 
+def named_prompt(text: str) -> tuple[str, str]:
+    """(name, text) for a prompt given as text, e.g. from the console's editor.
+
+    A preset's name or exact text is named after the preset; anything else is "custom".
+    Unlike `resolve_prompt`, nothing here is read as a file name.
+    """
+    if text in PRESETS:
+        return text, PRESETS[text]
+    stripped = text.strip()
+    for name, preset in PRESETS.items():
+        if stripped == preset:
+            return name, preset
+    return "custom", _check(text, "the prompt")
+
+
 def _check(text: str, origin: str) -> str:
     text = text.strip()
     if not text:

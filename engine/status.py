@@ -5,7 +5,7 @@ from __future__ import annotations
 import collections
 
 from ppchat.engine.events import StepEvent
-from ppchat.tui.widgets.latency import LatencyStats
+from ppchat.engine.latency_stats import LatencyStats
 
 
 class StatusLine:

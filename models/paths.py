@@ -8,8 +8,12 @@ lets tests and users redirect everything with one variable).
 from __future__ import annotations
 
 import os
+import stat
 import sys
+import tempfile
 from pathlib import Path
+
+from ppchat.errors import PPChatError
 
 APP_NAME = "ppchat"
 
@@ -41,10 +45,22 @@ def data_dir() -> Path:
 
 
 def runtime_dir() -> Path:
-    """Short-lived files such as sockets and lock files.
+    """The per-user private directory for sockets, created 0700 if missing.
 
-    `XDG_RUNTIME_DIR` is per-user and cleaned at logout; without it (macOS, containers)
-    a `run/` folder in the cache directory serves the same purpose.
+    `$XDG_RUNTIME_DIR/ppchat`, else `<tmp>/ppchat-<uid>` (not under the cache: a Unix
+    socket path must stay under ~100 bytes). Refuses a directory someone else owns.
     """
-    base = _xdg("XDG_RUNTIME_DIR")
-    return base / APP_NAME if base is not None else cache_dir() / "run"
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    # The XDG spec says a relative value is invalid and must be ignored.
+    usable = xdg and os.path.isabs(xdg) and os.path.isdir(xdg)
+    base = Path(xdg) / APP_NAME if usable else Path(tempfile.gettempdir()) / f"{APP_NAME}-{os.getuid()}"
+    try:
+        base.mkdir(mode=0o700, parents=False, exist_ok=True)
+        st = base.lstat()
+    except OSError as exc:
+        raise PPChatError(f"cannot create the runtime directory {base}: {exc.strerror}; set XDG_RUNTIME_DIR to a writable directory") from exc
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+        raise PPChatError(f"{base} is not a directory owned by you; remove it or set XDG_RUNTIME_DIR")
+    if st.st_mode & 0o077:
+        os.chmod(base, 0o700)
+    return base

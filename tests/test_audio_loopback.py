@@ -8,7 +8,6 @@ show up in what it captures. Without PulseAudio these tests skip, except on CI
 
 from __future__ import annotations
 
-import os
 import time
 
 import numpy as np

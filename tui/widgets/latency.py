@@ -8,77 +8,20 @@ counters since the start, and the mean split between the four phases.
 
 from __future__ import annotations
 
-import collections
-from dataclasses import dataclass, field
 
-import numpy as np
 from rich.style import Style
 from textual.strip import Strip
 from textual.widget import Widget
 
 from ppchat.engine.events import PHASES, StepEvent
+from ppchat.engine.latency_stats import FRAME_MS, LatencyStats
 from ppchat.tui.widgets.strips import runs_to_strip
 
-FRAME_MS = 80.0
 EIGHTHS = " ▁▂▃▄▅▆▇█"
 PHASE_LABELS = {"encode": "enc", "temporal": "tmp", "depformer": "dep", "decode": "dec"}
 PHASE_COLORS = {"encode": "cyan", "temporal": "magenta", "depformer": "yellow", "decode": "blue"}
 # Distinct shades keep the phase bar readable under NO_COLOR.
 PHASE_CHARS = {"encode": "▓", "temporal": "█", "depformer": "▒", "decode": "░"}
-
-
-@dataclass
-class LatencyStats:
-    """A sliding window of step timings plus counters that only grow."""
-
-    window: int = 250  # 20 s of steps
-    totals: collections.deque = field(default_factory=collections.deque)
-    phases: dict[str, collections.deque] = field(default_factory=dict)
-    steps: int = 0
-    late: int = 0
-    dropped_in: int = 0
-    underruns: int = 0
-    xruns: int = 0
-    filled: int = 0
-    queue_in: int = 0
-    queue_out: int = 0
-
-    def __post_init__(self) -> None:
-        self.totals = collections.deque(maxlen=self.window)
-        self.phases = {p: collections.deque(maxlen=self.window) for p in PHASES}
-
-    def add(self, ev: StepEvent) -> None:
-        ms = ev.timings_ms
-        total = ms.get("total")
-        if total is None:
-            total = sum(ms.get(p, 0.0) for p in PHASES)
-        self.totals.append(float(total))
-        for p in PHASES:
-            self.phases[p].append(float(ms.get(p, 0.0)))
-        self.steps += 1
-        self.late += bool(ev.late)
-        self.dropped_in += ev.dropped_in
-        self.underruns += ev.underruns
-        self.xruns += ev.xruns
-        self.filled += bool(ev.filled)
-        self.queue_in, self.queue_out = ev.queue_in, ev.queue_out
-
-    def percentile(self, q: float) -> float | None:
-        if not self.totals:
-            return None
-        return float(np.percentile(np.fromiter(self.totals, float, len(self.totals)), q))
-
-    def max(self) -> float | None:
-        return max(self.totals) if self.totals else None
-
-    def real_time_factor(self, frame_ms: float = FRAME_MS) -> float | None:
-        """Mean compute time per step over the audio time a step covers (< 1 keeps up)."""
-        if not self.totals:
-            return None
-        return sum(self.totals) / len(self.totals) / frame_ms
-
-    def phase_means(self) -> dict[str, float]:
-        return {p: (sum(v) / len(v) if v else 0.0) for p, v in self.phases.items()}
 
 
 def chart_cells(values: list[float], rows: int, top: float, budget: float) -> list[list[tuple[str, str]]]:

@@ -1,0 +1,66 @@
+"""Sliding-window latency statistics over step events (console, monitor, headless status)."""
+
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ppchat.engine.events import PHASES, StepEvent
+
+FRAME_MS = 80.0
+
+
+@dataclass
+class LatencyStats:
+    """A sliding window of step timings plus counters that only grow."""
+
+    window: int = 250  # 20 s of steps
+    totals: collections.deque = field(default_factory=collections.deque)
+    phases: dict[str, collections.deque] = field(default_factory=dict)
+    steps: int = 0
+    late: int = 0
+    dropped_in: int = 0
+    underruns: int = 0
+    xruns: int = 0
+    filled: int = 0
+    queue_in: int = 0
+    queue_out: int = 0
+
+    def __post_init__(self) -> None:
+        self.totals = collections.deque(maxlen=self.window)
+        self.phases = {p: collections.deque(maxlen=self.window) for p in PHASES}
+
+    def add(self, ev: StepEvent) -> None:
+        ms = ev.timings_ms
+        total = ms.get("total")
+        if total is None:
+            total = sum(ms.get(p, 0.0) for p in PHASES)
+        self.totals.append(float(total))
+        for p in PHASES:
+            self.phases[p].append(float(ms.get(p, 0.0)))
+        self.steps += 1
+        self.late += bool(ev.late)
+        self.dropped_in += ev.dropped_in
+        self.underruns += ev.underruns
+        self.xruns += ev.xruns
+        self.filled += bool(ev.filled)
+        self.queue_in, self.queue_out = ev.queue_in, ev.queue_out
+
+    def percentile(self, q: float) -> float | None:
+        if not self.totals:
+            return None
+        return float(np.percentile(np.fromiter(self.totals, float, len(self.totals)), q))
+
+    def max(self) -> float | None:
+        return max(self.totals) if self.totals else None
+
+    def real_time_factor(self, frame_ms: float = FRAME_MS) -> float | None:
+        """Mean compute time per step over the audio time a step covers (< 1 keeps up)."""
+        if not self.totals:
+            return None
+        return sum(self.totals) / len(self.totals) / frame_ms
+
+    def phase_means(self) -> dict[str, float]:
+        return {p: (sum(v) / len(v) if v else 0.0) for p, v in self.phases.items()}

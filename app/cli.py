@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 
 from ppchat import __version__
@@ -20,6 +21,14 @@ COMMAND_MODULES = (
     "ppchat.sessions.commands",
     "ppchat.models.commands",
 )
+
+
+class Terminated(BaseException):
+    """Raised in the main thread on SIGTERM so that every `finally` runs."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     if "talk" in commands and (not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version"))):
         argv = ["talk", *argv]
     args = parser.parse_args(argv)
+    # `kill PID` should end a conversation as cleanly as Ctrl-C does: recording finalised.
+    signal.signal(signal.SIGTERM, _terminate)
     func = getattr(args, "func", None)
     if func is None:
         parser.print_help()
@@ -63,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print("\nterminated", file=sys.stderr)
+        return 143
     except PPChatError as exc:
         print(f"ppchat: error: {exc}", file=sys.stderr)
         return 2

@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "ppchat.engine.commands",
     "ppchat.sessions.commands",
     "ppchat.models.commands",
+    "ppchat.engine.bench_command",
 )
 
 

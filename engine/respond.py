@@ -76,6 +76,10 @@ def respond(input_path: Path, output_path: Path, options, *, text_json: Path | N
     from ppchat.engine.conversation import Conversation
     from ppchat.engine.virtual_io import ArrayAudio
 
+    for target in (output_path, text_json):
+        # Fail before minutes of model work, not after.
+        if target is not None and not Path(target).expanduser().parent.is_dir():
+            raise PPChatError(f"cannot write {target}: folder {Path(target).parent} does not exist")
     pcm, notes = read_audio(Path(input_path))
     for note in notes:
         print(f"ppchat: {note}", file=sys.stderr)

@@ -104,3 +104,13 @@ def test_reference_text_entries():
     assert reference_text_entry(0, None) == "EPAD"
     assert reference_text_entry(3, None) == "PAD"
     assert reference_text_entry(57, " hello") == " hello"
+
+
+def test_unwritable_output_is_a_clear_error(tmp_path, capsys):
+    wav = tmp_path / "in.wav"
+    sf.write(wav, _speechlike(0.3, 24000), 24000)
+    target = tmp_path / "missing-folder" / "out.wav"
+    code = main(["respond", "-i", str(wav), "-o", str(target), "--model", "demo", "--sessions-dir", str(tmp_path / "s")])
+    assert code == 2
+    assert "missing-folder" in capsys.readouterr().err
+    assert not target.exists()

@@ -477,8 +477,9 @@ class LMGen:
         return [a for c in self._cache for a in c.state] + ([] if self._key is None else [self._key])
 
     def _set_state_arrays(self, arrays: list[mx.array]) -> None:
+        per_cache = len(self._cache[0].state)
         for index, cache in enumerate(self._cache):
-            cache.state = list(arrays[4 * index : 4 * index + 4])
+            cache.state = list(arrays[per_cache * index : per_cache * (index + 1)])
         if self._key is not None:
             self._key = arrays[-1]
 

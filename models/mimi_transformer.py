@@ -65,10 +65,9 @@ class MimiAttention(nn.Module):
         cfg = self.cfg
         b, t, _ = x.shape
         qkv = self.in_proj(x).reshape(b, t, 3, cfg.num_heads, cfg.head_dim).transpose(2, 0, 3, 1, 4)
-        q, k, v = qkv[0], qkv[1], qkv[2]
-        # Interleaved pairs (2i, 2i+1), as PyTorch moshi rotates them.
-        rope = dict(traditional=True, base=cfg.max_period, scale=1.0, offset=offset)
-        return mx.fast.rope(q, cfg.head_dim, **rope), mx.fast.rope(k, cfg.head_dim, **rope), v
+        # Interleaved pairs (2i, 2i+1), as PyTorch moshi rotates them; q and k in one kernel.
+        qk = mx.fast.rope(qkv[:2], cfg.head_dim, traditional=True, base=cfg.max_period, scale=1.0, offset=offset)
+        return qk[0], qk[1], qkv[2]
 
     def _attend(self, q: mx.array, k: mx.array, v: mx.array, mask: mx.array) -> mx.array:
         b, _, t, _ = q.shape
@@ -88,23 +87,30 @@ class MimiAttention(nn.Module):
         self._keys = mx.zeros(shape)
         self._values = mx.zeros(shape)
 
-    def step(self, x: mx.array, offset: mx.array) -> mx.array:
-        """One chunk of fewer than `context` steps whose first step is at absolute position `offset`."""
-        capacity = self.cfg.context
-        t = x.shape[1]
+    def step(self, x: mx.array, offset: mx.array, ring: tuple[mx.array, mx.array] | None = None) -> mx.array:
+        """One chunk of fewer than `context` steps whose first step is at absolute position `offset`.
+
+        `ring` is `ring_slots_and_mask(offset, T, context)`, the same for every layer (so the stack
+        computes it once per step); computed here when not given."""
+        slots, mask = ring if ring is not None else ring_slots_and_mask(offset, x.shape[1], self.cfg.context)
         q, k, v = self._project(x, offset)
-        pos_q = offset + mx.arange(t)
-        self._keys[:, :, pos_q % capacity, :] = k
-        self._values[:, :, pos_q % capacity, :] = v
-        # Position of each slot as the reference labels it (see the module docstring), -1 if never written.
-        end = offset + t
-        slot = mx.arange(capacity)
-        delta = slot - end % capacity
-        pos_k = mx.where(delta <= 0, end + delta, end + delta - capacity)
-        pos_k = mx.where(slot >= end, -1, pos_k)
-        age = pos_q[:, None] - pos_k[None, :]
-        mask = (pos_k[None, :] >= 0) & (age >= 0) & (age < capacity)
+        self._keys[:, :, slots, :] = k
+        self._values[:, :, slots, :] = v
         return self._attend(q, self._keys, self._values, mask)
+
+
+def ring_slots_and_mask(offset: mx.array, t: int, capacity: int) -> tuple[mx.array, mx.array]:
+    """Slots [T] that a chunk of `t` steps at `offset` writes, and its visibility mask [T, capacity]
+    over the ring after that write (True where visible), with the reference's slot labels."""
+    pos_q = offset + mx.arange(t)
+    # Position of each slot as the reference labels it (see the module docstring), -1 if never written.
+    end = offset + t
+    slot = mx.arange(capacity)
+    delta = slot - end % capacity
+    pos_k = mx.where(delta <= 0, end + delta, end + delta - capacity)
+    pos_k = mx.where(slot >= end, -1, pos_k)
+    age = pos_q[:, None] - pos_k[None, :]
+    return pos_q % capacity, (pos_k[None, :] >= 0) & (age >= 0) & (age < capacity)
 
 
 class MimiTransformerLayer(nn.Module):
@@ -127,8 +133,8 @@ class MimiTransformerLayer(nn.Module):
     def __call__(self, x: mx.array) -> mx.array:
         return self._feed_forward(x + self.layer_scale_1(self.self_attn(self.norm1(x))))
 
-    def step(self, x: mx.array, offset: mx.array) -> mx.array:
-        return self._feed_forward(x + self.layer_scale_1(self.self_attn.step(self.norm1(x), offset)))
+    def step(self, x: mx.array, offset: mx.array, ring: tuple[mx.array, mx.array] | None = None) -> mx.array:
+        return self._feed_forward(x + self.layer_scale_1(self.self_attn.step(self.norm1(x), offset, ring)))
 
 
 class MimiTransformer(nn.Module):
@@ -160,7 +166,8 @@ class MimiTransformer(nn.Module):
             raise ValueError(f"a streaming chunk of {t} steps needs a context above {t}, not {self.cfg.context}")
         if t == 0:
             return x
+        ring = ring_slots_and_mask(self._offset, t, self.cfg.context)  # shared by every layer
         for layer in self.layers:
-            x = layer.step(x, self._offset)
+            x = layer.step(x, self._offset, ring)
         self._offset = self._offset + t
         return x

@@ -19,8 +19,8 @@ class TransformerLayer(nn.Module):
         self.norm2 = RMSNorm(dim, norm_eps)
         self.gating = GatedFFN(dim, hidden)
 
-    def __call__(self, x: mx.array, cache: RingKVCache) -> mx.array:
-        x = x + self.self_attn(self.norm1(x), cache)
+    def __call__(self, x: mx.array, cache: RingKVCache, mask: mx.array | None = None) -> mx.array:
+        x = x + self.self_attn(self.norm1(x), cache, mask)
         return x + self.gating(self.norm2(x))
 
 
@@ -51,6 +51,8 @@ class Transformer(nn.Module):
 
     def __call__(self, x: mx.array, cache: list[RingKVCache]) -> mx.array:
         """x: [B, T, dim] input embeddings at the next T positions of `cache` -> [B, T, dim]."""
+        # Every layer's ring holds the same positions: one mask serves the whole stack.
+        mask = cache[0].mask_for(x.shape[1]) if cache else None
         for layer, layer_cache in zip(self.layers, cache):
-            x = layer(x, layer_cache)
+            x = layer(x, layer_cache, mask)
         return x

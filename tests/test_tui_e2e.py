@@ -47,6 +47,7 @@ def test_talk_pick_voice_and_prompt_then_quit_saves(tmp_path):
             # Voice picker: choose the custom WAV; the conversation restarts with it.
             await pilot.press("v")
             await _wait_for(pilot, lambda: isinstance(app.screen, VoicePicker))
+            await pilot.pause(0.3)  # let the picker mount its list before keys arrive
             await pilot.press("end", "enter")
             await _wait_for(pilot, lambda: conv.voice_name == str(voice) and conv.running)
             assert conv.prefill.voice_frames == 13
@@ -54,6 +55,7 @@ def test_talk_pick_voice_and_prompt_then_quit_saves(tmp_path):
             # Prompt picker: the casual preset.
             await pilot.press("p")
             await _wait_for(pilot, lambda: isinstance(app.screen, PromptPicker))
+            await pilot.pause(0.3)
             names = list(conv.prompts())
             for _ in range(names.index("casual")):
                 await pilot.press("down")

@@ -1,33 +1,41 @@
-"""The one-line status of the headless mode (`ppchat talk --no-tui`)."""
+"""The one-line status printed by `ppchat talk --no-tui` and `ppchat monitor --no-tui`."""
 
 from __future__ import annotations
 
-import collections
-
 from ppchat.engine.events import StepEvent
 from ppchat.engine.latency_stats import LatencyStats
+from ppchat.engine.levels import envelope_bar, level_db
+from ppchat.sessions.replay import format_clock
 
 
 class StatusLine:
-    """Folds step events into `t=12.3s p50=41ms p95=55ms max=80ms rtf=0.52 late=0 drop=0 | text…`."""
+    """Folds step events into `01:02.3 step 778  in -23dB ▃▅  out -18dB ▆▆  ms p50 41.0 p95 55.0 …`."""
 
     def __init__(self, text_chars: int = 40):
         self.stats = LatencyStats()
-        self.audio_time = 0.0
-        self._text: collections.deque[str] = collections.deque(maxlen=text_chars)
+        self.last: StepEvent | None = None
+        self._text = ""
+        self._text_chars = text_chars
 
     def add(self, ev: StepEvent) -> None:
         self.stats.add(ev)
-        self.audio_time = ev.audio_time + 0.08
+        self.last = ev
         if ev.text_piece:
-            self._text.extend(ev.text_piece)
+            self._text = (self._text + ev.text_piece)[-5 * self._text_chars:]
 
     def line(self) -> str:
-        s = self.stats
-        if not s.steps:
+        s, last = self.stats, self.last
+        if last is None:
             return "waiting for audio…"
-        p50, p95, mx, rtf = s.percentile(50), s.percentile(95), s.max(), s.real_time_factor()
-        text = "".join(self._text).strip()
-        return (f"t={self.audio_time:6.1f}s step={s.steps} p50={p50:.0f}ms p95={p95:.0f}ms max={mx:.0f}ms "
-                f"rtf={rtf:.2f} late={s.late} drop={s.dropped_in} underrun={s.underruns} xrun={s.xruns}"
-                + (f" | {text}" if text else ""))
+        # Monitor steps carry each frame's 10 ms peaks; the engine's own events do not.
+        env_in, env_out = getattr(last, "env_in", []), getattr(last, "env_out", [])
+        text = self._text.strip()[-self._text_chars:]
+        return (
+            f"{format_clock(last.audio_time)} step {last.step}"
+            f"  in {level_db(last.in_peak):4.0f}dB {envelope_bar(env_in)}"
+            f"  out {level_db(last.out_peak):4.0f}dB {envelope_bar(env_out)}"
+            f"  ms p50 {s.percentile(50):.1f} p95 {s.percentile(95):.1f} max {s.max():.1f}"
+            f"  rtf {s.real_time_factor():.2f}"
+            f"  late {s.late} drop {s.dropped_in} under {s.underruns} xrun {s.xruns}"
+            + (f"  | {text}" if text else "")
+        )

@@ -10,7 +10,8 @@ from ppchat.tui.widgets.latency import LatencyStats, chart_cells
 from ppchat.tui.widgets.monologue import Transcript, clock
 from ppchat.tui.widgets.statusbar import short_path
 from ppchat.tui.widgets.strips import strip_text
-from ppchat.tui.widgets.waveform import FLOOR_DB, FrameLevel, Waveform, column_cells, level_db, level_fraction
+from ppchat.engine.levels import FLOOR_DB, level_db, level_fraction
+from ppchat.tui.widgets.waveform import FrameLevel, Waveform, column_cells
 
 
 def step(n: int, *, token: int | None = 3, piece: str | None = None, total: float = 40.0, **kw) -> StepEvent:

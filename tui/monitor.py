@@ -20,13 +20,11 @@ from textual.widgets import Footer
 
 from ppchat.engine import monitor_socket
 from ppchat.engine.events import EventBus, NoticeEvent, StepEvent
+from ppchat.engine.status import StatusLine
 from ppchat.errors import PPChatError
 from ppchat.tui.app import notify_event
 from ppchat.tui.live_view import LiveView
-from ppchat.tui.widgets.latency import LatencyStats
-from ppchat.tui.widgets.monologue import NO_TEXT_TOKENS, clock
 from ppchat.tui.widgets.statusbar import StatusBar
-from ppchat.tui.widgets.waveform import EIGHTHS, level_db, level_fraction
 
 
 class MonitorFeed:
@@ -139,32 +137,10 @@ class MonitorApp(App):
         self._subscription.close()
 
 
-def envelope_bar(env: list[float]) -> str:
-    """The 10 ms peaks of one frame as block characters on the meter's dB scale."""
-    return "".join(EIGHTHS[max(1, round(level_fraction(v) * 8))] if v > 0 else EIGHTHS[0] for v in env)
-
-
-def status_line(stats: LatencyStats, last: StepEvent, text: str) -> str:
-    """One line summarising the last second: time, levels, latency, counters, recent text."""
-    env_in = getattr(last, "env_in", [])
-    env_out = getattr(last, "env_out", [])
-    p50, p95 = stats.percentile(50), stats.percentile(95)
-    return (
-        f"{clock(last.audio_time)} step {last.step}"
-        f"  in {level_db(last.in_peak):4.0f}dB {envelope_bar(env_in)}"
-        f"  out {level_db(last.out_peak):4.0f}dB {envelope_bar(env_out)}"
-        f"  ms p50 {p50:.1f} p95 {p95:.1f}  rtf {stats.real_time_factor():.2f}"
-        f"  late {stats.late} drop {stats.dropped_in} under {stats.underruns}"
-        + (f"  | {text.strip()[-40:]}" if text.strip() else "")
-    )
-
-
 def print_status_lines(path: str | Path | None, out: TextIO = sys.stdout, interval_s: float = 1.0) -> int:
     """`--no-tui`: print a status line every `interval_s` while events flow; returns when the server closes."""
     sock = monitor_socket.connect(path)
-    stats = LatencyStats()
-    last: StepEvent | None = None
-    text = ""
+    status = StatusLine()
     next_print = time.monotonic() + interval_s
     for msg in monitor_socket.read_messages(sock):
         if isinstance(msg, dict):
@@ -173,13 +149,10 @@ def print_status_lines(path: str | Path | None, out: TextIO = sys.stdout, interv
         elif isinstance(msg, NoticeEvent):
             print(f"{msg.level}: {msg.message}", file=out, flush=True)
         elif isinstance(msg, StepEvent):
-            stats.add(msg)
-            last = msg
-            if msg.text_piece and msg.text_token not in NO_TEXT_TOKENS:
-                text = (text + msg.text_piece)[-200:]
-        if last is not None and time.monotonic() >= next_print:
+            status.add(msg)
+        if status.last is not None and time.monotonic() >= next_print:
             next_print = time.monotonic() + interval_s
-            print(status_line(stats, last, text), file=out, flush=True)
+            print(status.line(), file=out, flush=True)
     print("ppchat closed the monitor connection", file=out, flush=True)
     return 0
 

@@ -15,9 +15,9 @@ from textual.widget import Widget
 
 from ppchat.engine.events import PHASES, StepEvent
 from ppchat.engine.latency_stats import FRAME_MS, LatencyStats
+from ppchat.engine.levels import EIGHTHS
 from ppchat.tui.widgets.strips import runs_to_strip
 
-EIGHTHS = " ▁▂▃▄▅▆▇█"
 PHASE_LABELS = {"encode": "enc", "temporal": "tmp", "depformer": "dep", "decode": "dec"}
 PHASE_COLORS = {"encode": "cyan", "temporal": "magenta", "depformer": "yellow", "decode": "blue"}
 # Distinct shades keep the phase bar readable under NO_COLOR.

@@ -9,32 +9,18 @@ without colour.
 from __future__ import annotations
 
 import collections
-import math
 from dataclasses import dataclass
 
 from rich.style import Style
 from textual.strip import Strip
 from textual.widget import Widget
 
+from ppchat.engine.levels import EIGHTHS, level_db, level_fraction
 from ppchat.tui.widgets.strips import runs_to_strip
 
-FLOOR_DB = -60.0  # the bottom of the scale; quieter frames draw nothing
 SPEECH_DB = -42.0  # frames whose RMS is above this are drawn as speech
 CLIP_PEAK = 0.999
-EIGHTHS = " ▁▂▃▄▅▆▇█"
 GUTTER = 7  # label column left of the chart
-
-
-def level_db(x: float) -> float:
-    """Linear full-scale amplitude -> dBFS, floored at `FLOOR_DB`."""
-    if x <= 0.0 or not math.isfinite(x):
-        return FLOOR_DB
-    return max(FLOOR_DB, min(0.0, 20.0 * math.log10(x)))
-
-
-def level_fraction(x: float) -> float:
-    """Where amplitude `x` sits on the meter, 0 (at or below the floor) to 1 (full scale)."""
-    return (level_db(x) - FLOOR_DB) / -FLOOR_DB
 
 
 @dataclass(frozen=True)

@@ -9,15 +9,14 @@ input has at 24 kHz (spec §5.5), and the session is recorded like any other.
 from __future__ import annotations
 
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 
 from ppchat.engine.events import NoticeEvent, StepEvent
+from ppchat.atomic import replacing
 from ppchat.errors import AudioError, PPChatError
 
 SAMPLE_RATE = 24000
@@ -54,21 +53,12 @@ def reference_text_entry(token: int | None, piece: str | None) -> str:
     return piece if piece is not None else ""
 
 
-def _atomic_write(target: Path, write) -> None:
-    target = target.expanduser()
-    parent = target.parent if str(target.parent) else Path(".")
-    if not parent.is_dir():
-        raise PPChatError(f"cannot write {target}: folder {parent} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=parent)
-    os.close(fd)
+def _write_output(target: Path, write) -> None:
     try:
-        write(Path(tmp))
-        os.replace(tmp, target)
+        with replacing(target.expanduser()) as tmp:
+            write(tmp)
     except OSError as exc:
         raise PPChatError(f"cannot write {target}: {exc.strerror or exc}") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def respond(input_path: Path, output_path: Path, options, *, text_json: Path | None = None,
@@ -112,7 +102,7 @@ def respond(input_path: Path, output_path: Path, options, *, text_json: Path | N
     agent = holder["audio"].played()[: len(pcm)]
     if len(agent) < len(pcm):
         agent = np.concatenate([agent, np.zeros(len(pcm) - len(agent), dtype=np.float32)])
-    _atomic_write(Path(output_path), lambda p: sf.write(str(p), agent, SAMPLE_RATE, subtype="PCM_16", format="WAV"))
+    _write_output(Path(output_path), lambda p: sf.write(str(p), agent, SAMPLE_RATE, subtype="PCM_16", format="WAV"))
     if text_json is not None:
         doc = {
             "input": str(input_path),
@@ -125,7 +115,7 @@ def respond(input_path: Path, output_path: Path, options, *, text_json: Path | N
             "steps": [{"step": e.step, "t": round(e.audio_time, 3), "token": e.text_token, "piece": e.text_piece,
                        "ms": {k: round(v, 3) for k, v in e.timings_ms.items()}} for e in steps],
         }
-        _atomic_write(Path(text_json), lambda p: p.write_text(json.dumps(doc, ensure_ascii=False, indent=1)))
+        _write_output(Path(text_json), lambda p: p.write_text(json.dumps(doc, ensure_ascii=False, indent=1)))
     session = getattr(conv, "last_session_dir", None)
     print(f"ppchat: wrote {output_path} ({len(agent) / SAMPLE_RATE:.2f} s, {len(steps)} frames)"
           + (f"; session {session}" if session else ""), file=sys.stderr)

@@ -20,6 +20,7 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 from tqdm import tqdm
 
+from ppchat.atomic import replacing
 from ppchat.errors import CheckpointError
 from ppchat.models import hub, paths
 from ppchat.models.checkpoint import CheckpointDir, open_checkpoint_dir, read_safetensors
@@ -109,12 +110,8 @@ def _cache_path(weights: Path, cache_root: Path, bits: int, group: int, dtype: s
 
 def _save_quantized(lm: LM, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.stem}.{os.getpid()}.tmp.safetensors")
-    try:
+    with replacing(target) as tmp:
         mx.save_safetensors(str(tmp), dict(tree_flatten(lm.parameters())), metadata={"format": _CACHE_FORMAT})
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
     # Older conversions of the same file at the same precision are dead weight (gigabytes each).
     for stale in target.parent.glob(f"{target.stem.rsplit('-', 1)[0]}-*.safetensors"):
         if stale != target:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ import numpy as np
 import soundfile
 import soxr
 
+from ppchat.atomic import replacing
 from ppchat.errors import AudioError, CheckpointError
 from ppchat.models import paths
 from ppchat.models.checkpoint import read_safetensors
@@ -189,13 +189,12 @@ def _converted_path(source: Path, cache_dir: Path) -> Path:
 
 def _save_converted(voice: VoicePrompt, target: Path, source: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.stem}.{os.getpid()}.tmp.safetensors")
-    mx.save_safetensors(
-        str(tmp),
-        {"embeddings": voice.embeddings, "cache": mx.array(voice.cache), "n_frames": mx.array([voice.n_frames], dtype=mx.int32)},
-        metadata={"format": _CONVERTED_FORMAT, "source": str(source)},
-    )
-    os.replace(tmp, target)
+    with replacing(target) as tmp:
+        mx.save_safetensors(
+            str(tmp),
+            {"embeddings": voice.embeddings, "cache": mx.array(voice.cache), "n_frames": mx.array([voice.n_frames], dtype=mx.int32)},
+            metadata={"format": _CONVERTED_FORMAT, "source": str(source)},
+        )
 
 
 def _load_pt(source: Path, name: str, cache_dir: Path) -> VoicePrompt:

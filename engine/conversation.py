@@ -77,6 +77,7 @@ class Conversation:
         self._lock = threading.RLock()
         self.runtime: DuplexRuntime | None = None
         self.recorder: Recorder | None = None
+        self.last_session_dir: Path | None = None  # the most recent finished recording
         self.prefill: PrefillReport | None = None
         self.voice_name = options.voice or (DEFAULT_VOICE if self.model.voices_dir else NO_VOICE)
         self.prompt_name, self.prompt_text = resolve_prompt(options.prompt)
@@ -160,7 +161,8 @@ class Conversation:
             if recorder is not None:
                 recorder.close()
                 self._notice("info", f"saved {recorder.session_dir}")
-            self.last_session_dir = recorder.session_dir if recorder else getattr(self, "last_session_dir", None)
+            if recorder is not None:
+                self.last_session_dir = recorder.session_dir
 
     def restart(self, voice: str | None = None, prompt: str | None = None) -> PrefillReport:
         with self._lock:

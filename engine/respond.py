@@ -116,7 +116,7 @@ def respond(input_path: Path, output_path: Path, options, *, text_json: Path | N
                        "ms": {k: round(v, 3) for k, v in e.timings_ms.items()}} for e in steps],
         }
         _write_output(Path(text_json), lambda p: p.write_text(json.dumps(doc, ensure_ascii=False, indent=1)))
-    session = getattr(conv, "last_session_dir", None)
+    session = conv.last_session_dir
     print(f"ppchat: wrote {output_path} ({len(agent) / SAMPLE_RATE:.2f} s, {len(steps)} frames)"
           + (f"; session {session}" if session else ""), file=sys.stderr)
     return 0

@@ -30,7 +30,7 @@ from ppchat.engine.pipeline import ModelPipeline, SamplingSettings
 from ppchat.engine.prompts import resolve_prompt
 from ppchat.models.generator import VoiceEmbeddings
 from ppchat.models.lm import LM, LMConfig
-from ppchat.models.loader import DEFAULT_GROUP_SIZE, LoadedModel, ModelInfo, load_model
+from ppchat.models.loader import DEFAULT_GROUP_SIZE, LoadedModel, ModelInfo, load_model, quantizable
 from ppchat.models.mimi import Mimi, MimiConfig
 
 FRAME_MS = 80.0
@@ -46,6 +46,7 @@ class BenchOptions:
     model: str = "demo"
     config: str | None = None
     quantize: int | None = None
+    group_size: int | None = None
     frames: int = 200
     warmup: int = 20
     phases: bool = False
@@ -57,13 +58,6 @@ class BenchOptions:
 
 
 # ------------------------------------------------------------------------------------------ model
-
-
-def _quantizable(group: int):
-    def predicate(_path: str, module: nn.Module) -> bool:
-        return isinstance(module, (nn.Linear, nn.Embedding)) and module.weight.shape[-1] % group == 0
-
-    return predicate
 
 
 def _materialise(module: nn.Module) -> None:
@@ -103,6 +97,7 @@ def build_random_model(
     mimi_config: MimiConfig,
     quantize: int | None,
     *,
+    group_size: int | None = None,
     dtype: mx.Dtype = mx.bfloat16,
     depformer_steps: int = 8,
     compile_streaming: bool | None = None,
@@ -115,9 +110,9 @@ def build_random_model(
     started = time.perf_counter()
     mx.random.seed(seed)
     lm = LM(lm_config, dtype=dtype, depformer_steps=depformer_steps)  # lazy: nothing allocated yet
-    group = DEFAULT_GROUP_SIZE[quantize] if quantize else None
+    group = (group_size or DEFAULT_GROUP_SIZE[quantize]) if quantize else None
     if quantize:
-        nn.quantize(lm, group, quantize, class_predicate=_quantizable(group))
+        nn.quantize(lm, group, quantize, class_predicate=quantizable(group))
     _materialise(lm)
     mimi = _random_mimi(mimi_config, compile_streaming, seed)
     with tempfile.TemporaryDirectory() as folder:
@@ -144,10 +139,11 @@ def build_model(options: BenchOptions) -> LoadedModel:
         if options.config != "7b":
             raise ValueError(f"unknown config {options.config!r}; choose one of {CONFIGS}")
         return build_random_model(
-            LMConfig.personaplex_7b(), MimiConfig.personaplex(), options.quantize, seed=options.seed,
+            LMConfig.personaplex_7b(), MimiConfig.personaplex(), options.quantize,
+            group_size=options.group_size, seed=options.seed,
             compile_streaming=options.compile,
         )
-    model = load_model(options.model, quantize=options.quantize, cache_root=options.cache_root,
+    model = load_model(options.model, quantize=options.quantize, group_size=options.group_size, cache_root=options.cache_root,
                        depformer_steps=8, show_progress=False)
     if options.compile is not None:
         model.mimi.compile_streaming = options.compile

@@ -24,6 +24,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--config", choices=("7b",), help="build this architecture with random weights instead of --model")
     parser.add_argument("--quantize", choices=tuple(QUANTIZE_CHOICES), default="none",
                         help="LM weights: 4 or 8 bit, or none (the checkpoint dtype; bf16 for --config)")
+    parser.add_argument("--group-size", type=int, choices=(32, 64, 128),
+                        help="quantisation group size (default: 32 for 4 bit, 64 for 8 bit)")
     parser.add_argument("--frames", type=int, default=200, help="measured frames (default 200)")
     parser.add_argument("--warmup", type=int, default=20, help="warm-up frames before measuring (default 20)")
     parser.add_argument("--phases", action="store_true",
@@ -45,6 +47,7 @@ def _run(args: argparse.Namespace) -> int:
         model=args.model,
         config=args.config,
         quantize=QUANTIZE_CHOICES[args.quantize],
+        group_size=args.group_size,
         frames=args.frames,
         warmup=args.warmup,
         phases=args.phases,

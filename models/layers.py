@@ -12,7 +12,8 @@ import math
 import mlx.core as mx
 import mlx.nn as nn
 
-from ppchat.models.kv_cache import RingKVCache
+from ppchat.models import cuda_kernels
+from ppchat.models.kv_cache import RingKVCache, RingStep
 
 
 def gating_hidden_dim(dim: int, dim_feedforward: int) -> int:
@@ -25,9 +26,11 @@ def gating_hidden_dim(dim: int, dim_feedforward: int) -> int:
 class RMSNorm(nn.Module):
     """The reference `rms_norm_f32`: no mean subtraction, math in float32, cast back at the end.
 
-    One fused kernel (`mx.fast.rms_norm` on the float32 input) instead of the ~3 an elementwise
-    form compiles to; it forms `(x * rsqrt(mean(x^2) + eps)) * weight`, where the reference
-    multiplies `x * (weight * rsqrt(...))`: the same up to float32 rounding.
+    `mx.fast.rms_norm` on the float32 input instead of the ~3 kernels an elementwise form compiles
+    to; it forms `(x * rsqrt(mean(x^2) + eps)) * weight`, where the reference multiplies
+    `x * (weight * rsqrt(...))`: the same up to float32 rounding. On MLX's CUDA backend a bf16 input
+    goes through one fused kernel instead (`cuda_kernels.rms_norm`, the reference's exact order),
+    saving the two casts' kernels.
     """
 
     def __init__(self, dim: int, eps: float = 1e-8):
@@ -36,6 +39,8 @@ class RMSNorm(nn.Module):
         self.weight = mx.ones((dim,))
 
     def __call__(self, x: mx.array) -> mx.array:
+        if x.dtype != mx.float32 and cuda_kernels.available():
+            return cuda_kernels.rms_norm(x, self.weight, self.eps)
         # A bf16 weight converts to float32 exactly inside the kernel.
         return mx.fast.rms_norm(x.astype(mx.float32), self.weight, self.eps).astype(x.dtype)
 
@@ -53,16 +58,25 @@ class GatedFFN(nn.Module):
         return self.linear_out(nn.silu(gate) * value)
 
 
+def pick(x: mx.array, index: int, axis: int = 0) -> mx.array:
+    """`x` at `index` along `axis`, as a view. (`x[i]` is a gather in MLX: a copy and a kernel.)"""
+    where = [slice(None)] * x.ndim
+    where[axis] = slice(index, index + 1)
+    return mx.squeeze(x[tuple(where)], axis)
+
+
 def split_qkv(qkv: mx.array, num_heads: int) -> tuple[mx.array, mx.array, mx.array]:
-    """[B, T, 3*D] fused projection -> q, k, v as [B, H, T, head_dim]."""
+    """[B, T, 3*D] fused projection -> q, k, v as [B, H, T, head_dim] (views)."""
     b, t, _ = qkv.shape
     qkv = qkv.reshape(b, t, 3, num_heads, -1).transpose(2, 0, 3, 1, 4)
-    return qkv[0], qkv[1], qkv[2]
+    return pick(qkv, 0), pick(qkv, 1), pick(qkv, 2)
 
 
 def merge_heads(x: mx.array) -> mx.array:
     """[B, H, T, head_dim] -> [B, T, H*head_dim] (head-major, as out_proj expects)."""
     b, h, t, d = x.shape
+    if t == 1:  # the same memory order: a view where the transpose would be a copy kernel
+        return x.reshape(b, 1, h * d)
     return x.transpose(0, 2, 1, 3).reshape(b, t, h * d)
 
 
@@ -79,9 +93,11 @@ class RopeAttention(nn.Module):
         self.in_proj = nn.Linear(dim, 3 * dim, bias=False)
         self.out_proj = nn.Linear(dim, dim, bias=False)
 
-    def __call__(self, x: mx.array, cache: RingKVCache, mask: mx.array | None = None) -> mx.array:
-        """`mask` is `cache.mask_for(T)`, computed once per step by the caller and shared by all layers
-        (computed here when not given)."""
+    def __call__(
+        self, x: mx.array, cache: RingKVCache, mask: mx.array | None = None, step: RingStep | None = None
+    ) -> mx.array:
+        """`mask` is `cache.mask_for(T)` and `step` (single tokens) `cache.plan()`, computed once per
+        step by the caller and shared by all layers (computed here when not given)."""
         b, t, _ = x.shape
         if mask is None:
             mask = cache.mask_for(t)
@@ -89,8 +105,8 @@ class RopeAttention(nn.Module):
         # q and k rotated in one kernel. The reference rotates (2i, 2i+1) pairs in float32 and casts
         # back (spec pitfall 1); MLX's rope kernel computes in float32 and rounds once, the same.
         qk = mx.fast.rope(qkv[:2], self.head_dim, traditional=True, base=self.max_period, scale=1.0, offset=cache.offset)
-        keys, values = cache.update(qk[1], qkv[2])
-        out = mx.fast.scaled_dot_product_attention(qk[0], keys, values, scale=self.scale, mask=mask)
+        keys, values = cache.update(pick(qk, 1), pick(qkv, 2), step)
+        out = mx.fast.scaled_dot_product_attention(pick(qk, 0), keys, values, scale=self.scale, mask=mask)
         return self.out_proj(merge_heads(out))
 
 

@@ -15,7 +15,7 @@ import mlx.nn as nn
 from ppchat.errors import CheckpointError
 from ppchat.models.depformer import Depformer
 from ppchat.models.kv_cache import RingKVCache
-from ppchat.models.layers import RMSNorm, embed_tokens, gating_hidden_dim
+from ppchat.models.layers import RMSNorm, gating_hidden_dim, pick
 from ppchat.models.transformer import Transformer
 
 PERSONAPLEX_DELAYS = (0, 0, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1, 1, 1, 1, 1)
@@ -309,10 +309,18 @@ class LM(nn.Module):
 
         Summed in the reference order: audio 0..15, then text (spec §4.1); -1 gives a zero row.
         """
-        x = embed_tokens(self.emb[0], tokens[:, 1])
+        # The -1 handling of `embed_tokens`, done once for all 17 streams rather than per stream.
+        safe = mx.maximum(tokens, 0)
+        valid = (tokens >= 0)[..., None]
+        zero = mx.zeros((), dtype=self.dtype)
+
+        def row(table: nn.Module, stream: int) -> mx.array:
+            return mx.where(pick(valid, stream, axis=1), table(pick(safe, stream, axis=1)), zero)
+
+        x = row(self.emb[0], 1)
         for index in range(1, self.config.n_q):
-            x = x + embed_tokens(self.emb[index], tokens[:, index + 1])
-        return x + embed_tokens(self.text_emb, tokens[:, 0])
+            x = x + row(self.emb[index], index + 1)
+        return x + row(self.text_emb, 0)
 
     def forward_embeddings(self, x: mx.array, cache: list[RingKVCache]) -> tuple[mx.array, mx.array]:
         """Run the transformer on x [B, T, dim] at the cache's next positions.

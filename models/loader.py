@@ -90,7 +90,7 @@ def resolve_voices_dir(ckpt: CheckpointDir, cache_root: Path) -> Path | None:
     return hub.extract_voices(ckpt.voices_archive, cache_root / "hub-voices" / where)
 
 
-def _quantizable(group_size: int):
+def quantizable(group_size: int):
     def predicate(_path: str, module: nn.Module) -> bool:
         # Layers whose input width is not a multiple of the group cannot be quantised; they stay dense.
         return isinstance(module, (nn.Linear, nn.Embedding)) and module.weight.shape[-1] % group_size == 0
@@ -119,7 +119,7 @@ def _save_quantized(lm: LM, target: Path) -> None:
 
 
 def _quantize_with_progress(lm: LM, bits: int, group: int, show_progress: bool) -> None:
-    predicate = _quantizable(group)
+    predicate = quantizable(group)
     targets = [name for name, module in lm.named_modules() if predicate(name, module)]
     nn.quantize(lm, group, bits, class_predicate=predicate)
     modules = dict(lm.named_modules())
@@ -150,7 +150,7 @@ def _load_lm(
     cached = _cache_path(ckpt.lm_weights_path, cache_root, quantize, group, dtype_name, lm.depformer.steps)
     if cached.is_file():
         try:
-            nn.quantize(lm, group, quantize, class_predicate=_quantizable(group))
+            nn.quantize(lm, group, quantize, class_predicate=quantizable(group))
             lm.load_weights(list(read_safetensors(cached, hint="it will be re-created").items()), strict=True)
             mx.eval(lm.parameters())
             return lm, cached, True

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import mlx.core as mx
 import mlx.nn as nn
 
+from ppchat.models.layers import pick
+
 
 @dataclass(frozen=True)
 class MimiTransformerConfig:
@@ -67,7 +69,7 @@ class MimiAttention(nn.Module):
         qkv = self.in_proj(x).reshape(b, t, 3, cfg.num_heads, cfg.head_dim).transpose(2, 0, 3, 1, 4)
         # Interleaved pairs (2i, 2i+1), as PyTorch moshi rotates them; q and k in one kernel.
         qk = mx.fast.rope(qkv[:2], cfg.head_dim, traditional=True, base=cfg.max_period, scale=1.0, offset=offset)
-        return qk[0], qk[1], qkv[2]
+        return pick(qk, 0), pick(qk, 1), pick(qkv, 2)
 
     def _attend(self, q: mx.array, k: mx.array, v: mx.array, mask: mx.array) -> mx.array:
         b, _, t, _ = q.shape
@@ -94,8 +96,10 @@ class MimiAttention(nn.Module):
         computes it once per step); computed here when not given."""
         slots, mask = ring if ring is not None else ring_slots_and_mask(offset, x.shape[1], self.cfg.context)
         q, k, v = self._project(x, offset)
-        self._keys[:, :, slots, :] = k
-        self._values[:, :, slots, :] = v
+        # put_along_axis is one kernel; `keys[:, :, slots, :] = k` would add arange index arrays.
+        where = slots.reshape(1, 1, -1, 1)
+        self._keys = mx.put_along_axis(self._keys, where, k, axis=2)
+        self._values = mx.put_along_axis(self._values, where, v, axis=2)
         return self._attend(q, self._keys, self._values, mask)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import mlx.core as mx
 import mlx.nn as nn
 
-from ppchat.models.kv_cache import RingKVCache
+from ppchat.models.kv_cache import RingKVCache, RingStep
 from ppchat.models.layers import GatedFFN, RMSNorm, RopeAttention
 
 
@@ -19,8 +19,10 @@ class TransformerLayer(nn.Module):
         self.norm2 = RMSNorm(dim, norm_eps)
         self.gating = GatedFFN(dim, hidden)
 
-    def __call__(self, x: mx.array, cache: RingKVCache, mask: mx.array | None = None) -> mx.array:
-        x = x + self.self_attn(self.norm1(x), cache, mask)
+    def __call__(
+        self, x: mx.array, cache: RingKVCache, mask: mx.array | None = None, step: RingStep | None = None
+    ) -> mx.array:
+        x = x + self.self_attn(self.norm1(x), cache, mask, step)
         return x + self.gating(self.norm2(x))
 
 
@@ -51,8 +53,10 @@ class Transformer(nn.Module):
 
     def __call__(self, x: mx.array, cache: list[RingKVCache]) -> mx.array:
         """x: [B, T, dim] input embeddings at the next T positions of `cache` -> [B, T, dim]."""
-        # Every layer's ring holds the same positions: one mask serves the whole stack.
-        mask = cache[0].mask_for(x.shape[1]) if cache else None
+        # Every layer's ring holds the same positions: one mask (and for a single token, one write
+        # slot and counter) serves the whole stack.
+        step = cache[0].plan() if cache and x.shape[1] == 1 else None
+        mask = step.mask if step else cache[0].mask_for(x.shape[1]) if cache else None
         for layer, layer_cache in zip(self.layers, cache):
-            x = layer(x, layer_cache, mask)
+            x = layer(x, layer_cache, mask, step)
         return x

@@ -24,10 +24,13 @@ from ppchat.models.layers import GatedFFN, RMSNorm, embed_tokens, merge_heads, s
 
 @dataclass
 class DepformerKV:
-    """Keys/values of the steps already run in the current column, one entry per layer."""
+    """Keys/values of the steps already run in the current column: per layer, a [B, H, steps, D]
+    buffer that step `s` fills at index `s` (allocated by the first step). Writing into a buffer is
+    one copy kernel per step; growing by concatenation was one per piece, two per step."""
 
     keys: list[mx.array | None] = field(default_factory=list)
     values: list[mx.array | None] = field(default_factory=list)
+    steps: int = 0
 
 
 class StepwiseAttention(nn.Module):
@@ -43,12 +46,16 @@ class StepwiseAttention(nn.Module):
 
     def __call__(self, x: mx.array, step: int, kv: DepformerKV, layer: int) -> mx.array:
         q, k, v = split_qkv(self.in_proj[step](x), self.num_heads)
-        if kv.keys[layer] is not None:
-            k = mx.concatenate([kv.keys[layer], k], axis=2)[:, :, -self.window :]
-            v = mx.concatenate([kv.values[layer], v], axis=2)[:, :, -self.window :]
-        kv.keys[layer], kv.values[layer] = k, v
-        # One query after the earlier steps of this column: every kept key is visible.
-        out = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale)
+        if kv.keys[layer] is None:
+            shape = (k.shape[0], k.shape[1], kv.steps, k.shape[3])
+            kv.keys[layer], kv.values[layer] = mx.zeros(shape, k.dtype), mx.zeros(shape, v.dtype)
+        kv.keys[layer][:, :, step : step + 1] = k
+        kv.values[layer][:, :, step : step + 1] = v
+        # One query after the earlier steps of this column: every key in the window is visible.
+        first = max(0, step + 1 - self.window)
+        keys = kv.keys[layer][:, :, first : step + 1]
+        values = kv.values[layer][:, :, first : step + 1]
+        out = mx.fast.scaled_dot_product_attention(q, keys, values, scale=self.scale)
         return self.out_proj[step](merge_heads(out))
 
 
@@ -93,10 +100,11 @@ class Depformer(nn.Module):
         self.layers = [DepformerLayer(dim, num_heads, hidden, steps, kv_capacity, norm_eps) for _ in range(num_layers)]
         self.heads = [nn.Linear(dim, card, bias=False) for _ in range(steps)]
 
-    def make_cache(self) -> DepformerKV:
-        """An empty per-column cache (the reference restarts depformer streaming every column)."""
+    def make_cache(self, steps: int | None = None) -> DepformerKV:
+        """An empty per-column cache for `steps` steps (the reference restarts depformer streaming
+        every column)."""
         n = len(self.layers)
-        return DepformerKV([None] * n, [None] * n)
+        return DepformerKV([None] * n, [None] * n, self.steps if steps is None else steps)
 
     def step_logits(self, step: int, h: mx.array, prev_token: mx.array, kv: DepformerKV) -> mx.array:
         """Logits [B, card] of step `step`, given the out_norm-ed main output h [B, 1, in_dim] and
@@ -126,7 +134,7 @@ class Depformer(nn.Module):
         num_steps = self.steps if num_steps is None else num_steps
         if not 0 < num_steps <= self.steps:
             raise ValueError(f"num_steps must be in 1..{self.steps}, got {num_steps}")
-        kv = self.make_cache()
+        kv = self.make_cache(num_steps)
         prev = text_token
         sampled, logits = [], []
         for step in range(num_steps):

@@ -94,10 +94,17 @@ class RopeAttention(nn.Module):
         self.out_proj = nn.Linear(dim, dim, bias=False)
 
     def __call__(
-        self, x: mx.array, cache: RingKVCache, mask: mx.array | None = None, step: RingStep | None = None
+        self,
+        x: mx.array,
+        cache: RingKVCache,
+        mask: mx.array | None = None,
+        step: RingStep | None = None,
+        tickets: mx.array | None = None,
     ) -> mx.array:
         """`mask` is `cache.mask_for(T)` and `step` (single tokens) `cache.plan()`, computed once per
-        step by the caller and shared by all layers (computed here when not given)."""
+        step by the caller and shared by all layers (computed here when not given). With `tickets`
+        (`cuda_kernels.attention_tickets`, on CUDA) a single bf16 token attends through the fused
+        ring-attention kernel, which needs no mask."""
         b, t, _ = x.shape
         if mask is None:
             mask = cache.mask_for(t)
@@ -106,7 +113,11 @@ class RopeAttention(nn.Module):
         # back (spec pitfall 1); MLX's rope kernel computes in float32 and rounds once, the same.
         qk = mx.fast.rope(qkv[:2], self.head_dim, traditional=True, base=self.max_period, scale=1.0, offset=cache.offset)
         keys, values = cache.update(pick(qk, 1), pick(qkv, 2), step)
-        out = mx.fast.scaled_dot_product_attention(pick(qk, 0), keys, values, scale=self.scale, mask=mask)
+        q = pick(qk, 0)
+        if step is not None and tickets is not None and q.dtype == mx.bfloat16:
+            out = cuda_kernels.ring_attention(q, keys, values, step.next_offset, self.scale, tickets)
+        else:
+            out = mx.fast.scaled_dot_product_attention(q, keys, values, scale=self.scale, mask=mask)
         return self.out_proj(merge_heads(out))
 
 

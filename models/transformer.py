@@ -5,6 +5,7 @@ from __future__ import annotations
 import mlx.core as mx
 import mlx.nn as nn
 
+from ppchat.models import cuda_kernels
 from ppchat.models.kv_cache import RingKVCache, RingStep
 from ppchat.models.layers import GatedFFN, RMSNorm, RopeAttention
 
@@ -20,9 +21,14 @@ class TransformerLayer(nn.Module):
         self.gating = GatedFFN(dim, hidden)
 
     def __call__(
-        self, x: mx.array, cache: RingKVCache, mask: mx.array | None = None, step: RingStep | None = None
+        self,
+        x: mx.array,
+        cache: RingKVCache,
+        mask: mx.array | None = None,
+        step: RingStep | None = None,
+        tickets: mx.array | None = None,
     ) -> mx.array:
-        x = x + self.self_attn(self.norm1(x), cache, mask, step)
+        x = x + self.self_attn(self.norm1(x), cache, mask, step, tickets)
         return x + self.gating(self.norm2(x))
 
 
@@ -47,6 +53,8 @@ class Transformer(nn.Module):
 
     def make_cache(self, batch_size: int = 1, dtype: mx.Dtype = mx.float32) -> list[RingKVCache]:
         """Fresh (reset) caches: positions restart at 0."""
+        # The CUDA ring-attention kernel's tickets: created here, outside any compiled graph.
+        self._tickets = cuda_kernels.attention_tickets(batch_size, self.num_heads) if cuda_kernels.available() else None
         return [
             RingKVCache(batch_size, self.num_heads, self.head_dim, self.context, dtype) for _ in self.layers
         ]
@@ -57,6 +65,7 @@ class Transformer(nn.Module):
         # slot and counter) serves the whole stack.
         step = cache[0].plan() if cache and x.shape[1] == 1 else None
         mask = step.mask if step else cache[0].mask_for(x.shape[1]) if cache else None
+        tickets = getattr(self, "_tickets", None) if step else None
         for layer, layer_cache in zip(self.layers, cache):
-            x = layer(x, layer_cache, mask, step)
+            x = layer(x, layer_cache, mask, step, tickets)
         return x

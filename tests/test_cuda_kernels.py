@@ -26,3 +26,35 @@ def test_rms_norm_matches_the_reference_float32_formula(dim: int, weight_dtype: 
     assert got.dtype == mx.bfloat16 and got.shape == x.shape
     # One rounding to bf16 at the end: within half a bf16 ulp (2^-8 relative) of the exact value.
     np.testing.assert_allclose(np.array(got.astype(mx.float32)), want, rtol=2**-8, atol=1e-6)
+
+
+@pytest.mark.parametrize("written", [1, 7, 49, 50, 51, 123])
+def test_ring_attention_matches_masked_softmax_over_the_ring(written: int) -> None:
+    from ppchat.models.kv_cache import RingKVCache
+
+    context, heads, dim = 50, 4, 128
+    rng = np.random.default_rng(written)
+    q = mx.array(rng.standard_normal((1, heads, 1, dim)).astype(np.float32)).astype(mx.bfloat16)
+    keys = mx.array(rng.standard_normal((1, heads, context, dim)).astype(np.float32)).astype(mx.bfloat16)
+    values = mx.array(rng.standard_normal((1, heads, context, dim)).astype(np.float32)).astype(mx.bfloat16)
+    # The ring's own rule: what a query sees after `written` tokens, its own key included.
+    ring = RingKVCache(1, heads, dim, context, mx.bfloat16)
+    ring.offset = mx.array(written - 1, dtype=mx.int32)
+    visible = np.array(ring.mask_for(1))[0]
+    scale = dim**-0.5
+
+    tickets = cuda_kernels.attention_tickets(1, heads)
+    got = cuda_kernels.ring_attention(q, keys, values, mx.array(written, dtype=mx.int32), scale, tickets)
+    second = cuda_kernels.ring_attention(q, keys, values, mx.array(written, dtype=mx.int32), scale, tickets)
+    # The last block of each head hands its ticket back: a second call sees zeroed tickets again.
+    assert np.array(tickets).tolist() == [0] * heads
+    assert mx.array_equal(got, second).item()
+
+    qf, kf, vf = (np.array(a.astype(mx.float32), dtype=np.float64)[0] for a in (q, keys, values))
+    scores = np.einsum("hd,hsd->hs", qf[:, 0], kf) * scale
+    scores[:, ~visible] = -np.inf
+    weights = np.exp(scores - scores.max(axis=-1, keepdims=True))
+    weights /= weights.sum(axis=-1, keepdims=True)
+    want = np.einsum("hs,hsd->hd", weights, vf)
+    assert got.shape == q.shape and got.dtype == mx.bfloat16
+    np.testing.assert_allclose(np.array(got.astype(mx.float32))[0, :, 0], want, rtol=2**-7, atol=2e-3)

@@ -64,3 +64,7 @@ def test_depformer_column_gathers_only_its_embeddings() -> None:
     )
     counts = primitives(audio, logits)
     assert counts["Gather"] == steps, counts  # the previous token's embedding, once per step
+    # Keys/values go into a per-column buffer (one static SliceUpdate each), not grown by concatenation.
+    layers = config.depformer_num_layers
+    # (The two Concatenates are the column's outputs: the stacked tokens and logits.)
+    assert counts["SliceUpdate"] == 2 * layers * steps and counts["Concatenate"] == 2, counts

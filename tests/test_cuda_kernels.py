@@ -44,10 +44,13 @@ def test_ring_attention_matches_masked_softmax_over_the_ring(written: int) -> No
     scale = dim**-0.5
 
     tickets = cuda_kernels.attention_tickets(1, heads)
+    mx.eval(tickets)
     got = cuda_kernels.ring_attention(q, keys, values, mx.array(written, dtype=mx.int32), scale, tickets)
-    second = cuda_kernels.ring_attention(q, keys, values, mx.array(written, dtype=mx.int32), scale, tickets)
-    # The last block of each head hands its ticket back: a second call sees zeroed tickets again.
+    mx.eval(got)
+    # The last block of each head hands its ticket back, so the next call (evaluated after this one,
+    # as successive layers are) starts from zeroed tickets again and gives the same result.
     assert np.array(tickets).tolist() == [0] * heads
+    second = cuda_kernels.ring_attention(q, keys, values, mx.array(written, dtype=mx.int32), scale, tickets)
     assert mx.array_equal(got, second).item()
 
     qf, kf, vf = (np.array(a.astype(mx.float32), dtype=np.float64)[0] for a in (q, keys, values))
@@ -58,3 +61,29 @@ def test_ring_attention_matches_masked_softmax_over_the_ring(written: int) -> No
     want = np.einsum("hs,hsd->hd", weights, vf)
     assert got.shape == q.shape and got.dtype == mx.bfloat16
     np.testing.assert_allclose(np.array(got.astype(mx.float32))[0, :, 0], want, rtol=2**-7, atol=2e-3)
+
+
+def test_temporal_steps_with_the_ring_kernel_match_the_masked_sdpa_path() -> None:
+    """Whole single-token steps of a bf16 transformer (ring of 40, run past a wrap) with the fused
+    kernel and with MLX's masked attention give the same outputs, to bf16 accuracy."""
+    from ppchat.models.transformer import Transformer
+
+    mx.random.seed(0)
+    stack = Transformer(dim=256, num_heads=2, num_layers=2, hidden=512, context=40, max_period=10000.0, norm_eps=1e-8)
+    stack.set_dtype(mx.bfloat16)
+    mx.eval(stack.parameters())
+    fused_cache = stack.make_cache(1, mx.bfloat16)
+    tickets = stack._tickets
+    plain_cache = stack.make_cache(1, mx.bfloat16)
+    for index in range(90):
+        x = mx.random.normal((1, 1, 256)).astype(mx.bfloat16)
+        stack._tickets = tickets
+        fused = stack(x, fused_cache)
+        mx.eval(fused, [c.state for c in fused_cache])
+        stack._tickets = None  # the masked SDPA path
+        plain = stack(x, plain_cache)
+        mx.eval(plain, [c.state for c in plain_cache])
+        np.testing.assert_allclose(
+            np.array(fused.astype(mx.float32)), np.array(plain.astype(mx.float32)), rtol=0.05, atol=0.05,
+            err_msg=f"step {index}",
+        )

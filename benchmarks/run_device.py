@@ -49,6 +49,7 @@ def run_one(out: Path, name: str, args: list[str]) -> None:
     result = run_bench(BenchOptions(
         model=options.model, config=options.config, quantize=bench_command.QUANTIZE_CHOICES[options.quantize],
         group_size=options.group_size,
+        kv_bits="auto" if options.kv_bits is None else (None if options.kv_bits == 16 else 8),
         frames=options.frames, warmup=options.warmup, phases=options.phases, compile=options.compile,
         voice_frames=options.voice_frames,
     ))

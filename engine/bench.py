@@ -30,7 +30,14 @@ from ppchat.engine.pipeline import ModelPipeline, SamplingSettings
 from ppchat.engine.prompts import resolve_prompt
 from ppchat.models.generator import VoiceEmbeddings
 from ppchat.models.lm import LM, LMConfig
-from ppchat.models.loader import DEFAULT_GROUP_SIZE, LoadedModel, ModelInfo, load_model, quantizable
+from ppchat.models.loader import (
+    DEFAULT_GROUP_SIZE,
+    LoadedModel,
+    ModelInfo,
+    load_model,
+    quantizable,
+    resolve_kv_bits,
+)
 from ppchat.models.mimi import Mimi, MimiConfig
 
 FRAME_MS = 80.0
@@ -47,6 +54,7 @@ class BenchOptions:
     config: str | None = None
     quantize: int | None = None
     group_size: int | None = None
+    kv_bits: int | None | str = "auto"
     frames: int = 200
     warmup: int = 20
     phases: bool = False
@@ -98,6 +106,7 @@ def build_random_model(
     quantize: int | None,
     *,
     group_size: int | None = None,
+    kv_bits: int | None | str = "auto",
     dtype: mx.Dtype = mx.bfloat16,
     depformer_steps: int = 8,
     compile_streaming: bool | None = None,
@@ -114,6 +123,7 @@ def build_random_model(
     if quantize:
         nn.quantize(lm, group, quantize, class_predicate=quantizable(group))
     _materialise(lm)
+    lm.kv_bits = resolve_kv_bits(kv_bits, quantize)
     mimi = _random_mimi(mimi_config, compile_streaming, seed)
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "tokenizer.model"
@@ -125,6 +135,7 @@ def build_random_model(
         lm_dtype=str(dtype).split(".")[-1],
         quantization=f"q{quantize}" if quantize else "none",
         group_size=group,
+        kv_bits=lm.kv_bits,
         depformer_steps=lm.depformer.steps,
         quantized_cache=None,
         cache_hit=False,
@@ -140,10 +151,11 @@ def build_model(options: BenchOptions) -> LoadedModel:
             raise ValueError(f"unknown config {options.config!r}; choose one of {CONFIGS}")
         return build_random_model(
             LMConfig.personaplex_7b(), MimiConfig.personaplex(), options.quantize,
-            group_size=options.group_size, seed=options.seed,
+            group_size=options.group_size, kv_bits=options.kv_bits, seed=options.seed,
             compile_streaming=options.compile,
         )
-    model = load_model(options.model, quantize=options.quantize, group_size=options.group_size, cache_root=options.cache_root,
+    model = load_model(options.model, quantize=options.quantize, group_size=options.group_size,
+                       kv_bits=options.kv_bits, cache_root=options.cache_root,
                        depformer_steps=8, show_progress=False)
     if options.compile is not None:
         model.mimi.compile_streaming = options.compile
@@ -250,6 +262,7 @@ def run_bench(options: BenchOptions) -> dict:
             "source": options.config and f"random {options.config}" or options.model,
             "quantization": model.info.quantization,
             "group_size": model.info.group_size,
+            "kv_bits": model.info.kv_bits or 16,
             "lm_dtype": model.info.lm_dtype,
             "depformer_steps": model.info.depformer_steps,
             "lm_weight_bytes": sum(v.nbytes for _, v in tree_flatten(model.lm.parameters())),
@@ -291,7 +304,7 @@ def format_report(result: dict) -> str:
     lines = [
         f"ppchat bench — MLX {result['mlx_version']} on {result['device']} ({result.get('device_name', '?')}, "
         f"{result['backend']})",
-        f"model {m['source']}  quantization {m['quantization']}  LM dtype {m['lm_dtype']}  "
+        f"model {m['source']}  quantization {m['quantization']}  KV cache {m['kv_bits']} bit  LM dtype {m['lm_dtype']}  "
         f"depformer steps {m['depformer_steps']}  LM weights {m['lm_weight_bytes'] / gib:.2f} GiB",
         f"mode {result['mode']}  compiled lm={result['compiled']['lm']} mimi={result['compiled']['mimi']}  "
         f"frames {result['frames']} after {result['warmup']} warm-up",

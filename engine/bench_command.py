@@ -26,6 +26,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="LM weights: 4 or 8 bit, or none (the checkpoint dtype; bf16 for --config)")
     parser.add_argument("--group-size", type=int, choices=(32, 64, 128),
                         help="quantisation group size (default: 32 for 4 bit, 64 for 8 bit)")
+    parser.add_argument("--kv-bits", type=int, choices=(8, 16),
+                        help="temporal KV cache precision (default: 8 for --quantize 4/8, else 16 = the LM dtype)")
     parser.add_argument("--frames", type=int, default=200, help="measured frames (default 200)")
     parser.add_argument("--warmup", type=int, default=20, help="warm-up frames before measuring (default 20)")
     parser.add_argument("--phases", action="store_true",
@@ -48,6 +50,7 @@ def _run(args: argparse.Namespace) -> int:
         config=args.config,
         quantize=QUANTIZE_CHOICES[args.quantize],
         group_size=args.group_size,
+        kv_bits="auto" if args.kv_bits is None else (None if args.kv_bits == 16 else 8),
         frames=args.frames,
         warmup=args.warmup,
         phases=args.phases,

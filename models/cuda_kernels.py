@@ -8,10 +8,11 @@ device); every other backend keeps the plain MLX form, which the parity tests ch
 * `rms_norm`: the reference `rms_norm_f32` on a bf16 input in one kernel (cast to float32, mean of
   squares, `x * (alpha * rsqrt(v + eps))`, one rounding back), where the MLX form needs a cast in, a
   norm and a cast out (three kernels; feeding bf16 to `mx.fast.rms_norm` instead would round twice).
-* `ring_attention`: one query against a full `RingKVCache` ring, with the ring's visibility rule
-  (`kv_cache.py`) computed in the kernel from the position counter. MLX's fused decode attention
-  takes no mask, so a masked one falls back to ~6 kernels per layer (scores, mask select, softmax,
-  values, casts) plus the mask's own; this is one kernel per layer and no mask at all.
+* `ring_attention`: writes one token's key/value into a `RingKVCache` ring (bf16, or 8-bit codes)
+  and attends its query over the ring, with the ring's visibility rule (`kv_cache.py`) computed in
+  the kernel from the position counter. MLX's fused decode attention takes no mask, so a masked one
+  falls back to ~6 kernels per layer (scores, mask select, softmax, values, casts) plus the mask's
+  own and two scatters for the write; this is one kernel per layer.
 """
 
 from __future__ import annotations
@@ -100,8 +101,12 @@ ATTN_SPLITS = 8
 # (lane i holds dims i*D/32 ...), the warps are merged in shared memory, and the block's
 # (max, sum, acc) goes to `partial`. The last block of a head to finish (an atomic ticket on
 # `tickets`, which it resets to 0) merges the SPLITS partials into `out`, so the whole attention is
-# one launch. `tickets` is a persistent zeroed int32 [B*H] array owned by the caller: it is written
-# in place, which is safe because successive layers' calls are ordered by their data dependencies.
+# one launch. The block whose range holds this token's slot also writes the token's key and value
+# into the ring (int8 codes and scale for an 8-bit ring, with `kv_cache.quantize_rows`' arithmetic),
+# which saves the separate scatter kernels; every block takes that slot's values from the inputs,
+# never from the ring. `tickets` and the ring are written in place: the ring belongs to one layer's
+# cache, the tickets to one layer stack, and successive calls on them are ordered by data
+# dependencies (layer after layer, frame after frame).
 _ATTN_SOURCE = """
     constexpr int WARPS = NWARPS;
     constexpr int PER_LANE = D / 32;
@@ -116,16 +121,24 @@ _ATTN_SOURCE = """
     const int split = blockIdx.y % SPLITS;
     const int warp = threadIdx.x / 32;
     const int lane = threadIdx.x % 32;
-    const int last = static_cast<int>(offset[0]) - 1;  // position of this query (its key is written)
+    const int last = static_cast<int>(offset[0]) - 1;  // position of this query (and of its key)
+    const int cur = last % S;                          // the slot its key goes to
     const int lo = split * CHUNK;
     const int hi = min(S, lo + CHUNK);
-    const T* qrow = q + static_cast<size_t>(bh) * D;
-    const T* kbase = keys + static_cast<size_t>(bh) * S * D;
-    const T* vbase = values + static_cast<size_t>(bh) * S * D;
+    const size_t row = static_cast<size_t>(bh) * D + lane * PER_LANE;
     float qf[PER_LANE];
+    float kcur[PER_LANE];
+    float vcur[PER_LANE];
 #pragma unroll
     for (int i = 0; i < PER_LANE; ++i) {
-        qf[i] = static_cast<float>(qrow[lane * PER_LANE + i]) * SCALE;
+        qf[i] = static_cast<float>(q[row + i]) * SCALE;
+        kcur[i] = static_cast<float>(k_new[row + i]);
+        vcur[i] = static_cast<float>(v_new[row + i]);
+    }
+//QUANTIZE_CURRENT
+    const size_t head = static_cast<size_t>(bh) * S;
+    if (lo <= cur && cur < hi && warp == 0) {
+//WRITE_CURRENT
     }
     const float neg_inf = __int_as_float(0xff800000);
     float m = neg_inf;
@@ -142,14 +155,15 @@ _ATTN_SOURCE = """
         for (int u = 0; u < UNROLL; ++u) {
             const int j = base + u;
             float dot = 0.0f;
-            if (j < hi) {
-                const T* krow = kbase + static_cast<size_t>(j) * D + lane * PER_LANE;
-                const T* vrow = vbase + static_cast<size_t>(j) * D + lane * PER_LANE;
+            if (j == cur) {
 #pragma unroll
                 for (int i = 0; i < PER_LANE; ++i) {
-                    dot += qf[i] * static_cast<float>(krow[i]);
-                    vals[u][i] = static_cast<float>(vrow[i]);
+                    dot += qf[i] * kcur[i];
+                    vals[u][i] = vcur[i];
                 }
+            } else if (j < hi) {
+                const size_t at = (head + j) * D + lane * PER_LANE;
+//LOAD_SLOT
             }
             score[u] = dot;
         }
@@ -201,7 +215,7 @@ _ATTN_SOURCE = """
             const float f = warp_sum[w] > 0.0f ? __expf(warp_max[w] - block_max) : 0.0f;
             num += (d < D ? warp_acc[w][d] : warp_sum[w]) * f;
         }
-        mine[d < D ? d : D] = num;  // acc[0..D-1], then the sum at D
+        mine[d] = num;  // acc[0..D-1], then the sum at D
     }
     if (threadIdx.x == 0) {
         mine[D + 1] = block_max;
@@ -242,34 +256,114 @@ _ATTN_SOURCE = """
     }
 """
 
+_PLAIN = {
+    "//QUANTIZE_CURRENT": "",
+    "//WRITE_CURRENT": """
+        T* kdst = const_cast<T*>(keys) + (head + cur) * D + lane * PER_LANE;
+        T* vdst = const_cast<T*>(values) + (head + cur) * D + lane * PER_LANE;
+#pragma unroll
+        for (int i = 0; i < PER_LANE; ++i) {
+            kdst[i] = static_cast<T>(kcur[i]);
+            vdst[i] = static_cast<T>(vcur[i]);
+        }""",
+    "//LOAD_SLOT": """
+#pragma unroll
+                for (int i = 0; i < PER_LANE; ++i) {
+                    dot += qf[i] * static_cast<float>(keys[at + i]);
+                    vals[u][i] = static_cast<float>(values[at + i]);
+                }""",
+}
+
+# 8-bit ring: the token's row is quantised exactly as `kv_cache.quantize_rows` does (IEEE division,
+# round half to even, clip to +-127), and attention uses its dequantised values, as the MLX path does.
+_QUANT = {
+    "//QUANTIZE_CURRENT": """
+    float kmax = 0.0f;
+    float vmax = 0.0f;
+#pragma unroll
+    for (int i = 0; i < PER_LANE; ++i) {
+        kmax = fmaxf(kmax, fabsf(kcur[i]));
+        vmax = fmaxf(vmax, fabsf(vcur[i]));
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o /= 2) {
+        kmax = fmaxf(kmax, __shfl_xor_sync(0xffffffffu, kmax, o));
+        vmax = fmaxf(vmax, __shfl_xor_sync(0xffffffffu, vmax, o));
+    }
+    const float kscale = __fdiv_rn(kmax, 127.0f);
+    const float vscale = __fdiv_rn(vmax, 127.0f);
+    signed char kcode[PER_LANE];
+    signed char vcode[PER_LANE];
+#pragma unroll
+    for (int i = 0; i < PER_LANE; ++i) {
+        const float kc = fminf(fmaxf(rintf(__fdiv_rn(kcur[i], kscale > 0.0f ? kscale : 1.0f)), -127.0f), 127.0f);
+        const float vc = fminf(fmaxf(rintf(__fdiv_rn(vcur[i], vscale > 0.0f ? vscale : 1.0f)), -127.0f), 127.0f);
+        kcode[i] = static_cast<signed char>(kc);
+        vcode[i] = static_cast<signed char>(vc);
+        kcur[i] = kc * kscale;
+        vcur[i] = vc * vscale;
+    }""",
+    "//WRITE_CURRENT": """
+        signed char* kdst = const_cast<signed char*>(reinterpret_cast<const signed char*>(keys)) + (head + cur) * D + lane * PER_LANE;
+        signed char* vdst = const_cast<signed char*>(reinterpret_cast<const signed char*>(values)) + (head + cur) * D + lane * PER_LANE;
+#pragma unroll
+        for (int i = 0; i < PER_LANE; ++i) {
+            kdst[i] = kcode[i];
+            vdst[i] = vcode[i];
+        }
+        if (lane == 0) {
+            const_cast<float*>(key_scales)[head + cur] = kscale;
+            const_cast<float*>(value_scales)[head + cur] = vscale;
+        }""",
+    "//LOAD_SLOT": """
+                const float ks = key_scales[head + j];
+                const float vs = value_scales[head + j];
+#pragma unroll
+                for (int i = 0; i < PER_LANE; ++i) {
+                    dot += qf[i] * (static_cast<float>(keys[at + i]) * ks);
+                    vals[u][i] = static_cast<float>(values[at + i]) * vs;
+                }""",
+}
+
+
+def _attention_source(quantized: bool) -> str:
+    source = _ATTN_SOURCE
+    for marker, text in (_QUANT if quantized else _PLAIN).items():
+        source = source.replace(marker, text.strip("\n"))
+    return source
+
 
 @lru_cache(maxsize=None)
-def _attn_kernel(scale: float):
-    source = f"    constexpr float SCALE = {scale!r}f;\n" + _ATTN_SOURCE
+def _attn_kernel(scale: float, quantized: bool):
+    source = f"    constexpr float SCALE = {scale!r}f;\n" + _attention_source(quantized)
+    ring = ["keys", "key_scales", "values", "value_scales"] if quantized else ["keys", "values"]
     return mx.fast.cuda_kernel(
-        name=f"ppchat_ring_attention_{abs(hash(scale)) % 10**8}",
-        input_names=["q", "keys", "values", "offset", "tickets"],
+        name=f"ppchat_ring_attention_{'q8' if quantized else 'plain'}_{abs(hash(scale)) % 10**8}",
+        input_names=["q", "k_new", "v_new", *ring, "offset", "tickets"],
         output_names=["out", "partial"],
         source=source,
     )
 
 
 def attention_tickets(batch: int, heads: int) -> mx.array:
-    """The zeroed ticket array `ring_attention` needs, one per stack (kept and reused every step)."""
+    """The zeroed ticket array `ring_attention` needs, one per layer stack (kept, reused every step)."""
     return mx.zeros((batch * heads,), dtype=mx.int32)
 
 
 def ring_attention(
-    q: mx.array, keys: mx.array, values: mx.array, next_offset: mx.array, scale: float, tickets: mx.array
+    q: mx.array, k: mx.array, v: mx.array, cache, next_offset: mx.array, scale: float, tickets: mx.array
 ) -> mx.array:
-    """Attention of one query per head, q [B, H, 1, D], over a `RingKVCache` ring keys/values
-    [B, H, S, D] that already holds this query's key; `next_offset` is the ring's counter after
-    that write, `tickets` an `attention_tickets(B, H)` array. Softmax and sums in float32; result
-    [B, H, 1, D] in q's dtype."""
+    """Write this token's key/value `k`, `v` [B, H, 1, D] into `cache` (a `RingKVCache`, bf16 or
+    8-bit) at slot `(next_offset - 1) % S`, in place, and attend q [B, H, 1, D] over the ring with
+    its visibility rule; `next_offset` is the ring's counter after this token, `tickets` an
+    `attention_tickets(B, H)` array. Softmax and sums in float32; result [B, H, 1, D] in q's dtype.
+    The caller still advances the cache's counter (`cache.update(..., written=True)`)."""
     b, h, _, d = q.shape
-    s = keys.shape[2]
-    out, _ = _attn_kernel(float(scale))(
-        inputs=[q, keys, values, next_offset, tickets],
+    s = cache.keys.shape[2]
+    quantized = bool(cache.bits)
+    ring = [cache.keys, cache.key_scales, cache.values, cache.value_scales] if quantized else [cache.keys, cache.values]
+    out, _ = _attn_kernel(float(scale), quantized)(
+        inputs=[q, k, v, *ring, next_offset, tickets],
         template=[("T", q.dtype), ("D", d), ("S", s), ("NWARPS", ATTN_WARPS), ("UNROLL", ATTN_UNROLL),
                   ("SPLITS", ATTN_SPLITS)],
         grid=(32 * ATTN_WARPS, b * h * ATTN_SPLITS, 1),

@@ -49,24 +49,64 @@ def ring_positions(end: mx.array, context: int) -> mx.array:
     return mx.where(pos >= 0, pos, -1)
 
 
-class RingKVCache:
-    """`context` slots of keys/values per layer; slot `p % context` holds absolute position `p`."""
+def quantize_rows(x: mx.array) -> tuple[mx.array, mx.array]:
+    """Symmetric 8-bit codes of each row (last axis) of `x`: (int8 codes, float32 scale [..., 1]) with
+    `x ≈ codes * scale`, scale = max|row| / 127, codes rounded half to even. The CUDA ring-attention
+    kernel quantises the rows it writes with the same arithmetic, so both paths store the same bytes."""
+    xf = x.astype(mx.float32)
+    scale = mx.max(mx.abs(xf), axis=-1, keepdims=True) / 127.0
+    codes = mx.clip(mx.round(xf / mx.where(scale > 0, scale, 1.0)), -127, 127).astype(mx.int8)
+    return codes, scale
 
-    def __init__(self, batch_size: int, num_heads: int, head_dim: int, context: int, dtype: mx.Dtype):
+
+class RingKVCache:
+    """`context` slots of keys/values per layer; slot `p % context` holds absolute position `p`.
+
+    With `bits=8` the ring stores int8 codes and a float32 scale per (head, slot) row (`quantize_rows`)
+    instead of `dtype` values: half the memory of bf16 (1.57 GB -> 0.81 GB for the 7B's 32 layers).
+    Attention then reads the dequantized ring (`ring()`), or the codes directly in the CUDA kernel.
+    """
+
+    def __init__(
+        self, batch_size: int, num_heads: int, head_dim: int, context: int, dtype: mx.Dtype, bits: int | None = None
+    ):
+        if bits not in (None, 8):
+            raise ValueError(f"KV cache bits must be None (no quantisation) or 8, not {bits!r}")
         self.context = context
-        self.keys = mx.zeros((batch_size, num_heads, context, head_dim), dtype=dtype)
-        self.values = mx.zeros((batch_size, num_heads, context, head_dim), dtype=dtype)
+        self.dtype = dtype
+        self.bits = bits
+        shape = (batch_size, num_heads, context, head_dim)
+        store = mx.int8 if bits else dtype
+        self.keys = mx.zeros(shape, dtype=store)
+        self.values = mx.zeros(shape, dtype=store)
+        scales = (batch_size, num_heads, context, 1)
+        self.key_scales = mx.zeros(scales, dtype=mx.float32) if bits else None
+        self.value_scales = mx.zeros(scales, dtype=mx.float32) if bits else None
         # Absolute position of the next token to be written (= number of tokens seen since reset).
         self.offset = mx.array(0, dtype=mx.int32)
 
     @property
     def state(self) -> list[mx.array]:
         """The arrays that change per update (for `mx.eval` / `mx.compile` state capture)."""
+        if self.bits:
+            return [self.keys, self.key_scales, self.values, self.value_scales, self.offset]
         return [self.keys, self.values, self.offset]
 
     @state.setter
     def state(self, arrays: list[mx.array]) -> None:
-        self.keys, self.values, self.offset = arrays
+        if self.bits:
+            self.keys, self.key_scales, self.values, self.value_scales, self.offset = arrays
+        else:
+            self.keys, self.values, self.offset = arrays
+
+    def ring(self) -> tuple[mx.array, mx.array]:
+        """Keys and values of every slot in `dtype` (dequantized when the ring is 8-bit)."""
+        if not self.bits:
+            return self.keys, self.values
+        return (
+            (self.keys.astype(mx.float32) * self.key_scales).astype(self.dtype),
+            (self.values.astype(mx.float32) * self.value_scales).astype(self.dtype),
+        )
 
     @property
     def positions(self) -> mx.array:
@@ -88,27 +128,44 @@ class RingKVCache:
         """The single-token step from this ring's counter (the same for every ring of a stack)."""
         return RingStep(mx.remainder(self.offset, self.context).reshape(1), self.mask_for(1), self.offset + 1)
 
-    def update(self, keys: mx.array, values: mx.array, step: RingStep | None = None) -> tuple[mx.array, mx.array]:
+    def update(
+        self, keys: mx.array, values: mx.array, step: RingStep | None = None, *, written: bool = False
+    ) -> tuple[mx.array, mx.array]:
         """Append T new keys/values ([B, H, T, hd], positions `offset..offset+T-1`) and return the
         keys/values to attend over, laid out as `mask_for(T)` (taken before this call) describes.
-        `step` is `plan()` of this ring or of a ring in the same state (single tokens only)."""
+        `step` is `plan()` of this ring or of a ring in the same state (single tokens only);
+        `written` says the token's key/value are already in the ring (the CUDA ring-attention kernel
+        writes them itself), so only the counter advances."""
         t = keys.shape[2]
         if t == 1:
             step = step or self.plan()
             # Writing first is exact for a single token: the key it overwrites is `context` steps
             # old, which the mask hides anyway.
-            slot = step.slot.reshape(1, 1, 1, 1)
-            self.keys = mx.put_along_axis(self.keys, slot, keys, axis=2)
-            self.values = mx.put_along_axis(self.values, slot, values, axis=2)
+            if not written:
+                self._write(step.slot.reshape(1, 1, 1, 1), keys, values)
             self.offset = step.next_offset
-            return self.keys, self.values
+            return self.ring()
         # A chunk may overwrite keys that its own earlier queries still need, so attend over the
         # ring as it was plus the whole chunk, and write afterwards.
-        all_keys = mx.concatenate([self.keys, keys], axis=2)
-        all_values = mx.concatenate([self.values, values], axis=2)
+        ring_keys, ring_values = self.ring()
+        all_keys = mx.concatenate([ring_keys, keys], axis=2)
+        all_values = mx.concatenate([ring_values, values], axis=2)
         self._write_chunk(keys, values)
         self.offset = self.offset + t
         return all_keys, all_values
+
+    def _write(self, slots: mx.array, keys: mx.array, values: mx.array) -> None:
+        """Store keys/values [B, H, T, hd] at `slots` [1, 1, T, 1] (one ScatterAxis per array)."""
+        if not self.bits:
+            self.keys = mx.put_along_axis(self.keys, slots, keys, axis=2)
+            self.values = mx.put_along_axis(self.values, slots, values, axis=2)
+            return
+        key_codes, key_scales = quantize_rows(keys)
+        value_codes, value_scales = quantize_rows(values)
+        self.keys = mx.put_along_axis(self.keys, slots, key_codes, axis=2)
+        self.key_scales = mx.put_along_axis(self.key_scales, slots, key_scales, axis=2)
+        self.values = mx.put_along_axis(self.values, slots, value_codes, axis=2)
+        self.value_scales = mx.put_along_axis(self.value_scales, slots, value_scales, axis=2)
 
     def update_and_fetch(self, keys: mx.array, values: mx.array) -> tuple[mx.array, mx.array, mx.array]:
         """`update` plus its mask: (keys, values, mask [T, S], True where a key is visible)."""
@@ -122,6 +179,4 @@ class RingKVCache:
         keep = min(t, self.context)
         positions = self.offset + mx.arange(t - keep, t, dtype=mx.int32)
         slots = mx.remainder(positions, self.context)
-        slots = slots.reshape(1, 1, keep, 1)
-        self.keys = mx.put_along_axis(self.keys, slots, keys[:, :, -keep:], axis=2)
-        self.values = mx.put_along_axis(self.values, slots, values[:, :, -keep:], axis=2)
+        self._write(slots.reshape(1, 1, keep, 1), keys[:, :, -keep:], values[:, :, -keep:])

@@ -112,11 +112,13 @@ class RopeAttention(nn.Module):
         # q and k rotated in one kernel. The reference rotates (2i, 2i+1) pairs in float32 and casts
         # back (spec pitfall 1); MLX's rope kernel computes in float32 and rounds once, the same.
         qk = mx.fast.rope(qkv[:2], self.head_dim, traditional=True, base=self.max_period, scale=1.0, offset=cache.offset)
-        keys, values = cache.update(pick(qk, 1), pick(qkv, 2), step)
-        q = pick(qk, 0)
+        q, k, v = pick(qk, 0), pick(qk, 1), pick(qkv, 2)
         if step is not None and tickets is not None and q.dtype == mx.bfloat16:
-            out = cuda_kernels.ring_attention(q, keys, values, step.next_offset, self.scale, tickets)
+            # The kernel writes k/v into the ring itself; the cache only advances its counter.
+            out = cuda_kernels.ring_attention(q, k, v, cache, step.next_offset, self.scale, tickets)
+            cache.update(k, v, step, written=True)
         else:
+            keys, values = cache.update(k, v, step)
             out = mx.fast.scaled_dot_product_attention(q, keys, values, scale=self.scale, mask=mask)
         return self.out_proj(merge_heads(out))
 

@@ -189,6 +189,8 @@ class LM(nn.Module):
             raise ValueError(f"depformer_steps must be in 1..{config.dep_q}, got {steps}")
         self.config = config
         self.dtype = dtype
+        # 8 for 8-bit KV rings (`RingKVCache`); the loader sets it for quantised models.
+        self.kv_bits: int | None = None
         self.emb = [nn.Embedding(config.card + 1, config.dim) for _ in range(config.n_q)]
         self.text_emb = nn.Embedding(config.text_card + 1, config.dim)
         self.transformer = Transformer(
@@ -302,7 +304,7 @@ class LM(nn.Module):
 
     def make_cache(self, batch_size: int = 1) -> list[RingKVCache]:
         """Fresh KV caches for the temporal transformer (positions start at 0)."""
-        return self.transformer.make_cache(batch_size, self.dtype)
+        return self.transformer.make_cache(batch_size, self.dtype, self.kv_bits)
 
     def embed_codes(self, tokens: mx.array) -> mx.array:
         """tokens [B, 17, T] (text, then audio streams 1..16) -> input embeddings [B, T, dim].

@@ -51,12 +51,14 @@ class Transformer(nn.Module):
         self.context = context
         self.layers = [TransformerLayer(dim, num_heads, hidden, max_period, norm_eps) for _ in range(num_layers)]
 
-    def make_cache(self, batch_size: int = 1, dtype: mx.Dtype = mx.float32) -> list[RingKVCache]:
-        """Fresh (reset) caches: positions restart at 0."""
+    def make_cache(
+        self, batch_size: int = 1, dtype: mx.Dtype = mx.float32, bits: int | None = None
+    ) -> list[RingKVCache]:
+        """Fresh (reset) caches, `bits=8` for 8-bit rings: positions restart at 0."""
         # The CUDA ring-attention kernel's tickets: created here, outside any compiled graph.
         self._tickets = cuda_kernels.attention_tickets(batch_size, self.num_heads) if cuda_kernels.available() else None
         return [
-            RingKVCache(batch_size, self.num_heads, self.head_dim, self.context, dtype) for _ in self.layers
+            RingKVCache(batch_size, self.num_heads, self.head_dim, self.context, dtype, bits) for _ in self.layers
         ]
 
     def __call__(self, x: mx.array, cache: list[RingKVCache]) -> mx.array:

@@ -28,30 +28,42 @@ def test_rms_norm_matches_the_reference_float32_formula(dim: int, weight_dtype: 
     np.testing.assert_allclose(np.array(got.astype(mx.float32)), want, rtol=2**-8, atol=1e-6)
 
 
+@pytest.mark.parametrize("bits", [None, 8])
 @pytest.mark.parametrize("written", [1, 7, 49, 50, 51, 123])
-def test_ring_attention_matches_masked_softmax_over_the_ring(written: int) -> None:
+def test_ring_attention_writes_like_the_cache_and_attends_like_masked_softmax(written: int, bits) -> None:
     from ppchat.models.kv_cache import RingKVCache
 
     context, heads, dim = 50, 4, 128
     rng = np.random.default_rng(written)
-    q = mx.array(rng.standard_normal((1, heads, 1, dim)).astype(np.float32)).astype(mx.bfloat16)
-    keys = mx.array(rng.standard_normal((1, heads, context, dim)).astype(np.float32)).astype(mx.bfloat16)
-    values = mx.array(rng.standard_normal((1, heads, context, dim)).astype(np.float32)).astype(mx.bfloat16)
-    # The ring's own rule: what a query sees after `written` tokens, its own key included.
-    ring = RingKVCache(1, heads, dim, context, mx.bfloat16)
-    ring.offset = mx.array(written - 1, dtype=mx.int32)
-    visible = np.array(ring.mask_for(1))[0]
-    scale = dim**-0.5
+
+    def normal(*shape: int) -> mx.array:
+        return mx.array(rng.standard_normal(shape).astype(np.float32)).astype(mx.bfloat16)
+
+    # Two rings in the same state after `written - 1` tokens, written through the MLX path.
+    plain = RingKVCache(1, heads, dim, context, mx.bfloat16, bits)
+    fused = RingKVCache(1, heads, dim, context, mx.bfloat16, bits)
+    for _ in range(written - 1):
+        k, v = normal(1, heads, 1, dim), normal(1, heads, 1, dim)
+        plain.update(k, v)
+        fused.update(k, v)
+    mx.eval([c.state for c in (plain, fused)])
+    visible = np.array(plain.mask_for(1))[0]
+    q, k, v = normal(1, heads, 1, dim), normal(1, heads, 1, dim), normal(1, heads, 1, dim)
+    keys, values = plain.update(k, v)  # the MLX path: write, then the ring to attend over
+    mx.eval(keys, values, plain.state)
 
     tickets = cuda_kernels.attention_tickets(1, heads)
     mx.eval(tickets)
-    got = cuda_kernels.ring_attention(q, keys, values, mx.array(written, dtype=mx.int32), scale, tickets)
-    mx.eval(got)
-    # The last block of each head hands its ticket back, so the next call (evaluated after this one,
-    # as successive layers are) starts from zeroed tickets again and gives the same result.
+    scale = dim**-0.5
+    got = cuda_kernels.ring_attention(q, k, v, fused, mx.array(written, dtype=mx.int32), scale, tickets)
+    fused.update(k, v, written=True)
+    mx.eval(got, fused.state)
+
+    # The kernel stored exactly the bytes the MLX path stores (codes and scales for an 8-bit ring).
+    for mine, theirs in zip(fused.state, plain.state):
+        assert mx.array_equal(mine, theirs).item()
+    # It handed its tickets back: a later call starts from zeros again.
     assert np.array(tickets).tolist() == [0] * heads
-    second = cuda_kernels.ring_attention(q, keys, values, mx.array(written, dtype=mx.int32), scale, tickets)
-    assert mx.array_equal(got, second).item()
 
     qf, kf, vf = (np.array(a.astype(mx.float32), dtype=np.float64)[0] for a in (q, keys, values))
     scores = np.einsum("hd,hsd->hs", qf[:, 0], kf) * scale
@@ -63,7 +75,8 @@ def test_ring_attention_matches_masked_softmax_over_the_ring(written: int) -> No
     np.testing.assert_allclose(np.array(got.astype(mx.float32))[0, :, 0], want, rtol=2**-7, atol=2e-3)
 
 
-def test_temporal_steps_with_the_ring_kernel_match_the_masked_sdpa_path() -> None:
+@pytest.mark.parametrize("bits", [None, 8])
+def test_temporal_steps_with_the_ring_kernel_match_the_masked_sdpa_path(bits) -> None:
     """Whole single-token steps of a bf16 transformer (ring of 40, run past a wrap) with the fused
     kernel and with MLX's masked attention give the same outputs, to bf16 accuracy."""
     from ppchat.models.transformer import Transformer
@@ -72,9 +85,9 @@ def test_temporal_steps_with_the_ring_kernel_match_the_masked_sdpa_path() -> Non
     stack = Transformer(dim=256, num_heads=2, num_layers=2, hidden=512, context=40, max_period=10000.0, norm_eps=1e-8)
     stack.set_dtype(mx.bfloat16)
     mx.eval(stack.parameters())
-    fused_cache = stack.make_cache(1, mx.bfloat16)
+    fused_cache = stack.make_cache(1, mx.bfloat16, bits)
     tickets = stack._tickets
-    plain_cache = stack.make_cache(1, mx.bfloat16)
+    plain_cache = stack.make_cache(1, mx.bfloat16, bits)
     for index in range(90):
         x = mx.random.normal((1, 1, 256)).astype(mx.bfloat16)
         stack._tickets = tickets

@@ -345,6 +345,11 @@ def _attn_kernel(scale: float, quantized: bool):
     )
 
 
+def fits_ring_attention(q: mx.array) -> bool:
+    """Head sizes the kernel handles: a multiple of 32 (a lane per D/32 dims), at most 256."""
+    return q.shape[-1] % 32 == 0 and q.shape[-1] <= 256
+
+
 def attention_tickets(batch: int, heads: int) -> mx.array:
     """The zeroed ticket array `ring_attention` needs, one per layer stack (kept, reused every step)."""
     return mx.zeros((batch * heads,), dtype=mx.int32)

@@ -113,7 +113,7 @@ class RopeAttention(nn.Module):
         # back (spec pitfall 1); MLX's rope kernel computes in float32 and rounds once, the same.
         qk = mx.fast.rope(qkv[:2], self.head_dim, traditional=True, base=self.max_period, scale=1.0, offset=cache.offset)
         q, k, v = pick(qk, 0), pick(qk, 1), pick(qkv, 2)
-        if step is not None and tickets is not None and q.dtype == mx.bfloat16:
+        if step is not None and tickets is not None and q.dtype == mx.bfloat16 and cuda_kernels.fits_ring_attention(q):
             # The kernel writes k/v into the ring itself; the cache only advances its counter.
             out = cuda_kernels.ring_attention(q, k, v, cache, step.next_offset, self.scale, tickets)
             cache.update(k, v, step, written=True)

@@ -66,6 +66,9 @@ def test_ring_attention_writes_like_the_cache_and_attends_like_masked_softmax(wr
     assert np.array(tickets).tolist() == [0] * heads
 
     qf, kf, vf = (np.array(a.astype(mx.float32), dtype=np.float64)[0] for a in (q, keys, values))
+    if bits:  # the kernel reads codes x scales in float32, not the bf16-rounded ring MLX attends over
+        kf = (np.array(plain.keys, dtype=np.float64) * np.array(plain.key_scales, dtype=np.float64))[0]
+        vf = (np.array(plain.values, dtype=np.float64) * np.array(plain.value_scales, dtype=np.float64))[0]
     scores = np.einsum("hd,hsd->hs", qf[:, 0], kf) * scale
     scores[:, ~visible] = -np.inf
     weights = np.exp(scores - scores.max(axis=-1, keepdims=True))

@@ -16,6 +16,7 @@ from collections import Counter
 
 import mlx.core as mx
 import numpy as np
+import pytest
 
 from ppchat.models.lm import LM, LMConfig
 
@@ -25,6 +26,15 @@ def primitives(*outputs: mx.array) -> Counter:
     dot = io.StringIO()
     mx.export_to_dot(dot, *outputs)
     return Counter(re.findall(r'label ="([A-Za-z]+)"', dot.getvalue()))
+
+
+@pytest.fixture(autouse=True)
+def generic_graph():
+    """Build the backend-independent graph: on a CUDA machine the fused kernels would replace parts."""
+    device = mx.default_device()
+    mx.set_default_device(mx.cpu)
+    yield
+    mx.set_default_device(device)
 
 
 def small_7b_like() -> LMConfig:

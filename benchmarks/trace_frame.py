@@ -111,7 +111,6 @@ def main(argv: list[str]) -> int:
     install_namespace()
 
     import mlx.core as mx
-    import numpy as np
     import torch
     from torch.profiler import ProfilerActivity, profile, record_function
 

@@ -8,6 +8,7 @@ half of `linear_in` is the gate.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -80,6 +81,25 @@ def merge_heads(x: mx.array) -> mx.array:
     return x.transpose(0, 2, 1, 3).reshape(b, t, h * d)
 
 
+@dataclass(frozen=True)
+class StackStep:
+    """What every layer of a stack shares in one call, computed once: the visibility mask [T, S]
+    (`RingKVCache.mask_for`), for a single token the ring step (`RingKVCache.plan`), and on CUDA the
+    fused ring-attention kernel's tickets (`cuda_kernels.attention_tickets`), which make a single
+    bf16 token attend through that kernel, with no mask."""
+
+    mask: mx.array
+    ring: RingStep | None = None
+    tickets: mx.array | None = None
+
+    @classmethod
+    def for_cache(cls, cache: RingKVCache, t: int, tickets: mx.array | None = None) -> StackStep:
+        if t == 1:
+            ring = cache.plan()
+            return cls(ring.mask, ring, tickets)
+        return cls(cache.mask_for(t))
+
+
 class RopeAttention(nn.Module):
     """Causal self-attention of the temporal transformer: interleaved RoPE on absolute positions
     and a ring KV cache whose mask limits each query to `context` keys (spec §4.2)."""
@@ -93,33 +113,24 @@ class RopeAttention(nn.Module):
         self.in_proj = nn.Linear(dim, 3 * dim, bias=False)
         self.out_proj = nn.Linear(dim, dim, bias=False)
 
-    def __call__(
-        self,
-        x: mx.array,
-        cache: RingKVCache,
-        mask: mx.array | None = None,
-        step: RingStep | None = None,
-        tickets: mx.array | None = None,
-    ) -> mx.array:
-        """`mask` is `cache.mask_for(T)` and `step` (single tokens) `cache.plan()`, computed once per
-        step by the caller and shared by all layers (computed here when not given). With `tickets`
-        (`cuda_kernels.attention_tickets`, on CUDA) a single bf16 token attends through the fused
-        ring-attention kernel, which needs no mask."""
+    def __call__(self, x: mx.array, cache: RingKVCache, shared: StackStep | None = None) -> mx.array:
+        """`shared` is what the stack computed once for this call (`StackStep`); computed here from
+        `cache` when not given."""
         b, t, _ = x.shape
-        if mask is None:
-            mask = cache.mask_for(t)
+        shared = shared or StackStep.for_cache(cache, t)
         qkv = self.in_proj(x).reshape(b, t, 3, self.num_heads, self.head_dim).transpose(2, 0, 3, 1, 4)
         # q and k rotated in one kernel. The reference rotates (2i, 2i+1) pairs in float32 and casts
         # back (spec pitfall 1); MLX's rope kernel computes in float32 and rounds once, the same.
         qk = mx.fast.rope(qkv[:2], self.head_dim, traditional=True, base=self.max_period, scale=1.0, offset=cache.offset)
         q, k, v = pick(qk, 0), pick(qk, 1), pick(qkv, 2)
-        if step is not None and tickets is not None and q.dtype == mx.bfloat16 and cuda_kernels.fits_ring_attention(q):
+        step = shared.ring
+        if step and shared.tickets is not None and q.dtype == mx.bfloat16 and cuda_kernels.fits_ring_attention(q):
             # The kernel writes k/v into the ring itself; the cache only advances its counter.
-            out = cuda_kernels.ring_attention(q, k, v, cache, step.next_offset, self.scale, tickets)
+            out = cuda_kernels.ring_attention(q, k, v, cache, step.next_offset, self.scale, shared.tickets)
             cache.update(k, v, step, written=True)
         else:
             keys, values = cache.update(k, v, step)
-            out = mx.fast.scaled_dot_product_attention(q, keys, values, scale=self.scale, mask=mask)
+            out = mx.fast.scaled_dot_product_attention(q, keys, values, scale=self.scale, mask=shared.mask)
         return self.out_proj(merge_heads(out))
 
 

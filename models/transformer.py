@@ -6,8 +6,8 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from ppchat.models import cuda_kernels
-from ppchat.models.kv_cache import RingKVCache, RingStep
-from ppchat.models.layers import GatedFFN, RMSNorm, RopeAttention
+from ppchat.models.kv_cache import RingKVCache
+from ppchat.models.layers import GatedFFN, RMSNorm, RopeAttention, StackStep
 
 
 class TransformerLayer(nn.Module):
@@ -20,15 +20,8 @@ class TransformerLayer(nn.Module):
         self.norm2 = RMSNorm(dim, norm_eps)
         self.gating = GatedFFN(dim, hidden)
 
-    def __call__(
-        self,
-        x: mx.array,
-        cache: RingKVCache,
-        mask: mx.array | None = None,
-        step: RingStep | None = None,
-        tickets: mx.array | None = None,
-    ) -> mx.array:
-        x = x + self.self_attn(self.norm1(x), cache, mask, step, tickets)
+    def __call__(self, x: mx.array, cache: RingKVCache, shared: StackStep | None = None) -> mx.array:
+        x = x + self.self_attn(self.norm1(x), cache, shared)
         return x + self.gating(self.norm2(x))
 
 
@@ -63,11 +56,11 @@ class Transformer(nn.Module):
 
     def __call__(self, x: mx.array, cache: list[RingKVCache]) -> mx.array:
         """x: [B, T, dim] input embeddings at the next T positions of `cache` -> [B, T, dim]."""
+        if not cache:
+            return x
         # Every layer's ring holds the same positions: one mask (and for a single token, one write
         # slot and counter) serves the whole stack.
-        step = cache[0].plan() if cache and x.shape[1] == 1 else None
-        mask = step.mask if step else cache[0].mask_for(x.shape[1]) if cache else None
-        tickets = getattr(self, "_tickets", None) if step else None
+        shared = StackStep.for_cache(cache[0], x.shape[1], getattr(self, "_tickets", None))
         for layer, layer_cache in zip(self.layers, cache):
-            x = layer(x, layer_cache, mask, step, tickets)
+            x = layer(x, layer_cache, shared)
         return x

@@ -44,15 +44,9 @@ def run_one(out: Path, name: str, args: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="ppchat")
     bench_command.register(parser.add_subparsers())
     options = parser.parse_args(["bench", *args, "--json"])
-    from ppchat.engine.bench import BenchOptions, format_report, run_bench
+    from ppchat.engine.bench import format_report, run_bench
 
-    result = run_bench(BenchOptions(
-        model=options.model, config=options.config, quantize=bench_command.QUANTIZE_CHOICES[options.quantize],
-        group_size=options.group_size,
-        kv_bits="auto" if options.kv_bits is None else (None if options.kv_bits == 16 else 8),
-        frames=options.frames, warmup=options.warmup, phases=options.phases, compile=options.compile,
-        voice_frames=options.voice_frames,
-    ))
+    result = run_bench(bench_command.bench_options(options))
     result["command"] = "ppchat bench " + " ".join(args)
     (out / f"{name}.json").write_text(json.dumps(result, indent=1))
     print(format_report(result), flush=True)

@@ -39,13 +39,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=_run)
 
 
-def _run(args: argparse.Namespace) -> int:
-    from ppchat.engine.bench import BenchOptions, format_report, run_bench
+def bench_options(args: argparse.Namespace):
+    """The `BenchOptions` that parsed `ppchat bench` arguments ask for (checked)."""
+    from ppchat.engine.bench import BenchOptions
     from ppchat.errors import PPChatError
 
     if args.frames < 1 or args.warmup < 0 or args.voice_frames < 2:
         raise PPChatError("--frames must be at least 1, --warmup at least 0 and --voice-frames at least 2")
-    options = BenchOptions(
+    return BenchOptions(
         model=args.model,
         config=args.config,
         quantize=QUANTIZE_CHOICES[args.quantize],
@@ -57,7 +58,12 @@ def _run(args: argparse.Namespace) -> int:
         compile=args.compile,
         voice_frames=args.voice_frames,
     )
-    result = run_bench(options)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from ppchat.engine.bench import format_report, run_bench
+
+    result = run_bench(bench_options(args))
     print(json.dumps(result, indent=1) if args.json else format_report(result))
     sys.stdout.flush()
     return 0

@@ -13,7 +13,7 @@ sees `context - 1` keys. The lm_tiny fixture (context 40, 61 calls) confirms thi
 Writes are always consecutive positions from 0, so the position held by every slot is a function of
 the position counter alone (`positions`); no per-slot position array is stored or scattered. Every
 layer's ring holds the same positions, so a layer stack plans a single-token step once (`plan`: the
-slot to write, the mask, the next counter) and every layer's `update` reuses it: on the GPU each
+slot to write and the next counter; with `mask_for`, the mask) and every layer reuses them: on the GPU each
 kernel has a fixed cost, and this removes ~8 per layer. The write is a one-row `put_along_axis`
 at the planned slot (one ScatterAxis kernel): MLX's CUDA `slice_update` with a dynamic offset takes
 ~70 µs per call (an offset kernel and a slow strided copy), and `keys[:, :, slot, :] = k` builds a
@@ -32,11 +32,10 @@ import mlx.core as mx
 
 @dataclass(frozen=True)
 class RingStep:
-    """What a single-token step does to every ring of a stack: write at `slot` ([1] int32), attend
-    with `mask` ([1, context], True where visible), then hold `next_offset` tokens."""
+    """What a single-token step does to every ring of a stack: write at `slot` ([1] int32), then
+    hold `next_offset` tokens (attention's mask is `mask_for(1)`, taken before the step)."""
 
     slot: mx.array
-    mask: mx.array
     next_offset: mx.array
 
 
@@ -126,7 +125,7 @@ class RingKVCache:
 
     def plan(self) -> RingStep:
         """The single-token step from this ring's counter (the same for every ring of a stack)."""
-        return RingStep(mx.remainder(self.offset, self.context).reshape(1), self.mask_for(1), self.offset + 1)
+        return RingStep(mx.remainder(self.offset, self.context).reshape(1), self.offset + 1)
 
     def update(
         self, keys: mx.array, values: mx.array, step: RingStep | None = None, *, written: bool = False

@@ -95,8 +95,7 @@ class StackStep:
     @classmethod
     def for_cache(cls, cache: RingKVCache, t: int, tickets: mx.array | None = None) -> StackStep:
         if t == 1:
-            ring = cache.plan()
-            return cls(ring.mask, ring, tickets)
+            return cls(cache.mask_for(1), cache.plan(), tickets)
         return cls(cache.mask_for(t))
 
 

@@ -43,12 +43,14 @@ class Transformer(nn.Module):
         self.head_dim = dim // num_heads
         self.context = context
         self.layers = [TransformerLayer(dim, num_heads, hidden, max_period, norm_eps) for _ in range(num_layers)]
+        # The CUDA ring-attention kernel's tickets (`cuda_kernels.attention_tickets`), made by
+        # `make_cache`, outside any compiled graph; None where the kernel is not used.
+        self._tickets: mx.array | None = None
 
     def make_cache(
         self, batch_size: int = 1, dtype: mx.Dtype = mx.float32, bits: int | None = None
     ) -> list[RingKVCache]:
         """Fresh (reset) caches, `bits=8` for 8-bit rings: positions restart at 0."""
-        # The CUDA ring-attention kernel's tickets: created here, outside any compiled graph.
         self._tickets = cuda_kernels.attention_tickets(batch_size, self.num_heads) if cuda_kernels.available() else None
         return [
             RingKVCache(batch_size, self.num_heads, self.head_dim, self.context, dtype, bits) for _ in self.layers
@@ -60,7 +62,7 @@ class Transformer(nn.Module):
             return x
         # Every layer's ring holds the same positions: one mask (and for a single token, one write
         # slot and counter) serves the whole stack.
-        shared = StackStep.for_cache(cache[0], x.shape[1], getattr(self, "_tickets", None))
+        shared = StackStep.for_cache(cache[0], x.shape[1], self._tickets)
         for layer, layer_cache in zip(self.layers, cache):
             x = layer(x, layer_cache, shared)
         return x

@@ -1,4 +1,4 @@
-"""`ppchat` command line: builds the parser from each area's `commands.register`.
+"""`ppchat` command line: builds the parser from each `ppchat.commands` module's `register`.
 
 Heavy imports (mlx, textual, sounddevice) happen inside the command handlers, so
 `ppchat --help` stays instant.
@@ -7,21 +7,15 @@ Heavy imports (mlx, textual, sounddevice) happen inside the command handlers, so
 from __future__ import annotations
 
 import argparse
-import importlib
 import signal
 import sys
 
 from ppchat import __version__
+from ppchat.commands import bench, models, monitor, sessions, talk
 from ppchat.errors import PPChatError
 
 # Each module exposes register(subparsers) and attaches a handler with set_defaults(func=...).
-COMMAND_MODULES = (
-    "ppchat.tui.commands",
-    "ppchat.engine.commands",
-    "ppchat.sessions.commands",
-    "ppchat.models.commands",
-    "ppchat.engine.bench_command",
-)
+COMMAND_MODULES = (talk, monitor, sessions, models, bench)
 
 
 class Terminated(BaseException):
@@ -45,13 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"ppchat {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-            continue
+    for module in COMMAND_MODULES:
         module.register(sub)
     return parser
 
@@ -59,9 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    commands = parser._subparsers._group_actions[0].choices if parser._subparsers else {}
     # Bare `ppchat` (or `ppchat --voice X`) means `ppchat talk`.
-    if "talk" in commands and (not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version"))):
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version")):
         argv = ["talk", *argv]
     args = parser.parse_args(argv)
     # `kill PID` should end a conversation as cleanly as Ctrl-C does: recording finalised.

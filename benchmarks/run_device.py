@@ -39,7 +39,7 @@ def run_one(out: Path, name: str, args: list[str]) -> None:
     install_namespace()
     import argparse
 
-    from ppchat.engine import bench_command
+    from ppchat.commands import bench as bench_command
 
     parser = argparse.ArgumentParser(prog="ppchat")
     bench_command.register(parser.add_subparsers())

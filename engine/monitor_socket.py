@@ -33,7 +33,7 @@ import numpy as np
 
 from ppchat.engine.events import EventBus, NoticeEvent, StepEvent
 from ppchat.errors import PPChatError
-from ppchat.models.paths import runtime_dir
+from ppchat.paths import runtime_dir
 
 PROTOCOL_VERSION = 1
 ENVELOPE_POINTS = 8

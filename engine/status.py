@@ -5,7 +5,7 @@ from __future__ import annotations
 from ppchat.engine.events import StepEvent
 from ppchat.engine.latency_stats import LatencyStats
 from ppchat.engine.levels import envelope_bar, level_db
-from ppchat.sessions.replay import format_clock
+from ppchat.engine.transcript import format_clock
 
 
 class StatusLine:

@@ -26,7 +26,8 @@ import sentencepiece
 from safetensors.numpy import save_file
 
 from ppchat.errors import CheckpointError
-from ppchat.models import manifest, paths
+from ppchat import paths
+from ppchat.models import manifest
 from ppchat.models.checkpoint import DEMO_MARKER
 
 DEMO_VERSION = "demo-v1"

@@ -24,7 +24,8 @@ from tqdm import tqdm
 
 from ppchat.atomic import replacing
 from ppchat.errors import CheckpointError
-from ppchat.models import hub, paths
+from ppchat import paths
+from ppchat.models import hub
 from ppchat.models.checkpoint import CheckpointDir, open_checkpoint_dir, read_safetensors
 from ppchat.models.demo import ensure_demo_model
 from ppchat.models.lm import LM, LMConfig

@@ -22,7 +22,7 @@ import soxr
 
 from ppchat.atomic import replacing
 from ppchat.errors import AudioError, CheckpointError
-from ppchat.models import paths
+from ppchat import paths
 from ppchat.models.checkpoint import read_safetensors
 from ppchat.models.torch_zip import load_torch_zip
 

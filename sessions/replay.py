@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import NamedTuple
 
 from ppchat.engine.events import NoticeEvent, StepEvent
+from ppchat.engine.transcript import format_clock
 from ppchat.sessions.schema import FRAME_SECONDS
 from ppchat.sessions.store import Session
 
@@ -61,16 +62,6 @@ def transcript(session: Session | Iterable[StepEvent], pause_s: float = 1.0) -> 
 
 def _utterance(first_step: int, last_step: int, pieces: list[str]) -> Utterance:
     return Utterance(first_step * FRAME_SECONDS, (last_step + 1) * FRAME_SECONDS, " ".join("".join(pieces).split()))
-
-
-def format_clock(seconds: float) -> str:
-    """`mm:ss.t`, or `h:mm:ss.t` from one hour on."""
-    tenths = round(seconds * 10)
-    hours, rest = divmod(tenths, 36000)
-    minutes, rest = divmod(rest, 600)
-    secs, tenth = divmod(rest, 10)
-    clock = f"{minutes:02d}:{secs:02d}.{tenth}"
-    return f"{hours}:{clock}" if hours else clock
 
 
 def format_transcript(utterances: list[Utterance]) -> str:

@@ -18,7 +18,7 @@ import numpy as np
 
 from ppchat.engine.events import NoticeEvent, StepEvent
 from ppchat.errors import SessionError
-from ppchat.models.paths import data_dir
+from ppchat.paths import data_dir
 from ppchat.sessions.files import describe_write_error
 from ppchat.sessions.jsonl import read_jsonl
 from ppchat.sessions.liveness import is_recording_live

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from ppchat.engine import bench_command
+from ppchat.commands import bench as bench_command
 from ppchat.models.mimi import Mimi, MimiConfig
 from tests.conftest import fixture_params
 from tests.test_lm_parity import load_lm, make_gen, prompt_plan, rows_of

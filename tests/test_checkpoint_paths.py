@@ -3,7 +3,7 @@
 import sys
 from pathlib import Path
 
-from ppchat.models import paths
+from ppchat import paths
 
 
 def test_xdg_variables_are_honoured(monkeypatch, tmp_path):

@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from ppchat.engine.conversation import Conversation, TalkOptions
+from ppchat.conversation import Conversation, TalkOptions
 from ppchat.engine.events import NoticeEvent, StepEvent
 from ppchat.engine.pipeline import SamplingSettings
 from ppchat.engine.virtual_io import ArrayAudio

@@ -9,9 +9,9 @@ import pytest
 import soundfile as sf
 
 from ppchat.cli import main
-from ppchat.engine.conversation import TalkOptions
+from ppchat.conversation import TalkOptions
 from ppchat.engine.pipeline import SamplingSettings
-from ppchat.engine.respond import read_audio, reference_text_entry, respond
+from ppchat.respond import read_audio, reference_text_entry, respond
 from ppchat.errors import AudioError
 from ppchat.models.loader import load_model
 

@@ -21,7 +21,8 @@ from ppchat.errors import SessionError
 from ppchat.sessions.export import export, offline_text_frames
 from ppchat.sessions.recorder import start_recording
 from ppchat.sessions.repair import repair_session
-from ppchat.sessions.replay import Utterance, format_clock, format_transcript, play, transcript
+from ppchat.engine.transcript import format_clock
+from ppchat.sessions.replay import Utterance, format_transcript, play, transcript
 from ppchat.sessions.schema import SessionMeta
 from ppchat.sessions.store import (
     default_sessions_root,

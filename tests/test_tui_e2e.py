@@ -7,7 +7,7 @@ import asyncio
 import numpy as np
 import soundfile as sf
 
-from ppchat.engine.conversation import Conversation, TalkOptions
+from ppchat.conversation import Conversation, TalkOptions
 from ppchat.engine.pipeline import SamplingSettings
 from ppchat.engine.prompts import PRESETS
 from ppchat.engine.virtual_io import ArrayAudio

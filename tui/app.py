@@ -23,15 +23,15 @@ from textual.widgets import Footer
 from ppchat.engine.events import EventBus, NoticeEvent
 from ppchat.errors import PPChatError
 from ppchat.tui.live_view import LiveView
+from ppchat.tui.notices import notify_event
 from ppchat.tui.pickers import PromptPicker, VoicePicker
 from ppchat.tui.widgets.statusbar import StatusBar
 
-SEVERITY = {"info": "information", "warning": "warning", "error": "error"}
 CONVERSATION_ACTIONS = {"toggle_run", "toggle_mute", "toggle_half_duplex", "mark", "pick_voice", "pick_prompt", "sessions"}
 
 
 class ConversationLike(Protocol):
-    """What the console needs from `ppchat.engine.conversation.Conversation`."""
+    """What the console needs from `ppchat.conversation.Conversation`."""
 
     bus: EventBus
     running: bool
@@ -46,12 +46,6 @@ class ConversationLike(Protocol):
     def mark(self) -> None: ...
     def voices(self) -> list[str]: ...
     def prompts(self) -> dict[str, str]: ...
-
-
-def notify_event(app: App, notice: NoticeEvent) -> None:
-    """Show an engine notice as a toast; warnings and errors stay up longer."""
-    timeout = {"error": 30.0, "warning": 12.0}.get(notice.level, 5.0)
-    app.notify(notice.message, severity=SEVERITY.get(notice.level, "information"), timeout=timeout)
 
 
 class PPChatApp(App):

@@ -22,7 +22,7 @@ from ppchat.engine import monitor_socket
 from ppchat.engine.events import EventBus, NoticeEvent, StepEvent
 from ppchat.engine.status import StatusLine
 from ppchat.errors import PPChatError
-from ppchat.tui.app import notify_event
+from ppchat.tui.notices import notify_event
 from ppchat.tui.live_view import LiveView
 from ppchat.tui.widgets.statusbar import StatusBar
 

@@ -63,7 +63,7 @@ def _write_output(target: Path, write) -> None:
 
 def respond(input_path: Path, output_path: Path, options, *, text_json: Path | None = None,
             stream: bool = False, model=None, out=sys.stdout) -> int:
-    from ppchat.engine.conversation import Conversation
+    from ppchat.conversation import Conversation
     from ppchat.engine.virtual_io import ArrayAudio
 
     for target in (output_path, text_json):

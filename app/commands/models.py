@@ -30,7 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_download(args) -> int:
-    from ppchat.models import hub, manifest, paths
+    from ppchat import paths
+    from ppchat.models import hub, manifest
     from ppchat.models.checkpoint import open_checkpoint_dir
     from ppchat.models.loader import load_model, resolve_voices_dir
 
@@ -49,7 +50,7 @@ def cmd_download(args) -> int:
 
 
 def cmd_demo_model(args) -> int:
-    from ppchat.models import paths
+    from ppchat import paths
     from ppchat.models.demo import ensure_demo_model
 
     print(ensure_demo_model(paths.cache_dir()))

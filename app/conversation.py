@@ -19,7 +19,7 @@ from ppchat.engine.pipeline import ModelPipeline, PrefillReport, SamplingSetting
 from ppchat.engine.prompts import PRESETS, named_prompt, resolve_prompt
 from ppchat.engine.runtime import AudioEndpoint, DuplexRuntime, RuntimePolicy
 from ppchat.errors import PPChatError
-from ppchat.models import paths
+from ppchat import paths
 from ppchat.models.loader import LoadedModel, load_model, resolve_source
 from ppchat.models.voices import DEFAULT_VOICE, PRESET_VOICES, VoicePrompt, available_voices, load_voice
 from ppchat.sessions.recorder import Recorder, start_recording

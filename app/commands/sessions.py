@@ -90,7 +90,7 @@ def _load(args: argparse.Namespace):
 
 
 def list_command(args: argparse.Namespace) -> int:
-    from ppchat.sessions.replay import format_clock
+    from ppchat.engine.transcript import format_clock
     from ppchat.sessions.store import list_sessions
 
     root = _root(args)

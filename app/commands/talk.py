@@ -88,7 +88,7 @@ def _sampling(args):
 
 
 def _options(args, **extra):
-    from ppchat.engine.conversation import TalkOptions
+    from ppchat.conversation import TalkOptions
 
     return TalkOptions(
         model=args.model,
@@ -126,8 +126,8 @@ def cmd_prompts(args) -> int:
 
 
 def cmd_voices(args) -> int:
-    from ppchat.engine.conversation import pick_model_source
-    from ppchat.models import paths
+    from ppchat.conversation import pick_model_source
+    from ppchat import paths
     from ppchat.models.loader import resolve_source, resolve_voices_dir
     from ppchat.models.voices import PRESET_VOICES, available_voices
 
@@ -148,7 +148,7 @@ def cmd_voices(args) -> int:
 def cmd_talk(args) -> int:
     if args.list_devices:
         return cmd_devices(args)
-    from ppchat.engine.conversation import Conversation
+    from ppchat.conversation import Conversation
 
     options = _options(
         args,
@@ -214,7 +214,7 @@ def _run_headless(conv, duration: float | None) -> int:
 
 
 def cmd_respond(args) -> int:
-    from ppchat.engine.respond import respond
+    from ppchat.respond import respond
 
     return respond(
         args.input,

@@ -11,11 +11,11 @@ import signal
 import sys
 
 from ppchat import __version__
-from ppchat.commands import bench, models, monitor, sessions, talk
+from ppchat.commands import bench, models, monitor, sessions, talk, transcribe
 from ppchat.errors import PPChatError
 
 # Each module exposes register(subparsers) and attaches a handler with set_defaults(func=...).
-COMMAND_MODULES = (talk, monitor, sessions, models, bench)
+COMMAND_MODULES = (talk, monitor, sessions, transcribe, models, bench)
 
 
 class Terminated(BaseException):

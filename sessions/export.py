@@ -1,12 +1,15 @@
 """Export a session for other tools.
 
-* `txt`: the transcript, one `[mm:ss.t] text` line per utterance.
-* `srt`: the same utterances as subtitles.
+* `txt`: the transcript, one `[mm:ss.t] text` line per utterance; once `ppchat transcribe`
+  has added the user's words, both sides interleaved by time as `Agent: ...`/`User: ...`.
+* `srt`: the same lines as subtitles.
 * `wav`: one stereo 24 kHz float32 WAV, left = agent, right = user (as the PersonaPlex
   web client records).
-* `json`: the reference offline tool's text output (spec §7.2): a list with one string
-  per 80 ms frame: the piece with `▁` as a space, "EPAD" (token 0) or "PAD" (token 3,
-  and frames without a recorded token).
+* `json`: `{"text": [...], "dialogue": [...]}`. `text` is the reference offline tool's
+  text output (spec §7.2), as in `respond --text-json`: one string per 80 ms frame, the
+  piece with `▁` as a space, "EPAD" (token 0) or "PAD" (token 3, and frames without a
+  recorded token). `dialogue` holds both sides' lines in time order:
+  `{"speaker": "agent"|"user", "start": s, "end": s, "text": ...}`.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ import numpy as np
 
 from ppchat.errors import SessionError
 from ppchat.sessions.files import atomic_write_bytes, describe_write_error
-from ppchat.sessions.replay import EPAD_TOKEN, PAD_TOKEN, WORD_START, format_transcript, transcript
+from ppchat.sessions.dialogue import dialogue, format_dialogue, has_user_side, line_text
+from ppchat.sessions.replay import EPAD_TOKEN, PAD_TOKEN, WORD_START
 from ppchat.sessions.schema import FRAME_SAMPLES, SAMPLE_RATE
 from ppchat.sessions.store import Session
 from ppchat.sessions.wav_writer import WavWriter
@@ -54,12 +58,15 @@ def export(session: Session, out_dir: Path, formats: tuple[str, ...] = FORMATS) 
 
 
 def _txt(session: Session) -> str:
-    return format_transcript(transcript(session))
+    return format_dialogue(session)
 
 
 def _srt(session: Session) -> str:
-    cues = enumerate(transcript(session), start=1)
-    return "".join(f"{i}\n{_srt_time(u.start)} --> {_srt_time(u.end)}\n{u.text}\n\n" for i, u in cues)
+    labelled = has_user_side(session)
+    cues = enumerate(dialogue(session), start=1)
+    return "".join(
+        f"{i}\n{_srt_time(line.start)} --> {_srt_time(line.end)}\n{line_text(line, labelled)}\n\n" for i, line in cues
+    )
 
 
 def _srt_time(seconds: float) -> str:
@@ -82,7 +89,11 @@ def offline_text_frames(session: Session) -> list[str]:
 
 
 def _json(session: Session) -> str:
-    return json.dumps(offline_text_frames(session), ensure_ascii=False)
+    lines = [
+        {"speaker": line.speaker, "start": round(line.start, 3), "end": round(line.end, 3), "text": line.text}
+        for line in dialogue(session)
+    ]
+    return json.dumps({"text": offline_text_frames(session), "dialogue": lines}, ensure_ascii=False)
 
 
 _TEXT_EXPORTS = {"txt": _txt, "srt": _srt, "json": _json}

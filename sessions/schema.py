@@ -1,7 +1,8 @@
 """The on-disk format of a recorded session (format_version 1).
 
 A session is a directory named `YYYY-MM-DDTHH-MM-SS_xxxx` (local start time plus four
-random hex digits) holding four files:
+random hex digits) holding four files (and, once `ppchat transcribe` has run, the user's
+words in `user_transcript.json`: see `user_transcript`):
 
 `user.wav`, `agent.wav`
     Mono, 24 kHz, 32-bit float WAV (see `wav_writer`): the mic input the model heard and

@@ -37,6 +37,7 @@ from ppchat.sessions.schema import (
     parse_step_log,
     read_session_info,
 )
+from ppchat.sessions.user_transcript import UserLine, read_user_transcript
 from ppchat.sessions.wav_writer import read_wav
 
 _SESSION_FILES = (SESSION_JSON, STEPS_JSONL, USER_WAV, AGENT_WAV)
@@ -188,6 +189,7 @@ class Session:
     user_audio: np.ndarray
     agent_audio: np.ndarray
     warnings: list[str]
+    user_lines: list[UserLine] = field(default_factory=list)  # from `ppchat transcribe`; [] when not transcribed
 
     @property
     def name(self) -> str:
@@ -228,7 +230,8 @@ def load_session(path: Path) -> Session:
                 f"{name} holds {len(track) / SAMPLE_RATE:.2f} s but the step log {log.frames * FRAME_SECONDS:.2f} s; "
                 "the rest of that track is silent"
             )
-    return Session(path, info, log.steps, log.notices, user, agent, warnings)
+    user_lines = read_user_transcript(path, warnings)
+    return Session(path, info, log.steps, log.notices, user, agent, warnings, user_lines)
 
 
 def _load_step_log(path: Path, warnings: list[str]) -> StepLog:

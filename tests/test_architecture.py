@@ -21,6 +21,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("console", ("ppchat.tui",)),
     ("controller", ("ppchat.conversation", "ppchat.respond")),
     ("sessions", ("ppchat.sessions",)),
+    ("asr", ("ppchat.asr",)),
     ("engine", ("ppchat.engine",)),
     ("models", ("ppchat.models",)),
     ("base", ("ppchat", "ppchat.errors", "ppchat.atomic", "ppchat.paths")),

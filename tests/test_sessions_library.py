@@ -274,7 +274,10 @@ def test_export_writes_all_formats(session_dir, tmp_path):
     assert rate == 24000 and stereo.shape == (STEPS * FRAME, 2)
     np.testing.assert_array_equal(stereo[:, 0], np.concatenate([agent_frame(s) for s in range(STEPS)]))  # left = agent
     np.testing.assert_array_equal(stereo[:, 1], np.concatenate([user_frame(s) for s in range(STEPS)]))  # right = user
-    frames = json.loads(js.read_text(encoding="utf-8"))
+    doc = json.loads(js.read_text(encoding="utf-8"))
+    frames = doc["text"]
+    assert doc["dialogue"] == [{"speaker": "agent", "start": 0.4, "end": 0.72, "text": "Hello, world"},
+                               {"speaker": "agent", "start": 3.2, "end": 3.28, "text": "Again"}]  # fmt: skip
     assert len(frames) == STEPS
     assert frames[4] == "EPAD" and frames[5] == " Hello" and frames[6] == "," and frames[7] == "PAD" and frames[40] == " Again"
     assert set(frames) == {"PAD", "EPAD", " Hello", ",", " world", " Again"}

@@ -18,6 +18,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--revision", default=None, help="branch, tag or commit of the repo")
     p.add_argument("--quantize", choices=("4", "8"), default=None, help="also build the 4- or 8-bit LM cache")
     p.add_argument("--group-size", type=int, default=None, help="quantisation group size (default 32 for 4 bit, 64 for 8 bit)")
+    p.add_argument("--asr", action="store_true",
+                   help="instead, download the speech recogniser for `ppchat transcribe` and `--captions` "
+                        "(Qwen/Qwen3-ASR-0.6B unless --asr-model says otherwise; no token needed)")
+    p.add_argument("--asr-model", default=None, metavar="REPO", help="with --asr: which Qwen3-ASR repo to download")
     p.set_defaults(func=cmd_download)
 
     p = sub.add_parser(
@@ -30,6 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_download(args) -> int:
+    if args.asr or args.asr_model:
+        return _download_asr(args)
     from ppchat import paths
     from ppchat.models import hub, manifest
     from ppchat.models.checkpoint import open_checkpoint_dir
@@ -46,6 +52,16 @@ def cmd_download(args) -> int:
         where = model.info.quantized_cache
         print(f"ppchat: {model.info.quantization} weights cached in {where}")
     print("ppchat: start talking with `ppchat" + (f" --quantize {args.quantize}`" if args.quantize else "`"))
+    return 0
+
+
+def _download_asr(args) -> int:
+    from ppchat.asr.model_files import DEFAULT_ASR_MODEL, download
+
+    repo = args.asr_model or DEFAULT_ASR_MODEL
+    folder = download(repo, revision=args.revision)
+    print(f"ppchat: {repo} is ready in {folder}")
+    print("ppchat: transcribe a session with `ppchat transcribe last`, or talk with live captions: `ppchat --captions`")
     return 0
 
 

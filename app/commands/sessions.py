@@ -53,7 +53,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "replay",
         parents=[common],
         help="replay a recorded conversation",
-        description="Replay a recorded conversation in the console, or print its transcript with --no-tui.",
+        description="Replay a recorded conversation in the console, or print its transcript with --no-tui "
+        "(both speakers once `ppchat transcribe` has added the user's words).",
     )
     replay.add_argument("session", help=SESSION_HELP)
     replay.add_argument("--no-tui", action="store_true", help="print the transcript with timestamps instead")
@@ -141,10 +142,13 @@ def repair_command(args: argparse.Namespace) -> int:
 def replay_command(args: argparse.Namespace) -> int:
     session = _load(args)
     if args.no_tui:
-        from ppchat.sessions.replay import format_transcript, transcript
+        from ppchat.sessions.dialogue import format_dialogue
 
-        text = format_transcript(transcript(session))
-        print(text or "(the agent said nothing in this session)", end="" if text else "\n")
+        text = format_dialogue(session)
+        if not text:
+            text = "(nobody said anything in this session)\n" if session.user_lines else (
+                f"(the agent said nothing in this session; `ppchat transcribe {session.name}` adds the user's words)\n")
+        print(text, end="")
         return 0
     try:
         from ppchat.tui.replay import run_replay

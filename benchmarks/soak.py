@@ -51,12 +51,22 @@ def main() -> int:
     parser.add_argument("--warmup-s", type=float, default=30.0, help="RSS 'start' is the first sample after this")
     parser.add_argument("--out", type=Path, default=None, help="write the report as JSON here")
     parser.add_argument("--device", default="pulse", help="PortAudio device for both directions")
+    parser.add_argument("--sink", default="ppchat_soak",
+                        help="a private PulseAudio null sink (its monitor is the microphone), so that the soak "
+                             "neither hears nor disturbs other users of the virtual card; '' for the default one")
     parser.add_argument("--ppchat", default=str(REPO / ".venv" / "bin" / "ppchat"))
     args = parser.parse_args()
 
     env = dict(os.environ)
     env.setdefault("XDG_RUNTIME_DIR", "/tmp/ppchat-xdg")
     subprocess.run(["bash", str(REPO / "tools" / "virtual-audio.sh")], env=env, check=True, capture_output=True)
+    if args.sink:
+        sinks = subprocess.run(["pactl", "list", "short", "sinks"], env=env, capture_output=True, text=True).stdout
+        if args.sink not in sinks.split():
+            subprocess.run(["pactl", "load-module", "module-null-sink", f"sink_name={args.sink}", "rate=24000",
+                            "channels=1"], env=env, check=True, capture_output=True)  # fmt: skip
+        # libpulse (behind PortAudio's ALSA "pulse" device) opens these instead of the defaults.
+        env["PULSE_SINK"], env["PULSE_SOURCE"] = args.sink, f"{args.sink}.monitor"
 
     sessions = Path(tempfile.mkdtemp(prefix="ppchat-soak-"))
     log_path = sessions / "talk.log"

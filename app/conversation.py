@@ -57,6 +57,7 @@ class TalkOptions:
     record: bool = True
     monitor: bool = True
     monitor_socket: Path | None = None
+    session_kind: str = "talk"  # recorded in session.json: "talk" or "respond"
 
 
 class Conversation:
@@ -69,6 +70,7 @@ class Conversation:
         audio_factory: Callable[[], AudioEndpoint] | None = None,
     ):
         self.options = options
+        self.prompt_name, self.prompt_text = resolve_prompt(options.prompt)  # a bad prompt fails before the model loads
         self.bus = EventBus()
         self.model = model or load_model(pick_model_source(options.model), quantize=options.quantize, depformer_steps=8)
         self.pipeline = ModelPipeline(self.model, options.sampling)
@@ -80,7 +82,6 @@ class Conversation:
         self.last_session_dir: Path | None = None  # the most recent finished recording
         self.prefill: PrefillReport | None = None
         self.voice_name = options.voice or (DEFAULT_VOICE if self.model.voices_dir else NO_VOICE)
-        self.prompt_name, self.prompt_text = resolve_prompt(options.prompt)
         self._devices: dict[str, Any] = {}
         self._custom_voices: list[str] = []
         self.started_at: float | None = None
@@ -223,12 +224,12 @@ class Conversation:
 
     def _start_recorder(self) -> Recorder | None:
         meta = SessionMeta(
-            model_id=self.info["model"],
+            kind=self.options.session_kind,
+            model_id="demo" if self.model.info.is_demo else self.model.info.source,
             quantization=self.model.info.quantization,
             voice=self.voice_name,
             role_prompt=self.prompt_text,
             sampling=self.options.sampling.to_json(),
-            seed=self.options.sampling.seed,
             devices=dict(self._devices),
         )
         root = self.options.sessions_dir or default_sessions_root()

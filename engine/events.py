@@ -11,8 +11,6 @@ from __future__ import annotations
 import collections
 import threading
 from dataclasses import dataclass, field
-from typing import Any
-
 import numpy as np
 
 PHASES = ("encode", "temporal", "depformer", "decode")
@@ -48,56 +46,6 @@ class StepEvent:
     marked: bool = False
     user_pcm: np.ndarray | None = field(default=None, repr=False)
     agent_pcm: np.ndarray | None = field(default=None, repr=False)
-
-    def to_json(self) -> dict[str, Any]:
-        """The JSON-safe part of the event (no audio)."""
-        d = {
-            "step": self.step,
-            "t": round(self.audio_time, 3),
-            "wall": round(self.wall_time, 6),
-            "ms": {k: round(v, 3) for k, v in self.timings_ms.items()},
-            "in_rms": round(self.in_rms, 5),
-            "in_peak": round(self.in_peak, 5),
-            "out_rms": round(self.out_rms, 5),
-            "out_peak": round(self.out_peak, 5),
-            "queue_in": self.queue_in,
-            "queue_out": self.queue_out,
-        }
-        if self.text_token is not None:
-            d["token"] = self.text_token
-            d["piece"] = self.text_piece
-        for key in ("late", "marked"):
-            if getattr(self, key):
-                d[key] = True
-        for key in ("dropped_in", "underruns", "xruns"):
-            if getattr(self, key):
-                d[key] = getattr(self, key)
-        if self.filled:
-            d["filled"] = self.filled
-        return d
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "StepEvent":
-        return cls(
-            step=int(d["step"]),
-            audio_time=float(d["t"]),
-            wall_time=float(d.get("wall", 0.0)),
-            timings_ms={k: float(v) for k, v in d.get("ms", {}).items()},
-            text_token=d.get("token"),
-            text_piece=d.get("piece"),
-            in_rms=float(d.get("in_rms", 0.0)),
-            in_peak=float(d.get("in_peak", 0.0)),
-            out_rms=float(d.get("out_rms", 0.0)),
-            out_peak=float(d.get("out_peak", 0.0)),
-            queue_in=int(d.get("queue_in", 0)),
-            queue_out=int(d.get("queue_out", 0)),
-            late=bool(d.get("late", False)),
-            dropped_in=int(d.get("dropped_in", 0)),
-            underruns=int(d.get("underruns", 0)),
-            xruns=int(d.get("xruns", 0)),
-            filled=d.get("filled"),
-            marked=bool(d.get("marked", False)),
-        )
 
 
 @dataclass

@@ -5,7 +5,7 @@
 is mode 0600) and streams JSON Lines to any number of clients:
 
     {"type": "info", "version": 1, "pid": ..., "model": ..., "is_demo": ..., ...}   on connect and on change
-    {"type": "step", <StepEvent.to_json()>, "env": {"in": [...], "out": [...]}}      12.5 per second
+    {"type": "step", "step": 12, "t": 0.96, "wall": ..., "ms": {...}, ..., "env": {"in": [...], "out": [...]}}  12.5/s
     {"type": "notice", "level": ..., "message": ..., "wall": ...}
 
 `env` is the frame's level envelope: the peak of |pcm| over `ENVELOPE_POINTS` equal
@@ -81,8 +81,43 @@ def encode(message: dict[str, Any]) -> bytes:
     return (json.dumps(message, separators=(",", ":"), default=str) + "\n").encode()
 
 
+# The protocol's step fields (wire name -> StepEvent attribute): those of a `steps.jsonl` step
+# line, but the protocol is versioned on its own and doesn't follow the session format.
+_STEP_NUMBERS = {"t": "audio_time", "wall": "wall_time", "in_rms": "in_rms", "in_peak": "in_peak",
+                 "out_rms": "out_rms", "out_peak": "out_peak"}  # fmt: skip
+_STEP_COUNTS = {"queue_in": "queue_in", "queue_out": "queue_out", "dropped_in": "dropped_in",
+                "underruns": "underruns", "xruns": "xruns"}  # fmt: skip
+
+
 def step_message(ev: StepEvent) -> dict[str, Any]:
-    return {"type": "step", **ev.to_json(), "env": {"in": level_envelope(ev.user_pcm), "out": level_envelope(ev.agent_pcm)}}
+    d: dict[str, Any] = {"type": "step", "step": ev.step}
+    d.update({key: round(getattr(ev, attr), 6) for key, attr in _STEP_NUMBERS.items()})
+    d["ms"] = {k: round(v, 3) for k, v in ev.timings_ms.items()}
+    d.update({key: getattr(ev, attr) for key, attr in _STEP_COUNTS.items()})
+    if ev.text_token is not None:
+        d["token"], d["piece"] = ev.text_token, ev.text_piece
+    d.update(late=ev.late, marked=ev.marked, filled=ev.filled)
+    d["env"] = {"in": level_envelope(ev.user_pcm), "out": level_envelope(ev.agent_pcm)}
+    return d
+
+
+def _decode_step(d: dict[str, Any]) -> MonitorStep:
+    token, piece = d.get("token"), d.get("piece")
+    ms = d.get("ms") or {}
+    env = d.get("env") or {}
+    return MonitorStep(
+        step=int(d["step"]),
+        timings_ms={str(k): float(v) for k, v in ms.items()},
+        text_token=int(token) if token is not None else None,
+        text_piece=piece if isinstance(piece, str) else None,
+        late=bool(d.get("late")),
+        marked=bool(d.get("marked")),
+        filled=d.get("filled") if isinstance(d.get("filled"), str) else None,
+        env_in=[float(x) for x in env.get("in") or []],
+        env_out=[float(x) for x in env.get("out") or []],
+        **{attr: float(d.get(key, 0.0)) for key, attr in _STEP_NUMBERS.items()},
+        **{attr: int(d.get(key, 0)) for key, attr in _STEP_COUNTS.items()},
+    )
 
 
 def notice_message(ev: NoticeEvent) -> dict[str, Any]:
@@ -98,14 +133,19 @@ class MonitorStep(StepEvent):
 
 
 def decode(line: bytes | str) -> MonitorStep | NoticeEvent | dict[str, Any] | None:
-    """One received line: a MonitorStep, a NoticeEvent, an info dict, or None for unknown types."""
-    d = json.loads(line)
+    """One received line: a MonitorStep, a NoticeEvent, an info dict, or None for unknown or malformed ones."""
+    try:
+        d = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(d, dict):
+        return None
     kind = d.get("type")
     if kind == "step":
-        ev = MonitorStep.from_json(d)
-        env = d.get("env") or {}
-        ev.env_in, ev.env_out = list(env.get("in") or []), list(env.get("out") or [])
-        return ev
+        try:
+            return _decode_step(d)
+        except (KeyError, TypeError, ValueError, AttributeError):
+            return None
     if kind == "notice":
         return NoticeEvent(str(d.get("level", "info")), str(d.get("message", "")), float(d.get("wall", 0.0)))
     if kind == "info":

@@ -44,6 +44,7 @@ from ppchat.sessions.schema import (
     SessionMeta,
     gap_record,
     notice_record,
+    step_record,
     write_session_info,
 )
 from ppchat.sessions.stats import StepStatsBuilder
@@ -162,7 +163,7 @@ class Recorder:
             self._fill_gap(event.step - self._next_step)
         self._user.append(self._frame(event.user_pcm))
         self._agent.append(self._frame(event.agent_pcm))
-        self._log.append(event.to_json())
+        self._log.append(step_record(event))
         self._stats.add(event)
         self._next_step = event.step + 1
 

@@ -28,9 +28,10 @@ from ppchat.sessions.schema import (
     FRAME_SAMPLES,
     FRAME_SECONDS,
     SAMPLE_RATE,
-    SESSION_JSON,
+    SESSION_FILES,
     SESSION_NAME_TIME,
     STEPS_JSONL,
+    TRACKS,
     USER_WAV,
     SessionInfo,
     StepLog,
@@ -38,9 +39,34 @@ from ppchat.sessions.schema import (
     read_session_info,
 )
 from ppchat.sessions.user_transcript import UserLine, read_user_transcript
-from ppchat.sessions.wav_writer import read_wav
+from ppchat.sessions.wav_writer import MAX_FRAMES, read_wav, read_wav_layout
 
-_SESSION_FILES = (SESSION_JSON, STEPS_JSONL, USER_WAV, AGENT_WAV)
+_SESSION_FILES = tuple(f.name for f in SESSION_FILES)
+MAX_STEPS = MAX_FRAMES // FRAME_SAMPLES  # what a mono float32 WAV can hold (12.4 h)
+CLEANABLE = ("failed", "empty")
+_CLEAN_HINT = "`ppchat sessions clean` removes it"
+
+
+def is_session_dir(path: Path) -> bool:
+    """True if `path` is a folder holding at least one session file."""
+    return path.is_dir() and any((path / name).exists() for name in _SESSION_FILES)
+
+
+def nothing_recorded(path: Path) -> bool:
+    """True if no track of the session holds a sample and its log holds no step."""
+    for name in TRACKS:
+        try:
+            if read_wav_layout(path / name).available_bytes > 0:
+                return False
+        except SessionError:
+            continue  # missing or not a WAV: nothing usable in it
+    try:
+        log = path / STEPS_JSONL
+        if log.stat().st_size > 65536:
+            return False
+        return not parse_step_log(read_jsonl(log).records).steps
+    except (OSError, SessionError):
+        return True
 
 
 def default_sessions_root() -> Path:
@@ -72,7 +98,7 @@ def session_dirs(root: Path) -> list[Path]:
         return []
     try:
         candidates = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-        return [p for p in candidates if any((p / name).exists() for name in _SESSION_FILES)]
+        return [p for p in candidates if is_session_dir(p)]
     except OSError as exc:
         raise SessionError(f"cannot list the sessions folder {root}: {exc.strerror or exc}") from exc
 
@@ -99,10 +125,12 @@ def resolve_session(spec: str, root: Path) -> Path:
     raise SessionError(f"{spec!r} matches {len(matches)} sessions ({shown}); type more of the name")
 
 
-def _label(info: SessionInfo, warnings: list[str]) -> str:
-    """The status shown to people: ok, recovered, partial or live."""
+def _label(info: SessionInfo, warnings: list[str], empty: bool = False) -> str:
+    """The status shown to people: ok, recovered, partial, live or empty."""
     if info.status == "recording":
         return "live"
+    if empty:
+        return "empty"
     if info.status == "stopped" or warnings:
         return "partial"
     return "ok" if info.status == "complete" else "recovered"
@@ -126,7 +154,8 @@ class SessionSummary:
 
     name: str
     path: Path
-    status: str  # ok | recovered | partial | live | corrupt
+    status: str  # ok | recovered | partial | live | empty | failed | corrupt
+    kind: str = ""  # talk | respond | ... (empty when session.json is unreadable)
     started: datetime | None = None
     duration_s: float = 0.0
     voice: str = ""
@@ -140,6 +169,7 @@ class SessionSummary:
             "name": self.name,
             "path": str(self.path),
             "status": self.status,
+            "kind": self.kind,
             "started": self.started.isoformat(timespec="seconds") if self.started else None,
             "duration_s": self.duration_s,
             "voice": self.voice,
@@ -158,14 +188,23 @@ def list_sessions(root: Path) -> list[SessionSummary]:
         try:
             info = _read_info_repairing(path, warnings)
         except SessionError as exc:
-            summaries.append(SessionSummary(path.name, path, "corrupt", warnings=[str(exc)]))
+            if nothing_recorded(path):
+                failed = f"the recording never started: nothing was recorded; {_CLEAN_HINT}"
+                summaries.append(SessionSummary(path.name, path, "failed", warnings=[failed]))
+            else:
+                summaries.append(SessionSummary(path.name, path, "corrupt", warnings=[str(exc)]))
             continue
-        warnings += [f"{name} is missing" for name in (STEPS_JSONL, USER_WAV, AGENT_WAV) if not (path / name).exists()]
+        empty = info.status != "recording" and info.stats.steps == 0 and nothing_recorded(path)
+        if empty:
+            warnings.append(f"nothing was recorded (stopped before the first step); {_CLEAN_HINT}")
+        else:
+            warnings += [f"{f.name} is missing" for f in SESSION_FILES if f.required and not (path / f.name).exists()]
         summaries.append(
             SessionSummary(
                 name=path.name,
                 path=path,
-                status=_label(info, warnings),
+                status=_label(info, warnings, empty),
+                kind=info.meta.kind,
                 started=info.started,
                 duration_s=info.duration_s,
                 voice=info.meta.voice,
@@ -219,11 +258,28 @@ def load_session(path: Path) -> Session:
     path = Path(path)
     if not path.is_dir():
         raise SessionError(f"no session folder at {path}")
+    if not is_session_dir(path):
+        raise SessionError(
+            f"{path} is not a ppchat session folder (none of {', '.join(_SESSION_FILES)} is in it); "
+            "`ppchat sessions` lists the recorded sessions"
+        )
     warnings: list[str] = []
-    info = _read_info_repairing(path, warnings)
-    log = _load_step_log(path / STEPS_JSONL, warnings)
+    try:
+        info = _read_info_repairing(path, warnings)
+    except SessionError:
+        if nothing_recorded(path):
+            raise SessionError(f"nothing was recorded in {path}: the recording never started; {_CLEAN_HINT}") from None
+        raise
+    if info.status == "stopped":
+        warnings.append(f"the recording stopped early, after {info.duration_s:.2f} s: {info.stop_reason or 'no reason given'}")
     user = _load_track(path / USER_WAV, warnings)
     agent = _load_track(path / AGENT_WAV, warnings)
+    log = _load_step_log(path / STEPS_JSONL, warnings, _step_limit(info, user, agent))
+    if len(user) != len(agent):
+        warnings.append(
+            f"{USER_WAV} holds {len(user) / SAMPLE_RATE:.2f} s but {AGENT_WAV} {len(agent) / SAMPLE_RATE:.2f} s; "
+            "the shorter one is silent after its end"
+        )
     for name, track in ((USER_WAV, user), (AGENT_WAV, agent)):
         if len(track) < log.frames * FRAME_SAMPLES:
             warnings.append(
@@ -234,7 +290,15 @@ def load_session(path: Path) -> Session:
     return Session(path, info, log.steps, log.notices, user, agent, warnings, user_lines)
 
 
-def _load_step_log(path: Path, warnings: list[str]) -> StepLog:
+def _step_limit(info: SessionInfo, *tracks: np.ndarray) -> int:
+    """How many steps the session can hold: its longest track, or what session.json says was
+    recorded (tracks can be damaged), never more than a WAV could hold."""
+    from_tracks = -(-max(len(t) for t in tracks) // FRAME_SAMPLES)
+    from_info = max(info.stats.steps + info.stats.lost_steps, round(info.duration_s / FRAME_SECONDS))
+    return min(max(from_tracks, from_info), MAX_STEPS)
+
+
+def _load_step_log(path: Path, warnings: list[str], limit: int) -> StepLog:
     if not path.exists():
         warnings.append(f"{path.name} is missing: no timings or transcript")
         return StepLog()
@@ -245,10 +309,16 @@ def _load_step_log(path: Path, warnings: list[str]) -> StepLog:
         return StepLog()
     if contents.torn:
         warnings.append(f"{path.name} ends with an incomplete line (still being written, or cut by a crash); ignored")
-    log = parse_step_log(contents.records)
+    log = parse_step_log(contents.records, limit)
     damaged = len(contents.bad_lines) + log.bad_records
     if damaged:
-        warnings.append(f"{path.name}: {damaged} damaged line(s) skipped")
+        first = f"line {contents.bad_lines[0]} is not a JSON object" if contents.bad_lines else log.first_problem
+        warnings.append(f"{path.name}: {damaged} damaged line(s) skipped (first: {first})")
+    if log.out_of_range:
+        warnings.append(
+            f"{path.name}: {log.out_of_range} step line(s) outside the recording (steps 0-{limit - 1}) or out of "
+            "order ignored"
+        )
     return log
 
 

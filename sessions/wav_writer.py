@@ -37,6 +37,7 @@ _HEADER = struct.Struct("<4sI4s" "4sIHHIIHHH" "4sII" "4sI")
 HEADER_BYTES = _HEADER.size  # 58
 _RIFF_SIZE_AT, _FACT_AT, _DATA_SIZE_AT = 4, 46, 54
 _MAX_DATA_BYTES = 0xFFFFFFFF - HEADER_BYTES  # RIFF sizes are 32-bit
+MAX_FRAMES = _MAX_DATA_BYTES // 4  # mono float32 samples one file can hold
 
 
 def _header(channels: int, sample_rate: int, data_bytes: int) -> bytes:

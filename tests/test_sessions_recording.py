@@ -23,13 +23,13 @@ from ppchat.errors import SessionError
 from ppchat.sessions.files import RecordingStopped
 from ppchat.sessions.jsonl import read_jsonl
 from ppchat.sessions.recorder import Recorder
-from ppchat.sessions.schema import SessionMeta, read_session_info
+from ppchat.sessions.schema import SessionMeta, read_session_info, step_record
 from ppchat.sessions.stats import LatencyHistogram
 from ppchat.sessions.store import list_sessions, load_session, new_session_dir
 from ppchat.sessions.wav_writer import read_wav_layout
 
 FRAME = 1920
-META = SessionMeta(model_id="test/model", quantization="q8", voice="NATF2", role_prompt="Be brief.", seed=7)
+META = SessionMeta(model_id="test/model", quantization="q8", voice="NATF2", role_prompt="Be brief.", sampling={"temp": 0.8, "seed": 7})
 
 
 def user_frame(step):
@@ -96,13 +96,13 @@ def test_round_trip_values_stats_and_files(tmp_path):
 
     session = load_session(summary.path)
     assert session.warnings == [] and session.status == "ok"
-    assert [e.to_json() for e in session.steps] == [e.to_json() for e in published]
+    assert [step_record(e) for e in session.steps] == [step_record(e) for e in published]
     np.testing.assert_array_equal(session.user_audio, np.concatenate([user_frame(i) for i in range(40)]))
     np.testing.assert_array_equal(session.agent_audio, np.concatenate([agent_frame(i) for i in range(40)]))
     assert [(t, n.message) for t, n in session.notices] == [(pytest.approx(21 * 0.08), "mic glitch")]
 
     info = session.info
-    assert (info.meta.model_id, info.meta.quantization, info.meta.seed) == ("test/model", "q8", 7)
+    assert (info.meta.model_id, info.meta.quantization, info.meta.sampling["seed"]) == ("test/model", "q8", 7)
     assert info.pid == os.getpid() and info.started == datetime(2026, 11, 25, 1, 57, 4).astimezone()
     assert summary.name.startswith("2026-11-25T01-57-04_")
     stats = info.stats

@@ -70,6 +70,15 @@ def named_prompt(text: str) -> tuple[str, str]:
 
 def _check(text: str, origin: str) -> str:
     text = text.strip()
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        # Bytes that aren't UTF-8 reach Python as lone surrogates (PEP 383); the tokenizer can't take them.
+        bad = text[exc.start].encode("utf-8", "surrogateescape")
+        raise PPChatError(
+            f"the role prompt from {origin} is not UTF-8 text (byte 0x{bad.hex()} at character {exc.start + 1}); "
+            "set your terminal to UTF-8 or save the prompt as a UTF-8 file and pass --prompt @FILE"
+        ) from None
     if not text:
         raise PPChatError(
             f"the role prompt from {origin} is empty; give some text or a preset "

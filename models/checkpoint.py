@@ -39,6 +39,10 @@ class TensorInfo:
     shape: tuple[int, ...]
 
 
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 def _corrupt(path: Path, why: str, hint: str) -> CheckpointError:
     return CheckpointError(f"checkpoint file {path} is unusable ({why}); {hint}")
 
@@ -74,10 +78,19 @@ def read_safetensors_header(path: str | Path, hint: str = REDOWNLOAD_HINT) -> di
         if key == "__metadata__":
             continue
         try:
-            dtype, shape, (begin, end) = entry["dtype"], tuple(int(d) for d in entry["shape"]), entry["data_offsets"]
+            dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
             itemsize = _SAFETENSORS_ITEMSIZE[dtype]
-        except (KeyError, TypeError, ValueError):
-            raise _corrupt(path, f"malformed header entry for '{key}'", hint) from None
+            if not (isinstance(shape, list) and all(_is_count(d) for d in shape)):
+                raise ValueError(f"'shape' should be a list of whole numbers, not {shape!r}"[:120])
+            if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_count(o) for o in offsets)):
+                raise ValueError(f"'data_offsets' should be two whole numbers, not {offsets!r}"[:120])
+            shape, (begin, end) = tuple(shape), offsets
+            if begin > end:
+                raise ValueError(f"'data_offsets' {offsets} run backwards")
+        except (KeyError, TypeError) as exc:
+            raise _corrupt(path, f"malformed header entry for '{key}' ({type(exc).__name__}: {exc})", hint) from None
+        except ValueError as exc:
+            raise _corrupt(path, f"malformed header entry for '{key}': {exc}", hint) from None
         numel = 1
         for d in shape:
             numel *= d
@@ -171,6 +184,10 @@ def open_component_dir(path: str | Path, kind: str | None = None) -> tuple[dict[
         raise CheckpointError(f"{path} holds a '{found}' model where a '{kind}' model was expected")
     if found == "lm" and not isinstance(config.get("lm_kwargs"), dict):
         raise CheckpointError(f"{cfg_path}: an 'lm' config needs an 'lm_kwargs' object")
+    try:
+        manifest.check_lm_kwargs(config["lm_kwargs"]) if found == "lm" else manifest.check_mimi_config(config)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{cfg_path}: {exc}; use the config.json that came with the weights") from None
     if not weights.is_file():
         raise CheckpointError(f"{path}: weights.safetensors is missing; regenerate or re-download the model")
     return config, weights

@@ -124,6 +124,86 @@ def personaplex_mimi_config() -> dict[str, Any]:
     return copy.deepcopy(_PERSONAPLEX_MIMI_CONFIG)
 
 
+# --- config value checks: run before any shape is derived or any weight is allocated ---------
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_ints(cfg: dict, where: str, names: tuple[str, ...], *, minimum: int = 1, optional: bool = False) -> None:
+    for name in names:
+        if optional and cfg.get(name) is None:
+            continue
+        value = _require(cfg, name, where)
+        if not _is_int(value) or value < minimum:
+            what = "a positive whole number" if minimum == 1 else f"a whole number >= {minimum}"
+            raise CheckpointError(f"'{where}.{name}' should be {what}, not {value!r}")
+
+
+def _check_numbers(cfg: dict, where: str, names: tuple[str, ...]) -> None:
+    for name in names:
+        value = cfg.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0):
+            raise CheckpointError(f"'{where}.{name}' should be a positive number, not {value!r}")
+
+
+def _check_int_list(cfg: dict, where: str, name: str, minimum: int, length: int | None = None) -> None:
+    value = _require(cfg, name, where)
+    if not isinstance(value, list) or not all(_is_int(v) and v >= minimum for v in value) or not value:
+        raise CheckpointError(f"'{where}.{name}' should be a list of whole numbers >= {minimum}, not {value!r}")
+    if length is not None and len(value) != length:
+        raise CheckpointError(f"'{where}.{name}' has {len(value)} entries; it needs {length}")
+
+
+def _check_heads(cfg: dict, where: str, width: str, heads: str) -> None:
+    # Attention splits the width into heads, and rotary embeddings rotate pairs of a head's channels.
+    dim, num_heads = cfg[width], cfg[heads]
+    if dim % num_heads or (dim // num_heads) % 2:
+        raise CheckpointError(
+            f"'{where}.{heads}' = {num_heads} does not split '{where}.{width}' = {dim} into heads of an even size"
+        )
+
+
+def check_lm_kwargs(lm_kwargs: Any) -> None:
+    """Types and ranges of the LM hyper-parameters; `CheckpointError` names the bad field."""
+    where = "lm_kwargs"
+    if not isinstance(lm_kwargs, dict):
+        raise CheckpointError(f"'{where}' should be an object of hyper-parameters")
+    _check_ints(lm_kwargs, where, ("dim", "text_card", "n_q", "dep_q", "card", "num_heads", "num_layers", "context",
+                                   "depformer_dim", "depformer_num_heads", "depformer_num_layers"))  # fmt: skip
+    _check_ints(lm_kwargs, where, ("dim_feedforward", "depformer_dim_feedforward", "depformer_context"), optional=True)
+    _check_ints(lm_kwargs, where, ("existing_text_padding_id",), minimum=0, optional=True)
+    _check_numbers(lm_kwargs, where, ("hidden_scale", "max_period", "depformer_max_period"))
+    _check_int_list(lm_kwargs, where, "delays", 0, lm_kwargs["n_q"] + 1)
+    for name in ("norm", "gating", "depformer_gating"):
+        if name in lm_kwargs and not isinstance(lm_kwargs[name], str):
+            raise CheckpointError(f"'{where}.{name}' should be a string, not {lm_kwargs[name]!r}")
+    _check_heads(lm_kwargs, where, "dim", "num_heads")
+    _check_heads(lm_kwargs, where, "depformer_dim", "depformer_num_heads")
+
+
+def check_mimi_config(cfg: Any) -> None:
+    """Types and ranges of the Mimi hyper-parameters; `CheckpointError` names the bad field."""
+    for section in ("seanet", "quantizer", "transformer"):
+        if not isinstance(cfg.get(section), dict):
+            raise CheckpointError(f"'{section}' should be an object of hyper-parameters")
+    seanet, quantizer, transformer = cfg["seanet"], cfg["quantizer"], cfg["transformer"]
+    _check_ints(seanet, "seanet", ("channels", "dimension", "n_filters", "kernel_size", "residual_kernel_size",
+                                   "last_kernel_size"))  # fmt: skip
+    _check_ints(seanet, "seanet", ("compress", "dilation_base"), optional=True)
+    _check_ints(seanet, "seanet", ("n_residual_layers",), minimum=0)
+    _check_int_list(seanet, "seanet", "ratios", 1)
+    _check_ints(quantizer, "quantizer", ("dimension", "n_q", "bins"))
+    _check_ints(quantizer, "quantizer", ("input_dimension", "output_dimension", "n_q_semantic"), optional=True)
+    _check_ints(transformer, "transformer", ("d_model", "num_heads", "num_layers", "dim_feedforward", "context"))
+    _check_ints(transformer, "transformer", ("input_dimension",), optional=True)
+    _check_numbers(transformer, "transformer", ("max_period",))
+    _check_heads(transformer, "transformer", "d_model", "num_heads")
+    _check_ints(cfg, "mimi", ("sample_rate", "num_codebooks", "frame_size"), optional=True)
+    _check_numbers(cfg, "mimi", ("frame_rate",))
+
+
 def _require(cfg: dict, name: str, where: str) -> Any:
     if name not in cfg:
         raise CheckpointError(f"model config is missing '{name}' in {where}; the config.json is incomplete")
@@ -183,6 +263,7 @@ def lm_reference_shapes(lm_kwargs: dict[str, Any]) -> dict[str, Shape]:
     Supports what PersonaPlex and Moshi use: gated FFNs, multi-linear depformer input,
     optional per-step depformer weights. Anything else is refused as unsupported.
     """
+    check_lm_kwargs(lm_kwargs)
     where = "lm_kwargs"
     dim = _require(lm_kwargs, "dim", where)
     card = _require(lm_kwargs, "card", where)
@@ -341,6 +422,7 @@ def mimi_reference_shapes(cfg: dict[str, Any]) -> dict[str, Shape]:
     `cfg` holds `seanet`, `quantizer` and `transformer` kwargs (fixture / manifest layout),
     plus optionally `sample_rate`, `frame_rate` and `upsample_channel_wise_bug`.
     """
+    check_mimi_config(cfg)
     seanet = _require(cfg, "seanet", "the Mimi config")
     quantizer = _require(cfg, "quantizer", "the Mimi config")
     transformer = _require(cfg, "transformer", "the Mimi config")

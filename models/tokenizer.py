@@ -46,6 +46,10 @@ class TextTokenizer:
 
     def encode(self, text: str) -> list[int]:
         """Token ids of `text`, without BOS/EOS (as `SentencePieceProcessor.encode`)."""
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise PPChatError(f"the text {text[:40]!r} is not valid UTF-8; give the prompt as UTF-8 text") from None
         return list(self._sp.EncodeAsIds(text))
 
     def encode_system_prompt(self, text: str) -> list[int]:

@@ -158,7 +158,7 @@ def test_crafted_step_numbers_are_bounded_by_the_recording(tmp_path, capsys):
     assert any("'step' should be at least 0, not -3" in w for w in session.warnings)
     out = tmp_path / "out"
     written = export(session, out, ("json", "wav"))
-    assert len(json.loads(written[0].read_text())) == STEPS
+    assert len(json.loads(written[0].read_text())["text"]) == STEPS
     assert written[1].stat().st_size < 2 * 4 * 1920 * STEPS + 100
     assert main(["export", str(session_dir), "--out", str(out), "--format", "json"]) == 0
     assert "outside the recording" in capsys.readouterr().err

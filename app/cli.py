@@ -7,12 +7,16 @@ Heavy imports (mlx, textual, sounddevice) happen inside the command handlers, so
 from __future__ import annotations
 
 import argparse
+import logging
 import signal
 import sys
+import traceback
 
-from ppchat import __version__
+from ppchat import __version__, logfile, paths
 from ppchat.commands import bench, models, monitor, sessions, talk, transcribe
 from ppchat.errors import PPChatError
+
+log = logging.getLogger(__name__)
 
 # Each module exposes register(subparsers) and attaches a handler with set_defaults(func=...).
 COMMAND_MODULES = (talk, monitor, sessions, transcribe, models, bench)
@@ -35,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
             "Without downloaded weights it runs a built-in tiny demo model (random weights) so that "
             "everything can be tried; `ppchat download` fetches the real model (needs HF_TOKEN)."
         ),
+        epilog=f"Log file: {paths.log_file()} (set XDG_STATE_HOME to move it).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"ppchat {__version__}")
@@ -57,14 +62,26 @@ def main(argv: list[str] | None = None) -> int:
     if func is None:
         parser.print_help()
         return 0
+    logfile.setup()
+    log.info("ppchat %s: %s", __version__, " ".join(["ppchat", *argv]))
     try:
         return int(func(args) or 0)
     except KeyboardInterrupt:
+        log.info("interrupted")
         print("\ninterrupted", file=sys.stderr)
         return 130
     except Terminated:
+        log.info("terminated")
         print("\nterminated", file=sys.stderr)
         return 143
     except PPChatError as exc:
+        log.info("user error: %s", exc)
         print(f"ppchat: error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        # A bug: one line for the user, the traceback in the log (or here, if there is no log).
+        log.exception("internal error")
+        print(f"ppchat: internal error: {type(exc).__name__}: {exc}{logfile.see_log()}", file=sys.stderr)
+        if logfile.log_path() is None:
+            traceback.print_exc()
+        return 1

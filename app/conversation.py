@@ -76,7 +76,9 @@ class Conversation:
         self.pipeline = ModelPipeline(self.model, options.sampling)
         self._warm_up()
         self._audio_factory = audio_factory or self._open_device
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # one start/stop/restart at a time
+        # Guards the fields `info` reports, which other threads read while start/stop change them.
+        self._state_lock = threading.Lock()
         self.runtime: DuplexRuntime | None = None
         self.recorder: Recorder | None = None
         self.last_session_dir: Path | None = None  # the most recent finished recording
@@ -93,24 +95,29 @@ class Conversation:
 
     @property
     def info(self) -> dict[str, Any]:
+        """A consistent snapshot; safe from any thread (the monitor socket reads it on its own)."""
         m = self.model.info
+        with self._state_lock:
+            recorder, runtime, devices = self.recorder, self.runtime, dict(self._devices)
+            voice, prompt, prompt_name, started_at = self.voice_name, self.prompt_text, self.prompt_name, self.started_at
         return {
             "model": "demo (random weights)" if m.is_demo else m.source,
             "is_demo": m.is_demo,
             "quantization": m.quantization,
-            "input_device": self._devices.get("input", ""),
-            "output_device": self._devices.get("output", ""),
-            "voice": self.voice_name,
-            "prompt": self.prompt_text,
-            "prompt_name": self.prompt_name,
-            "session_dir": str(self.recorder.session_dir) if self.recorder else None,
-            "running": self.running,
-            "started_at": self.started_at,
+            "input_device": devices.get("input", ""),
+            "output_device": devices.get("output", ""),
+            "voice": voice,
+            "prompt": prompt,
+            "prompt_name": prompt_name,
+            "session_dir": str(recorder.session_dir) if recorder else None,
+            "running": runtime is not None and runtime.running,
+            "started_at": started_at,
         }
 
     @property
     def running(self) -> bool:
-        return self.runtime is not None and self.runtime.running
+        runtime = self.runtime  # read once: stop() may clear it on another thread
+        return runtime is not None and runtime.running
 
     def voices(self) -> list[str]:
         found = available_voices(self.model.voices_dir)
@@ -131,38 +138,41 @@ class Conversation:
         with self._lock:
             if self.running:
                 raise PPChatError("a conversation is already running; stop it first")
-            if voice is not None:
-                self.voice_name = voice
-            if prompt is not None:
-                self.prompt_name, self.prompt_text = named_prompt(prompt)
+            named = named_prompt(prompt) if prompt is not None else None
+            with self._state_lock:
+                if voice is not None:
+                    self.voice_name = voice
+                if named is not None:
+                    self.prompt_name, self.prompt_text = named
             voice_prompt = self._load_voice(self.voice_name)
             self._notice("info", f"conditioning: voice {self.voice_name}, prompt '{self.prompt_name}'")
             self.prefill = self.pipeline.start(voice_prompt, self.prompt_text)
             audio = self._audio_factory()
-            if self.options.record:
-                self.recorder = self._start_recorder()
-            self.runtime = DuplexRuntime(
+            recorder = self._start_recorder() if self.options.record else None
+            runtime = DuplexRuntime(
                 self.pipeline,
                 audio,
                 self.bus,
                 RuntimePolicy(max_backlog_frames=self.options.max_backlog_frames, half_duplex_gate=self.options.half_duplex),
             )
-            self.started_at = time.time()
-            self.runtime.start()
+            with self._state_lock:
+                self.recorder, self.runtime, self.started_at = recorder, runtime, time.time()
+            runtime.start()
             self._notice("info", f"live (prefill {self.prefill.seconds:.2f} s, {self.prefill.calls} calls)")
             return self.prefill
 
     def stop(self) -> None:
         """Stop audio and finish the recording. Safe to call at any time, any number of times."""
         with self._lock:
-            runtime, self.runtime = self.runtime, None
+            with self._state_lock:
+                runtime, self.runtime = self.runtime, None
             if runtime is not None:
                 runtime.stop()
-            recorder, self.recorder = self.recorder, None
+            with self._state_lock:
+                recorder, self.recorder = self.recorder, None
             if recorder is not None:
                 recorder.close()
                 self._notice("info", f"saved {recorder.session_dir}")
-            if recorder is not None:
                 self.last_session_dir = recorder.session_dir
 
     def restart(self, voice: str | None = None, prompt: str | None = None) -> PrefillReport:
@@ -219,7 +229,8 @@ class Conversation:
         from ppchat.engine.audio_io import DuplexAudio
 
         audio = DuplexAudio(self.options.input_device, self.options.output_device, samplerate=self.options.samplerate)
-        self._devices = {"input": audio.input_device.name, "output": audio.output_device.name}
+        with self._state_lock:
+            self._devices = {"input": audio.input_device.name, "output": audio.output_device.name}
         return audio
 
     def _start_recorder(self) -> Recorder | None:

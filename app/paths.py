@@ -1,4 +1,4 @@
-"""Per-user directories for ppchat: cache, data and runtime files.
+"""Per-user directories for ppchat: cache, data, state (the log) and runtime files.
 
 Linux follows the XDG base-directory spec. macOS uses `~/Library/...`, except that an
 explicitly set `XDG_*` variable wins there too (many terminal tools honour it, and it
@@ -42,6 +42,18 @@ def data_dir() -> Path:
     if base is None:
         base = Path.home() / ("Library/Application Support" if _is_macos() else ".local/share")
     return base / APP_NAME
+
+
+def state_dir() -> Path:
+    """Files worth keeping across runs but not backing up: the log."""
+    base = _xdg("XDG_STATE_HOME")
+    if base is None:
+        base = Path.home() / ("Library/Logs" if _is_macos() else ".local/state")
+    return base / APP_NAME
+
+
+def log_file() -> Path:
+    return state_dir() / "ppchat.log"
 
 
 def runtime_dir() -> Path:

@@ -16,6 +16,7 @@ import numpy as np
 import soundfile as sf
 
 from ppchat.engine.events import NoticeEvent, StepEvent
+from ppchat import logfile
 from ppchat.atomic import replacing
 from ppchat.errors import AudioError, PPChatError
 
@@ -95,7 +96,7 @@ def respond(input_path: Path, output_path: Path, options, *, text_json: Path | N
         conv.close()
         sub.close()
     if error is not None:
-        raise PPChatError(f"the engine stopped: {error}")
+        raise PPChatError(f"the engine stopped: {error}{logfile.see_log()}")
     if stream:
         print(file=out)
 

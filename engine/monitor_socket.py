@@ -19,6 +19,7 @@ disconnects a client whose unsent backlog grows past `max_backlog_bytes`.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import selectors
 import socket
@@ -34,6 +35,8 @@ import numpy as np
 from ppchat.engine.events import EventBus, NoticeEvent, StepEvent
 from ppchat.errors import PPChatError
 from ppchat.paths import runtime_dir
+
+log = logging.getLogger(__name__)
 
 PROTOCOL_VERSION = 1
 ENVELOPE_POINTS = 8
@@ -294,6 +297,7 @@ class MonitorServer:
         try:
             return dict(self._info())
         except Exception as exc:  # a controller mid-restart must not kill the feed
+            log.exception("reading the conversation's info for the monitor failed")
             return {"error": f"info unavailable: {exc}"}
 
     def _info_message(self, info: dict[str, Any]) -> dict[str, Any]:

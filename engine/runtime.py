@@ -56,6 +56,7 @@ exception in `runtime.error`, closes the endpoint and the thread exits.
 from __future__ import annotations
 
 import collections
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
@@ -67,6 +68,8 @@ from ppchat.engine.audio_io import StreamBuffers
 from ppchat.engine.events import EventBus, NoticeEvent, StepEvent
 from ppchat.engine.resample import StreamResampler
 from ppchat.engine.ringbuffer import RingBuffer
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -255,13 +258,15 @@ class DuplexRuntime:
             if self._loop():
                 self._drain_playback()
                 self.bus.publish(NoticeEvent("info", f"audio input ended after {self.steps} frames", time.time()))
-        except Exception as exc:  # noqa: BLE001 - reported to the user, never swallowed
+        except Exception as exc:  # reported to the user and logged, never swallowed
+            log.exception("the step thread stopped")
             self.error = exc
             self.bus.publish(NoticeEvent("error", str(exc) or repr(exc), time.time()))
         finally:
             try:
                 self.audio.close()
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
+                log.exception("closing the audio device failed")
                 self.bus.publish(NoticeEvent("warning", f"closing the audio device failed: {exc}", time.time()))
 
     def _loop(self) -> bool:
@@ -330,7 +335,8 @@ class DuplexRuntime:
             agent = np.array(result.pcm, dtype=np.float32).reshape(-1)
             if agent.shape[0] != self.frame_size:
                 raise ValueError(f"the processor returned {agent.shape[0]} samples, expected {self.frame_size}")
-        except Exception as exc:  # noqa: BLE001 - reported, then the runtime stops cleanly
+        except Exception as exc:  # reported and logged, then the runtime stops cleanly
+            log.exception("model step %d failed", self.steps)
             self.error = exc
             self.bus.publish(NoticeEvent("error", f"model step {self.steps} failed: {type(exc).__name__}: {exc}", time.time()))
             return False

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,9 @@ import pytest
 from ppchat.errors import AudioError
 
 REPO = Path(__file__).resolve().parents[1]
+
+# The CLI writes its log under XDG_STATE_HOME; tests that run it must not write to the user's.
+os.environ["XDG_STATE_HOME"] = tempfile.mkdtemp(prefix="ppchat-test-state-")
 
 
 def fixtures_root() -> Path:

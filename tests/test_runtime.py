@@ -424,7 +424,7 @@ def test_slow_processor_drops_input_but_keeps_tracks_aligned():
     assert sum(e.xruns for e in steps) == 0
 
 
-def test_processor_exception_publishes_error_and_stops_cleanly():
+def test_processor_exception_publishes_error_and_stops_cleanly(caplog):
     class Failing(Passthrough):
         def process(self, pcm):
             if len(self.inputs) == 3:
@@ -445,6 +445,8 @@ def test_processor_exception_publishes_error_and_stops_cleanly():
     assert "model step 3 failed: RuntimeError: GPU fell off" in notices[0].message
     assert isinstance(runtime.error, RuntimeError)
     assert audio.closes >= 1 and not runtime.running
+    logged = [r for r in caplog.records if r.exc_info and r.exc_info[1] is runtime.error]
+    assert logged and logged[0].getMessage() == "model step 3 failed"  # with its traceback, for the log file
 
 
 def test_wrong_output_length_is_an_error():
@@ -457,12 +459,13 @@ def test_wrong_output_length_is_an_error():
     assert "returned 100 samples, expected 1920" in notices[0].message
 
 
-def test_failed_audio_callback_stops_the_runtime():
+def test_failed_audio_callback_stops_the_runtime(caplog):
     audio = ArrayAudio(frame_numbered(3), RATE, realtime=False)
     audio.buffers.error = OSError("device unplugged")
     runtime, steps, notices = run_to_end(Passthrough(), audio)
     assert [n.level for n in notices] == ["error"] and "device unplugged" in notices[0].message
     assert isinstance(runtime.error, AudioError)
+    assert any(r.exc_info and r.exc_info[1] is runtime.error for r in caplog.records)
 
 
 def test_half_duplex_gate_silences_the_mic_while_the_agent_speaks():

@@ -10,6 +10,7 @@ restart) run in worker threads so the screen stays responsive.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections.abc import Iterable
 from pathlib import Path
@@ -20,12 +21,15 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import Footer
 
+from ppchat import logfile
 from ppchat.engine.events import EventBus, NoticeEvent
 from ppchat.errors import PPChatError
 from ppchat.tui.live_view import LiveView
 from ppchat.tui.notices import notify_event
 from ppchat.tui.pickers import PromptPicker, VoicePicker
 from ppchat.tui.widgets.statusbar import StatusBar
+
+log = logging.getLogger(__name__)
 
 CONVERSATION_ACTIONS = {"toggle_run", "toggle_mute", "toggle_half_duplex", "mark", "pick_voice", "pick_prompt", "sessions"}
 
@@ -160,7 +164,8 @@ class PPChatApp(App):
             except PPChatError as exc:
                 self.call_from_thread(self._failed, str(exc))
             except Exception as exc:  # an engine bug must not take the console (and the recording) down
-                self.call_from_thread(self._failed, f"{name} failed: internal error ({type(exc).__name__}: {exc})")
+                log.exception("%s failed", name)
+                self.call_from_thread(self._failed, f"{name} failed: internal error ({type(exc).__name__}: {exc}){logfile.see_log()}")
 
         self.run_worker(guarded, name=name, thread=True, group="conversation")
 

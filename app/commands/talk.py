@@ -208,7 +208,9 @@ def _run_headless(conv, duration: float | None) -> int:
                 print(f"[{ev.level}] {ev.message}", file=sys.stderr)
         sub.close()
     if error is not None:
-        print(f"ppchat: the engine stopped: {error}", file=sys.stderr)
+        from ppchat import logfile
+
+        print(f"ppchat: the engine stopped: {error}{logfile.see_log()}", file=sys.stderr)
         return 1
     return 0
 

@@ -58,6 +58,8 @@ class TalkOptions:
     monitor: bool = True
     monitor_socket: Path | None = None
     session_kind: str = "talk"  # recorded in session.json: "talk" or "respond"
+    captions: bool = False
+    asr_model: str | None = None  # for the captions; None = the default Qwen3-ASR
 
 
 class Conversation:
@@ -90,6 +92,8 @@ class Conversation:
         self.monitor = None
         if options.monitor:
             self._start_monitor()
+        self.captions = None  # LiveCaptions, from the first start on when options.captions
+        self._captions_tried = False
 
     # ------------------------------------------------------------------------------ describe
 
@@ -100,6 +104,7 @@ class Conversation:
         with self._state_lock:
             recorder, runtime, devices = self.recorder, self.runtime, dict(self._devices)
             voice, prompt, prompt_name, started_at = self.voice_name, self.prompt_text, self.prompt_name, self.started_at
+            captions = self.captions
         return {
             "model": "demo (random weights)" if m.is_demo else m.source,
             "is_demo": m.is_demo,
@@ -112,6 +117,7 @@ class Conversation:
             "session_dir": str(recorder.session_dir) if recorder else None,
             "running": runtime is not None and runtime.running,
             "started_at": started_at,
+            "captions": captions.state if captions is not None else "off",
         }
 
     @property
@@ -159,6 +165,8 @@ class Conversation:
                 self.recorder, self.runtime, self.started_at = recorder, runtime, time.time()
             runtime.start()
             self._notice("info", f"live (prefill {self.prefill.seconds:.2f} s, {self.prefill.calls} calls)")
+            if self.options.captions and not self._captions_tried:
+                self._start_captions()
             return self.prefill
 
     def stop(self) -> None:
@@ -195,6 +203,9 @@ class Conversation:
 
     def close(self) -> None:
         self.stop()
+        if self.captions is not None:
+            self.captions.close()
+            self.captions = None
         if self.monitor is not None:
             self.monitor.close()
             self.monitor = None
@@ -259,6 +270,21 @@ class Conversation:
         except (OSError, PPChatError) as exc:
             self.monitor = None
             self._notice("warning", f"monitor socket unavailable: {exc}")
+
+    def _start_captions(self) -> None:
+        """One caption process for all conversations of this run; started with the first, after
+        the console has subscribed, so that a missing model is a notice it shows."""
+        from ppchat.asr.captions import CaptionSettings, LiveCaptions
+        from ppchat.asr.model_files import resolve_asr_model
+
+        self._captions_tried = True
+        try:
+            folder = resolve_asr_model(self.options.asr_model)
+        except PPChatError as exc:
+            self._notice("warning", f"captions are off: {exc}")
+            return
+        settings = CaptionSettings(folder, log_path=paths.state_dir() / "captions.log")  # beside ppchat.log
+        self.captions = LiveCaptions(self.bus, settings).start()
 
     def _notice(self, level: str, message: str) -> None:
         self.bus.publish(NoticeEvent(level=level, message=message, wall_time=time.time()))

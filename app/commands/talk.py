@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+from ppchat.commands.transcribe import add_asr_model_argument
 from ppchat.errors import PPChatError
 
 
@@ -55,6 +56,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-tui", action="store_true", help="no console: print a status line once a second")
     p.add_argument("--duration", type=float, default=None, help="with --no-tui: stop after this many seconds")
     p.add_argument("--no-monitor", action="store_true", help="do not open the `ppchat monitor` socket")
+    p.add_argument("--captions", action="store_true",
+                   help="live captions of what you say (Qwen3-ASR in a separate, lower-priority process; "
+                        "needs `ppchat download --asr`)")
+    add_asr_model_argument(p)
     p.set_defaults(func=cmd_talk)
 
     p = sub.add_parser("respond", help="offline: run a WAV file through the model, write the agent's WAV",
@@ -158,6 +163,8 @@ def cmd_talk(args) -> int:
         half_duplex=args.half_duplex,
         max_backlog_frames=args.max_backlog,
         monitor=not args.no_monitor,
+        captions=args.captions,
+        asr_model=args.asr_model,
     )
     conv = Conversation(options)
     _banner(conv)
@@ -179,7 +186,9 @@ def _int_or_str(value):
 
 def _run_headless(conv, duration: float | None) -> int:
     from ppchat.engine.events import NoticeEvent, StepEvent
+    from ppchat.asr.captions import CaptionEvent
     from ppchat.engine.status import StatusLine
+    from ppchat.engine.transcript import format_clock
 
     sub = conv.bus.subscribe(maxlen=1000, name="headless")
     status = StatusLine()
@@ -195,6 +204,8 @@ def _run_headless(conv, duration: float | None) -> int:
                 status.add(ev)
             elif isinstance(ev, NoticeEvent):
                 print(f"[{ev.level}] {ev.message}", file=sys.stderr)
+            elif isinstance(ev, CaptionEvent) and ev.kind == "final" and ev.text:
+                print(f"[user {format_clock(ev.start)}] {ev.text}", flush=True)
             if time.monotonic() - last_print >= 1.0:
                 print(status.line(), flush=True)
                 last_print = time.monotonic()

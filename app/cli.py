@@ -14,16 +14,12 @@ import traceback
 
 from ppchat import __version__, logfile, paths
 from ppchat.commands import bench, models, monitor, sessions, talk, transcribe
-from ppchat.errors import PPChatError
+from ppchat.errors import PPChatError, Terminated
 
 log = logging.getLogger(__name__)
 
 # Each module exposes register(subparsers) and attaches a handler with set_defaults(func=...).
 COMMAND_MODULES = (talk, monitor, sessions, transcribe, models, bench)
-
-
-class Terminated(BaseException):
-    """Raised in the main thread on SIGTERM so that every `finally` runs."""
 
 
 def _terminate(signum, frame) -> None:

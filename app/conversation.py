@@ -169,8 +169,10 @@ class Conversation:
                 self._start_captions()
             return self.prefill
 
-    def stop(self) -> None:
-        """Stop audio and finish the recording. Safe to call at any time, any number of times."""
+    def stop(self, stop_reason: str | None = None) -> None:
+        """Stop audio and finish the recording. Safe to call at any time, any number of times.
+
+        `stop_reason` marks the recording "stopped" (cut short, e.g. by a signal) instead of "complete"."""
         with self._lock:
             with self._state_lock:
                 runtime, self.runtime = self.runtime, None
@@ -179,7 +181,7 @@ class Conversation:
             with self._state_lock:
                 recorder, self.recorder = self.recorder, None
             if recorder is not None:
-                recorder.close()
+                recorder.close(stop_reason=stop_reason)
                 self._notice("info", f"saved {recorder.session_dir}")
                 self.last_session_dir = recorder.session_dir
 

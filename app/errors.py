@@ -21,3 +21,16 @@ class AudioError(PPChatError):
 
 class SessionError(PPChatError):
     """A recorded session is missing, corrupt or cannot be written."""
+
+
+class Terminated(BaseException):
+    """Raised in the main thread on SIGTERM (see `ppchat.cli`) so that every `finally` runs."""
+
+
+def interruption(exc: BaseException) -> str | None:
+    """Why a run was cut short by a signal, in words for `stop_reason`; None for anything else."""
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted (Ctrl-C, SIGINT)"
+    if isinstance(exc, Terminated):
+        return "terminated (SIGTERM)"
+    return None

@@ -8,7 +8,9 @@ input has at 24 kHz (spec §5.5), and the session is recorded like any other.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -18,7 +20,8 @@ import soundfile as sf
 from ppchat.engine.events import NoticeEvent, StepEvent
 from ppchat import logfile
 from ppchat.atomic import replacing
-from ppchat.errors import AudioError, PPChatError
+from ppchat.errors import AudioError, PPChatError, interruption
+from ppchat.validate import check_sample_rate, unreadable_audio
 
 SAMPLE_RATE = 24000
 
@@ -28,9 +31,10 @@ def read_audio(path: Path) -> tuple[np.ndarray, list[str]]:
     from ppchat.engine.resample import resample
 
     try:
+        check_sample_rate(sf.info(str(path)).samplerate, path)  # before reading: the rate sizes the job
         data, rate = sf.read(str(path), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, OSError) as exc:
-        raise AudioError(f"cannot read audio file {path}: {exc}. Give a WAV/FLAC/OGG file") from None
+        raise unreadable_audio(path, exc) from None
     notes = []
     if data.shape[0] == 0:
         raise AudioError(f"audio file {path} has no samples")
@@ -54,6 +58,25 @@ def reference_text_entry(token: int | None, piece: str | None) -> str:
     return piece if piece is not None else ""
 
 
+def check_writable(target: Path) -> None:
+    """Refuse an output that can't be written, before any work: a folder, a missing folder, a
+    read-only file, or a folder where no file can be created (tried for real, as root can
+    write where the permission bits say no)."""
+    path = target.expanduser()
+    if path.is_dir():
+        raise PPChatError(f"cannot write {target}: it is a folder; give a file name such as {target / 'out.wav'}")
+    if not path.parent.is_dir():
+        raise PPChatError(f"cannot write {target}: folder {path.parent} does not exist")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise PPChatError(f"cannot write {target}: the file is read-only")
+    probe = path.with_name(f".{path.name}.{os.getpid()}.probe")
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        os.unlink(probe)
+    except OSError as exc:
+        raise PPChatError(f"cannot write {target}: {exc.strerror or exc} (in {path.parent})") from None
+
+
 def _write_output(target: Path, write) -> None:
     try:
         with replacing(target.expanduser()) as tmp:
@@ -67,10 +90,13 @@ def respond(input_path: Path, output_path: Path, options, *, text_json: Path | N
     from ppchat.conversation import Conversation
     from ppchat.engine.virtual_io import ArrayAudio
 
-    for target in (output_path, text_json):
-        # Fail before minutes of model work, not after.
-        if target is not None and not Path(target).expanduser().parent.is_dir():
-            raise PPChatError(f"cannot write {target}: folder {Path(target).parent} does not exist")
+    # Fail before minutes of model work, not after.
+    targets = [Path(t) for t in (output_path, text_json) if t is not None]
+    if len(targets) == 2 and targets[0].expanduser().resolve() == targets[1].expanduser().resolve():
+        raise PPChatError(f"--output and --text-json are the same file {targets[0]}; give two names")
+    for target in targets:
+        check_writable(target)
+    options = dataclasses.replace(options, session_kind="respond")
     pcm, notes = read_audio(Path(input_path))
     for note in notes:
         print(f"ppchat: {note}", file=sys.stderr)
@@ -85,14 +111,24 @@ def respond(input_path: Path, output_path: Path, options, *, text_json: Path | N
         print("ppchat: using the built-in DEMO model (random weights)", file=sys.stderr)
     sub = conv.bus.subscribe(maxlen=1_000_000, name="respond")
     steps: list[StepEvent] = []
+    stop_reason = None
     try:
         prefill = conv.start()
         while conv.runtime is not None and conv.runtime.join(timeout=0.1) is False:
             steps.extend(_take(sub, stream, out))
         steps.extend(_take(sub, stream, out))
         error = conv.runtime.error if conv.runtime else None
+    except BaseException as exc:
+        # Ctrl-C or SIGTERM: the session keeps what was done, marked as cut short, and the
+        # signal goes on to the CLI (exit 130 / 143). No output file: it would be incomplete.
+        stop_reason = interruption(exc)
+        if stop_reason is not None:
+            print(f"\nppchat: {stop_reason}: {output_path} was not written", file=sys.stderr)
+        raise
     finally:
-        conv.stop()
+        conv.stop(stop_reason=stop_reason)
+        if stop_reason is not None and conv.last_session_dir:
+            print(f"ppchat: the session so far is in {conv.last_session_dir}", file=sys.stderr)
         conv.close()
         sub.close()
     if error is not None:

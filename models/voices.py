@@ -25,6 +25,7 @@ from ppchat.errors import AudioError, CheckpointError
 from ppchat import paths
 from ppchat.models.checkpoint import read_safetensors
 from ppchat.models.torch_zip import load_torch_zip
+from ppchat.validate import check_sample_rate, unreadable_audio
 
 log = logging.getLogger(__name__)
 
@@ -147,9 +148,10 @@ def load_voice_audio(path: str | Path) -> np.ndarray:
     """Read an audio voice prompt: channel 0, resampled to 24 kHz, normalised to -24 LUFS."""
     path = Path(path)
     try:
+        check_sample_rate(soundfile.info(str(path)).samplerate, path)
         data, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
     except (RuntimeError, OSError, ValueError) as exc:  # LibsndfileError is a RuntimeError
-        raise AudioError(f"cannot read voice audio {path} ({exc}); use a WAV/FLAC/OGG/MP3 file") from None
+        raise unreadable_audio(path, exc, "voice audio") from None
     if data.shape[0] == 0:
         raise AudioError(f"voice audio {path} contains no samples")
     if data.shape[1] > 1:

@@ -76,6 +76,7 @@ class Recorder:
         self.session_dir = Path(session_dir)
         self.notices: list[NoticeEvent] = []  # what went wrong, for whoever asks later
         self.stop_reason: str | None = None
+        self._cut_short: str | None = None  # set by close(stop_reason=...)
         self._bus = bus
         self._flush_interval = flush_interval
         self._info = SessionInfo(meta=meta, started=started or datetime.now().astimezone(), pid=os.getpid())
@@ -94,8 +95,14 @@ class Recorder:
         """"recording", then "complete" or "stopped" (see `stop_reason`)."""
         return self._info.status
 
-    def close(self, timeout: float = 10.0) -> None:
-        """Record what was published so far, finalise the files and `session.json`. Never raises."""
+    def close(self, timeout: float = 10.0, stop_reason: str | None = None) -> None:
+        """Record what was published so far, finalise the files and `session.json`. Never raises.
+
+        With `stop_reason` the session is marked "stopped" for that reason (the conversation was
+        cut short, e.g. an interrupted `respond`) rather than "complete".
+        """
+        if stop_reason is not None and self.stop_reason is None:
+            self._cut_short = stop_reason
         self._stop.set()
         self._thread.join(timeout)
         if self._thread.is_alive():
@@ -222,6 +229,8 @@ class Recorder:
         if status == "stopped":
             for writer in writers:
                 writer.abandon()
+        elif self._cut_short is not None:
+            status, self.stop_reason = "stopped", self._cut_short
         info = self._info
         info.status = status
         info.stop_reason = self.stop_reason

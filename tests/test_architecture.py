@@ -24,7 +24,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("asr", ("ppchat.asr",)),
     ("engine", ("ppchat.engine",)),
     ("models", ("ppchat.models",)),
-    ("base", ("ppchat", "ppchat.errors", "ppchat.atomic", "ppchat.paths", "ppchat.logfile")),
+    ("base", ("ppchat", "ppchat.errors", "ppchat.atomic", "ppchat.paths", "ppchat.logfile", "ppchat.validate")),
 ]
 
 

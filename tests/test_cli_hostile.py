@@ -57,3 +57,178 @@ def test_prompt_text_checks():
     with pytest.raises(PPChatError, match="not UTF-8"):
         named_prompt("x\udcff")
     assert resolve_prompt("Ünïcode is fine")[1] == "Ünïcode is fine"
+
+
+# --- 16.6 sample rates, 16.17 missing files -------------------------------------------------
+
+
+def raw_wav_with_rate(path: Path, rate: int, samples: int = 24000) -> Path:
+    sf.write(path, np.zeros(samples, np.float32), 24000, subtype="FLOAT")
+    data = bytearray(path.read_bytes())
+    fmt = data.index(b"fmt ") + 8
+    data[fmt + 4 : fmt + 8] = rate.to_bytes(4, "little")  # the header's sample rate, nothing else
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.parametrize("rate", [1, 3999, 384001, 2**31 - 1])
+def test_input_with_an_absurd_sample_rate_is_refused(tmp_path, rate, capsys):
+    from ppchat.cli import main
+
+    wav = raw_wav_with_rate(tmp_path / "odd.wav", rate)
+    assert main(["respond", "-i", str(wav), "-o", str(tmp_path / "out.wav"), "--model", "demo", "--no-record"]) == 2
+    err = capsys.readouterr().err
+    assert f"{rate} Hz" in err and "4000-384000 Hz" in err and str(wav) in err
+    assert not (tmp_path / "out.wav").exists()
+
+
+def test_voice_file_with_an_absurd_sample_rate_is_refused(tmp_path):
+    from ppchat.errors import AudioError
+    from ppchat.models.voices import load_voice_audio
+
+    with pytest.raises(AudioError, match="says its sample rate is 1 Hz"):
+        load_voice_audio(raw_wav_with_rate(tmp_path / "v.wav", 1))
+
+
+def test_sane_odd_rates_are_still_read(tmp_path):
+    from ppchat.respond import read_audio
+
+    sf.write(tmp_path / "8k.wav", np.zeros(8000, np.float32), 8000)
+    pcm, notes = read_audio(tmp_path / "8k.wav")
+    assert len(pcm) == 24000 and "8000 Hz" in notes[0]
+
+
+def test_a_missing_input_file_is_said_to_be_missing(tmp_path, capsys):
+    from ppchat.cli import main
+
+    missing = tmp_path / "nope.wav"
+    assert main(["respond", "-i", str(missing), "-o", str(tmp_path / "o.wav"), "--model", "demo"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == f"ppchat: error: audio file {missing} does not exist"
+    assert main(["respond", "-i", str(tmp_path), "-o", str(tmp_path / "o.wav"), "--model", "demo"]) == 2
+    assert "is a folder, not an audio file" in capsys.readouterr().err
+    from ppchat.errors import AudioError
+    from ppchat.models.voices import load_voice_audio
+
+    with pytest.raises(AudioError, match=r"voice audio .*nope.wav does not exist$"):
+        load_voice_audio(missing)
+
+
+# --- 16.7 outputs are checked before the run --------------------------------------------------
+
+
+def test_an_output_that_is_a_folder_is_refused_before_the_run(tmp_path, wav, capsys, monkeypatch):
+    from ppchat import conversation
+    from ppchat.cli import main
+
+    monkeypatch.setattr(conversation, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    assert main(["respond", "-i", str(wav), "-o", str(tmp_path), "--model", "demo"]) == 2
+    assert "it is a folder; give a file name" in capsys.readouterr().err
+    out = tmp_path / "out.wav"
+    assert main(["respond", "-i", str(wav), "-o", str(out), "--text-json", str(tmp_path), "--model", "demo"]) == 2
+    assert "is a folder" in capsys.readouterr().err and not out.exists()
+    assert main(["respond", "-i", str(wav), "-o", str(out), "--text-json", str(out), "--model", "demo"]) == 2
+    assert "same file" in capsys.readouterr().err
+
+
+def test_an_unwritable_text_json_is_refused_before_the_run(tmp_path, wav, capsys, monkeypatch):
+    """As root the permission bits don't stop a write, so a folder where files can't be created
+    is simulated: creating any file in it fails as on a read-only file system."""
+    import errno
+
+    from ppchat import conversation, respond
+    from ppchat.cli import main
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_open = os.open
+
+    def guarded_open(path, flags, *args):
+        if str(path).startswith(str(locked)) and flags & os.O_CREAT:
+            raise OSError(errno.EROFS, "Read-only file system")
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(respond.os, "open", guarded_open)
+    monkeypatch.setattr(conversation, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    out = tmp_path / "out.wav"
+    assert main(["respond", "-i", str(wav), "-o", str(out), "--text-json", str(locked / "t.json"), "--model", "demo"]) == 2
+    assert f"cannot write {locked / 't.json'}: Read-only file system" in capsys.readouterr().err
+    assert not out.exists() and list(locked.iterdir()) == []
+
+
+def test_a_read_only_output_file_is_refused(tmp_path, wav, capsys, monkeypatch):
+    from ppchat import conversation, respond
+    from ppchat.cli import main
+
+    out = tmp_path / "out.wav"
+    out.write_bytes(b"keep me")
+    monkeypatch.setattr(respond.os, "access", lambda path, mode: Path(path) != out)  # root may write anything
+    monkeypatch.setattr(conversation, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    assert main(["respond", "-i", str(wav), "-o", str(out), "--model", "demo"]) == 2
+    assert "the file is read-only" in capsys.readouterr().err and out.read_bytes() == b"keep me"
+
+
+# --- 16.8 option ranges ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv,option,expected",
+    [
+        (["talk", "--temp", "nan"], "--temp", "must be a number >= 0, not 'nan'"),
+        (["talk", "--temp", "-1"], "--temp", "must be a number >= 0"),
+        (["talk", "--temp-text", "inf"], "--temp-text", "must be a number >= 0"),
+        (["talk", "--topk", "0"], "--topk", "must be a whole number >= 1"),
+        (["talk", "--topk-text", "-5"], "--topk-text", "must be a whole number >= 1"),
+        (["talk", "--seed", "-1"], "--seed", "must be a whole number from 0 to"),
+        (["talk", "--max-backlog", "-1"], "--max-backlog", "must be a whole number >= 0"),
+        (["talk", "--samplerate", "0"], "--samplerate", "must be a whole number from 4000 to 384000"),
+        (["talk", "--duration", "-5"], "--duration", "must be a number > 0"),
+        (["talk", "--duration", "0"], "--duration", "must be a number > 0"),
+        (["respond", "-i", "x", "-o", "y", "--temp", "nan"], "--temp", "must be a number >= 0"),
+    ],
+)
+def test_out_of_range_options_are_refused_with_the_range(argv, option, expected, capsys):
+    from ppchat.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {option}" in err and expected in err
+
+
+def test_in_range_options_parse():
+    from ppchat.cli import build_parser
+
+    args = build_parser().parse_args(["talk", "--temp", "0", "--topk", "1", "--seed", "0", "--max-backlog", "0",
+                                      "--samplerate", "48000", "--duration", "0.5"])  # fmt: skip
+    assert (args.temp, args.topk, args.seed, args.max_backlog, args.samplerate, args.duration) == (0, 1, 0, 0, 48000, 0.5)
+
+
+# --- 16.12 an interrupted respond -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sig,status,reason", [(2, 130, "SIGINT"), (15, 143, "SIGTERM")])
+def test_interrupted_respond_is_stopped_with_the_reason_and_exits_with_the_signal_code(tmp_path, sig, status, reason):
+    import json
+    import signal
+    import time
+
+    long = tmp_path / "long.wav"
+    sf.write(long, 0.1 * np.sin(np.arange(24000 * 120) / 10).astype(np.float32), 24000)
+    sessions, out = tmp_path / "sessions", tmp_path / "out.wav"
+    proc = subprocess.Popen([sys.executable, "-m", "ppchat", "respond", "-i", str(long), "-o", str(out), "--model",
+                             "demo", "--sessions-dir", str(sessions)], stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not list(sessions.glob("*/steps.jsonl")) or list(sessions.glob("*/steps.jsonl"))[0].stat().st_size == 0:
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() is not None else ""
+        time.sleep(0.2)
+    proc.send_signal(signal.Signals(sig))
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == status, err
+    assert "Traceback" not in err and f"{out} was not written" in err and not out.exists()
+    [session] = list(sessions.iterdir())
+    info = json.loads((session / "session.json").read_text())
+    assert info["status"] == "stopped" and reason in info["stop_reason"] and info["kind"] == "respond"
+    assert info["stats"]["steps"] > 0
+    assert (session / "user.wav").stat().st_size == (session / "agent.wav").stat().st_size

@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+from ppchat import validate
 from ppchat.commands.transcribe import add_asr_model_argument
 from ppchat.errors import PPChatError
 
@@ -24,11 +25,11 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--prompt", default=None,
                    help="role prompt: a preset name (see `ppchat prompts`), @file.txt, or free text; default: assistant")
     s = p.add_argument_group("sampling")
-    s.add_argument("--temp", type=float, default=0.8, help="audio temperature (default 0.8; 0 = greedy)")
-    s.add_argument("--temp-text", type=float, default=0.7, help="text temperature (default 0.7; 0 = greedy)")
-    s.add_argument("--topk", type=int, default=250, help="audio top-k (default 250)")
-    s.add_argument("--topk-text", type=int, default=25, help="text top-k (default 25)")
-    s.add_argument("--seed", type=int, default=None, help="random seed for reproducible sampling")
+    s.add_argument("--temp", type=validate.number(0), default=0.8, help="audio temperature (default 0.8; 0 = greedy)")
+    s.add_argument("--temp-text", type=validate.number(0), default=0.7, help="text temperature (default 0.7; 0 = greedy)")
+    s.add_argument("--topk", type=validate.whole(1), default=250, help="audio top-k (default 250)")
+    s.add_argument("--topk-text", type=validate.whole(1), default=25, help="text top-k (default 25)")
+    s.add_argument("--seed", type=validate.whole(0, validate.MAX_SEED), default=None, help="random seed for reproducible sampling")
     p.add_argument("--sessions-dir", type=Path, default=None,
                    help="where sessions are recorded (default: the user data dir, see `ppchat sessions`)")
     p.add_argument("--no-record", action="store_true", help="do not record this session")
@@ -38,12 +39,12 @@ def _device_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("audio")
     g.add_argument("--input-device", default=None, help="microphone: index or part of its name (see --list-devices)")
     g.add_argument("--output-device", default=None, help="speaker: index or part of its name")
-    g.add_argument("--samplerate", type=int, default=None,
+    g.add_argument("--samplerate", type=validate.sample_rate, default=None,
                    help="device sample rate (default: the device's; audio is resampled to 24 kHz)")
     g.add_argument("--list-devices", action="store_true", help="list audio devices and exit")
     g.add_argument("--half-duplex", action="store_true",
                    help="mute the microphone while the agent speaks (for loudspeakers without headphones)")
-    g.add_argument("--max-backlog", type=int, default=3, metavar="FRAMES",
+    g.add_argument("--max-backlog", type=validate.whole(0), default=3, metavar="FRAMES",
                    help="when the model falls behind, drop microphone frames beyond this backlog (default 3 = 240 ms)")
 
 
@@ -54,7 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     _model_args(p)
     _device_args(p)
     p.add_argument("--no-tui", action="store_true", help="no console: print a status line once a second")
-    p.add_argument("--duration", type=float, default=None, help="with --no-tui: stop after this many seconds")
+    p.add_argument("--duration", type=validate.number(0, above=True), default=None, help="with --no-tui: stop after this many seconds")
     p.add_argument("--no-monitor", action="store_true", help="do not open the `ppchat monitor` socket")
     p.add_argument("--captions", action="store_true",
                    help="live captions of what you say (Qwen3-ASR in a separate, lower-priority process; "
@@ -86,8 +87,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _sampling(args):
     from ppchat.engine.pipeline import SamplingSettings
 
-    if args.topk < 1 or args.topk_text < 1:
-        raise PPChatError("--topk and --topk-text must be at least 1")
     return SamplingSettings(temp=args.temp, topk=args.topk, temp_text=args.temp_text,
                             topk_text=args.topk_text, seed=args.seed)
 
@@ -209,9 +208,8 @@ def _run_headless(conv, duration: float | None) -> int:
             if time.monotonic() - last_print >= 1.0:
                 print(status.line(), flush=True)
                 last_print = time.monotonic()
-    except KeyboardInterrupt:
-        pass
-    finally:
+    finally:  # Ctrl-C and SIGTERM end the conversation normally (recording complete), then exit 130 / 143
+
         error = conv.runtime.error if conv.runtime else None
         conv.stop()
         for ev in sub.drain():

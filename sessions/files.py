@@ -69,6 +69,13 @@ class AppendOnlyFile:
         self._guard(os.fsync, self._fd)
         self.committed = self.length
 
+    def cut(self, length: int) -> None:
+        """Shorten the file to `length` bytes (at most the committed length) and make that durable."""
+        length = min(length, self.committed)
+        self._guard(os.ftruncate, self._fd, length)
+        self.length = self.committed = length
+        self.sync()
+
     def close(self) -> None:
         if self._fd >= 0:
             fd, self._fd = self._fd, -1
@@ -128,6 +135,17 @@ class BufferedAppender:
             self.flush()
         finally:
             self._file.close()
+
+    @property
+    def committed(self) -> int:
+        """Bytes durably on disk."""
+        return self._file.committed
+
+    def cut(self, length: int) -> None:
+        """Drop what is buffered and shorten the file to `length` committed bytes (a common end with
+        other files after a failed write). Raises `RecordingStopped`."""
+        self._pending.clear()
+        self._file.cut(length)
 
     def abandon(self) -> None:
         """Close without writing what is buffered (after an error elsewhere stopped the recording)."""

@@ -14,8 +14,10 @@ tracks (alignment holds), logs a `gap` record, counts them in `stats.lost_steps`
 publishes a warning notice.
 
 Disk full or any other write error stops the recording, never the conversation:
-the recorder publishes an error `NoticeEvent`, keeps it in `notices`, leaves every
-flushed byte intact and marks `session.json` "stopped" if it still can.
+the recorder publishes an error `NoticeEvent`, keeps it in `notices`, cuts both tracks
+and the log back to the last flush that reached all three (so they end at the same
+step, and `stats` describe exactly that), and marks `session.json` "stopped" if it
+still can. If the files can't even be created, nothing is left behind.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from ppchat.sessions.liveness import mark_recording, unmark_recording
 from ppchat.sessions.schema import (
     AGENT_WAV,
     FRAME_SAMPLES,
+    SESSION_FILES,
     FRAME_SECONDS,
     SAMPLE_RATE,
     STEPS_JSONL,
@@ -54,7 +57,6 @@ from ppchat.sessions.wav_writer import WavWriter
 log = logging.getLogger(__name__)
 
 _SILENCE = np.zeros(FRAME_SAMPLES, dtype=np.float32)
-_LOG_LEVELS = {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
 class Recorder:
@@ -82,8 +84,13 @@ class Recorder:
         self._info = SessionInfo(meta=meta, started=started or datetime.now().astimezone(), pid=os.getpid())
         self._stats = StepStatsBuilder()
         self._next_step = 0
+        # The last point where every file was flushed: steps, statistics and each file's length.
+        self._safe_steps = 0
+        self._safe_stats = self._stats.result()
+        self._safe_lengths: tuple[int, ...] = ()
         self._warned_frame_size = False
         self._user, self._agent, self._log = self._open_files()
+        self._safe_lengths = tuple(w.committed for w in self._writers)
         mark_recording(self.session_dir)
         self._sub = bus.subscribe(queue_events, name="recorder")
         self._stop = threading.Event()
@@ -124,10 +131,29 @@ class Recorder:
         except RecordingStopped as exc:
             for writer in opened:
                 writer.abandon()
+            self._remove_partial_folder()
             raise RecordingStopped(
                 f"cannot record this session: {exc}. Choose a writable folder with --sessions-dir"
             ) from exc
         return tuple(opened)
+
+    def _remove_partial_folder(self) -> None:
+        """Leave nothing behind of a recording that could not start (a 0-byte user.wav would list
+        as a damaged session forever). What can't be removed lists as "failed" and `sessions clean`
+        removes it."""
+        for f in SESSION_FILES:
+            try:
+                (self.session_dir / f.name).unlink()
+            except OSError:
+                pass
+        try:
+            self.session_dir.rmdir()  # only if empty: never anything that isn't ours
+        except OSError:
+            pass
+
+    @property
+    def _writers(self) -> tuple[WavWriter, WavWriter, JsonlWriter]:
+        return (self._user, self._agent, self._log)
 
     # --- writer thread -----------------------------------------------------------------
 
@@ -206,39 +232,40 @@ class Recorder:
         self._user.flush()
         self._agent.flush()
         self._log.flush()
+        self._safe_steps = self._next_step
+        self._safe_stats = self._stats.result()
+        self._safe_lengths = tuple(w.committed for w in self._writers)
+
+    def _cut_to_last_flush(self) -> None:
+        """After a failed write: cut every file back to the last flush that reached all of them."""
+        for writer, length in zip(self._writers, self._safe_lengths, strict=True):
+            try:
+                writer.cut(length)
+            except RecordingStopped as exc:
+                log.info("could not cut %s back to the last flush (loading warns of unequal tracks): %s", writer.path, exc)
 
     def _stop_recording(self, reason: str) -> None:
         self._sub.close()  # stop queueing events nobody will write
         self.stop_reason = reason
         self._notify(
             "error",
-            f"Recording stopped: {reason}. The conversation goes on; the first {self._saved_seconds():.1f} s "
+            f"Recording stopped: {reason}. The conversation goes on; the first {self._safe_steps * FRAME_SECONDS:.1f} s "
             f"are saved in {self.session_dir}.",
         )
 
     def _finish(self, status: str) -> None:
-        writers = (self._user, self._agent, self._log)
-        if status == "complete":
-            for writer in writers:
-                try:
-                    writer.close()
-                except RecordingStopped as exc:
-                    status = "stopped"
-                    self._stop_recording(str(exc))
-                    break
+        writers = self._writers
         if status == "stopped":
-            for writer in writers:
-                writer.abandon()
-        elif self._cut_short is not None:
+            self._cut_to_last_flush()
+        for writer in writers:
+            writer.abandon()  # everything worth keeping was flushed
+        if status == "complete" and self._cut_short is not None:
             status, self.stop_reason = "stopped", self._cut_short
         info = self._info
         info.status = status
         info.stop_reason = self.stop_reason
-        if status == "complete":
-            info.duration_s = self._next_step * FRAME_SECONDS
-        else:
-            info.duration_s = self._saved_seconds()
-        info.stats = self._stats.result()
+        info.duration_s = self._safe_steps * FRAME_SECONDS
+        info.stats = self._safe_stats
         try:
             write_session_info(self.session_dir, info)
         except RecordingStopped as exc:
@@ -247,14 +274,12 @@ class Recorder:
         finally:
             unmark_recording(self.session_dir)
 
-    def _saved_seconds(self) -> float:
-        """Audio safely on disk in both tracks."""
-        return min(self._user.frames_committed, self._agent.frames_committed) / SAMPLE_RATE
-
     def _notify(self, level: str, message: str) -> None:
         notice = NoticeEvent(level, message, wall_time=time.time())
         self.notices.append(notice)
-        log.log(_LOG_LEVELS[level], "%s", message)
+        # The notice is what the user sees (console, status lines, monitor); the log keeps a copy
+        # below warning level so that a stderr log handler doesn't print it a second time.
+        log.info("notice (%s): %s", level, message)
         self._bus.publish(notice)
 
 

@@ -335,3 +335,23 @@ def _load_track(path: Path, warnings: list[str]) -> np.ndarray:
         warnings.append(f"{path.name} has {track.shape[1]} channels, expected 1; that track is silent")
         return np.zeros(0, dtype=np.float32)
     return track
+
+
+def remove_session(path: Path) -> list[str]:
+    """Delete a session's files (and the temporary files of its atomic writes), then the folder if
+    that left it empty. Returns the names of other files, which are kept with the folder."""
+    path = Path(path)
+    ours = set(_SESSION_FILES)
+    for entry in path.iterdir():
+        if entry.name in ours or (entry.name.startswith(".") and entry.name.endswith(".tmp")):
+            try:
+                entry.unlink()
+            except OSError as exc:
+                raise SessionError(f"cannot delete {entry}: {exc.strerror or exc}") from exc
+    kept = sorted(p.name for p in path.iterdir())
+    if not kept:
+        try:
+            path.rmdir()
+        except OSError as exc:
+            raise SessionError(f"cannot delete {path}: {exc.strerror or exc}") from exc
+    return kept

@@ -86,9 +86,18 @@ class WavWriter(BufferedAppender):
         if data_bytes > _MAX_DATA_BYTES:
             raise RecordingStopped(f"cannot write {self.path}: a WAV file can't hold more than 4 GiB")
         self._file.write(data)
+        self._patch_sizes(data_bytes)
+        self._file.sync()
+
+    def _patch_sizes(self, data_bytes: int) -> None:
         self._file.patch(_RIFF_SIZE_AT, struct.pack("<I", HEADER_BYTES - 8 + data_bytes))
         self._file.patch(_FACT_AT, struct.pack("<I", data_bytes // (4 * self.channels)))
         self._file.patch(_DATA_SIZE_AT, struct.pack("<I", data_bytes))
+
+    def cut(self, length: int) -> None:
+        """Shorten to `length` bytes (header included) and make the header say so."""
+        super().cut(max(length, HEADER_BYTES))
+        self._patch_sizes(self._file.length - HEADER_BYTES)
         self._file.sync()
 
 

@@ -1,4 +1,5 @@
-"""CLI: `ppchat sessions [--json]`, `ppchat sessions repair S`, `ppchat replay S`, `ppchat export S`.
+"""CLI: `ppchat sessions [--json]`, `ppchat sessions repair S`, `ppchat sessions clean`, `ppchat replay S`,
+`ppchat export S`.
 
 S is a session folder, a unique prefix of a session name, or `last`. The session
 modules (numpy, memory maps) are imported inside the handlers to keep `ppchat --help`
@@ -33,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         parents=[common],
         help="list recorded conversations",
         description="List recorded conversations: start, length, voice, step latency and status "
-        "(ok, recovered after a crash, partial, live, corrupt).",
+        "(ok, recovered after a crash, partial, live, empty, failed, corrupt).",
     )
     sessions.add_argument("--json", action="store_true", help="print the list as JSON")
     sessions.set_defaults(func=list_command)
@@ -48,6 +49,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     repair.add_argument("session", help=SESSION_HELP)
     repair.set_defaults(func=repair_command)
+    clean = actions.add_parser(
+        "clean",
+        parents=[common],
+        help="delete sessions in which nothing was recorded",
+        description="Delete the sessions listed as 'empty' (stopped or killed before the first step) or "
+        "'failed' (the recording could not start), after asking. Only session files are deleted: "
+        "anything else in such a folder is kept.",
+    )
+    clean.add_argument("--yes", "-y", action="store_true", help="do not ask (needed without a terminal)")
+    clean.set_defaults(func=clean_command)
 
     replay = subparsers.add_parser(
         "replay",
@@ -122,6 +133,30 @@ def list_command(args: argparse.Namespace) -> int:
     for s in summaries:
         for warning in s.warnings:
             print(f"{s.name}: {warning}")
+    return 0
+
+
+def clean_command(args: argparse.Namespace) -> int:
+    from ppchat.errors import PPChatError
+    from ppchat.sessions.store import CLEANABLE, list_sessions, remove_session
+
+    root = _root(args)
+    doomed = [s for s in list_sessions(root) if s.status in CLEANABLE]
+    if not doomed:
+        print(f"nothing to clean in {root}")
+        return 0
+    for s in doomed:
+        print(f"{s.name}  {s.status}")
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise PPChatError("`ppchat sessions clean` asks before deleting; without a terminal, pass --yes")
+        print(f"Delete these {len(doomed)} session(s)? [y/N] ", end="", flush=True)
+        if sys.stdin.readline().strip().lower() not in ("y", "yes"):
+            print("nothing deleted")
+            return 1
+    for s in doomed:
+        kept = remove_session(s.path)
+        print(f"deleted {s.name}" + (f" (kept {', '.join(kept)} and the folder)" if kept else ""))
     return 0
 
 

@@ -62,7 +62,9 @@ def setup(path: Path | None = None) -> Path | None:
     _file = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        handler = logging.handlers.RotatingFileHandler(path, maxBytes=MAX_BYTES, backupCount=BACKUPS, encoding="utf-8")
+        handler = logging.handlers.RotatingFileHandler(
+            path, maxBytes=MAX_BYTES, backupCount=BACKUPS, encoding="utf-8", errors="backslashreplace"
+        )  # a command line may hold bytes that are not UTF-8
     except OSError as exc:
         problem = f"no log file: cannot write {path} ({exc.strerror or exc}); set XDG_STATE_HOME to a writable folder"
     else:

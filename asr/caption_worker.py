@@ -24,6 +24,7 @@ from ppchat.asr.segmenter import RATE, Segmenter
 
 BACKLOG_FRAMES = 30 * SAMPLE_RATE // FRAME_SAMPLES  # 30 s
 PARTIAL_EVERY_S = 1.5
+PARTIAL_WINDOW_S = 6.0  # a partial caption reads only the utterance's latest seconds: its cost stays flat
 PROGRESS_EVERY_S = 1.0
 LOWER_PRIORITY = 10
 
@@ -125,6 +126,7 @@ class Captioner:
         if start is None or pos - max(self._partial_at, start) < PARTIAL_EVERY_S * RATE:
             return
         self._partial_at = pos
+        start = max(start, pos - round(PARTIAL_WINDOW_S * RATE))
         text = self._transcribe(self._clip(start, pos))
         self._emit({"type": "partial", "start": self._time(start), "text": text})
 

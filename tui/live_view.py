@@ -11,7 +11,9 @@ from collections.abc import Iterable
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 
+from ppchat.asr.captions import CaptionEvent
 from ppchat.engine.events import NoticeEvent, StepEvent
+from ppchat.tui.widgets.captions import Captions
 from ppchat.tui.widgets.latency import LatencyPanel
 from ppchat.tui.widgets.monologue import Monologue
 from ppchat.tui.widgets.waveform import FrameLevel, Waveform
@@ -25,7 +27,8 @@ class LiveView(Vertical):
     LiveView > Waveform { height: 3; margin: 0 1; }
     LiveView #wave-out { margin: 0 1 1 1; }
     LiveView > #live-body { height: 1fr; width: 100%; }
-    LiveView #monologue { width: 1fr; border-right: tall $panel; }
+    LiveView #talk { width: 1fr; border-right: tall $panel; }
+    LiveView #monologue { width: 1fr; }
     LiveView #latency { width: 36; }
     """
 
@@ -39,7 +42,9 @@ class LiveView(Vertical):
         yield Waveform("mic", speech_color="green", id="wave-in")
         yield Waveform("agent", speech_color="cyan", id="wave-out")
         with Horizontal(id="live-body"):
-            yield Monologue(turn_gap_steps=self._turn_gap_steps, id="monologue")
+            with Vertical(id="talk"):
+                yield Monologue(turn_gap_steps=self._turn_gap_steps, id="monologue")
+                yield Captions(id="captions")
             yield LatencyPanel(self._budget_ms, id="latency")
 
     @property
@@ -53,6 +58,10 @@ class LiveView(Vertical):
     @property
     def monologue(self) -> Monologue:
         return self.query_one("#monologue", Monologue)
+
+    @property
+    def captions(self) -> Captions:
+        return self.query_one("#captions", Captions)
 
     @property
     def latency(self) -> LatencyPanel:
@@ -74,6 +83,8 @@ class LiveView(Vertical):
                 steps += 1
             elif isinstance(ev, NoticeEvent):
                 notices.append(ev)
+            elif isinstance(ev, CaptionEvent):
+                (self.captions.final if ev.kind == "final" else self.captions.partial)(ev.start, ev.text)
         if steps:
             wave_in.refresh()
             wave_out.refresh()
@@ -86,5 +97,6 @@ class LiveView(Vertical):
         self.wave_in.clear()
         self.wave_out.clear()
         self.monologue.clear()
+        self.captions.clear()
         self.latency.reset()
         self.last_step = None

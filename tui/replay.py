@@ -73,6 +73,9 @@ class ReplayScreen(Screen):
         self._subscription = self._bus.subscribe(maxlen=4096, name="replay")
         self._halt = threading.Event()
         self._thread: threading.Thread | None = None
+        # The user's words (`ppchat transcribe`) appear under the monologue when each utterance ends, as live captions would.
+        self._user_lines = [line for line in session.user_lines if line.text.strip()]
+        self._user_shown = 0
 
     def compose(self) -> ComposeResult:
         yield StatusBar(id="status")
@@ -102,6 +105,8 @@ class ReplayScreen(Screen):
         live.reset()
         live.apply([ev for ev in self.session.steps if first - PRIME_STEPS <= ev.step < first])
         self.position, self.ended = start, False
+        self._user_shown = 0
+        self._show_user_lines()
         if autoplay:
             self._start_player(start)
         self._update_status()
@@ -138,8 +143,16 @@ class ReplayScreen(Screen):
             notify_event(self.app, notice)
         if live.last_step is not None:
             self.position = live.last_step.audio_time + FRAME_SECONDS
+        self._show_user_lines()
         if events or self.ended:
             self._update_status()
+
+    def _show_user_lines(self) -> None:
+        lines, captions = self._user_lines, self.query_one(LiveView).captions
+        while self._user_shown < len(lines) and lines[self._user_shown].end <= self.position + 1e-9:
+            line = lines[self._user_shown]
+            captions.final(line.start, line.text)
+            self._user_shown += 1
 
     def _update_status(self) -> None:
         state = "replay" if self.playing else ("stopped" if self.ended else "paused")

@@ -135,11 +135,21 @@ class Conversation:
 
     # ------------------------------------------------------------------------------- control
 
-    def start(self, voice: str | None = None, prompt: str | None = None) -> PrefillReport:
+    def start(
+        self,
+        voice: str | None = None,
+        prompt: str | None = None,
+        *,
+        audio: AudioEndpoint | None = None,
+        sampling: SamplingSettings | None = None,
+        client: str | None = None,
+    ) -> PrefillReport:
         """Condition the model, open the audio device and go live. Blocks for the prefill.
 
         `voice`: a voice name or audio file path; `prompt`: a preset name or the prompt text.
-        None keeps the current choice.
+        None keeps the current choice. `audio`: an endpoint to use instead of the sound card
+        (a network connection); `sampling`: settings for this conversation only; `client`: the
+        network client's address, recorded in a session of kind "served".
         """
         with self._lock:
             if self.running:
@@ -151,10 +161,12 @@ class Conversation:
                 if named is not None:
                     self.prompt_name, self.prompt_text = named
             voice_prompt = self._load_voice(self.voice_name)
+            self.pipeline.set_sampling(sampling or self.options.sampling)
             self._notice("info", f"conditioning: voice {self.voice_name}, prompt '{self.prompt_name}'")
             self.prefill = self.pipeline.start(voice_prompt, self.prompt_text)
-            audio = self._audio_factory()
-            recorder = self._start_recorder() if self.options.record else None
+            if audio is None:
+                audio = self._audio_factory()
+            recorder = self._start_recorder(client) if self.options.record else None
             runtime = DuplexRuntime(
                 self.pipeline,
                 audio,
@@ -246,14 +258,16 @@ class Conversation:
             self._devices = {"input": audio.input_device.name, "output": audio.output_device.name}
         return audio
 
-    def _start_recorder(self) -> Recorder | None:
+    def _start_recorder(self, client: str | None) -> Recorder | None:
+        sampling = self.pipeline.sampling
         meta = SessionMeta(
-            kind=self.options.session_kind,
+            kind=self.options.session_kind if client is None else "served",
+            client=client,
             model_id="demo" if self.model.info.is_demo else self.model.info.source,
             quantization=self.model.info.quantization,
             voice=self.voice_name,
             role_prompt=self.prompt_text,
-            sampling=self.options.sampling.to_json(),
+            sampling=sampling.to_json(),
             devices=dict(self._devices),
         )
         root = self.options.sessions_dir or default_sessions_root()

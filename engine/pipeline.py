@@ -97,6 +97,14 @@ class ModelPipeline:
         self._in = np.zeros((1, 1, self.frame_size), dtype=np.float32)
         self.started = False
 
+    def set_sampling(self, sampling: SamplingSettings) -> None:
+        """Sample with these settings from the next `start` on (a top-k beyond a vocabulary is that vocabulary)."""
+        config = self.model.lm.config
+        self.sampling = sampling
+        self.gen.text_sampling = SamplingParams(sampling.temp_text, min(sampling.topk_text, config.text_card))
+        self.gen.audio_sampling = SamplingParams(sampling.temp, min(sampling.topk, config.card))
+        self.gen.reseed(sampling.seed)
+
     # ----------------------------------------------------------------------------- conditioning
 
     def start(self, voice: VoicePrompt | VoiceEmbeddings | None, prompt_text: str) -> PrefillReport:

@@ -174,6 +174,10 @@ class LMGen:
         self._live_open = False
         self.last_trace = None
 
+    def reseed(self, seed: int | None) -> None:
+        """Draw from an explicit key stream started at `seed` from now on (None: MLX's global generator)."""
+        self._key = None if seed is None else mx.random.key(seed)
+
     def eval_state(self) -> None:
         """Evaluate every lazy state array now.
 

@@ -50,7 +50,7 @@ SESSION_JSON = "session.json"
 SESSION_NAME_TIME = "%Y-%m-%dT%H-%M-%S"  # folder names: this, "_", four hex digits
 
 STATUSES = ("recording", "complete", "stopped", "recovered")
-KINDS = ("talk", "respond")  # what produced the session: a live conversation, or `ppchat respond`
+KINDS = ("talk", "respond", "served")  # what produced it: a live conversation, `ppchat respond`, `ppchat serve`
 FILLED = ("user", "agent", "both")
 
 
@@ -219,6 +219,7 @@ SESSION_FIELDS: dict[str, Field] = {
     "sampling": Field(_object_of(_scalar), dict, "the sampling settings, seed included (null = not seeded)"),
     "devices": Field(_object_of(_scalar), dict, "the audio devices' names"),
     "ppchat_version": Field(_string, "", "the version that recorded it"),
+    "client": Field(_optional(_string), None, "kind served: the network client's address"),
     "started": Field(_timestamp, REQUIRED, "local start time, ISO 8601"),
     "pid": Field(_optional(_integer(minimum=1)), None, "the recording process"),
     "sample_rate": Field(_exactly(SAMPLE_RATE), SAMPLE_RATE, "of every track"),
@@ -240,6 +241,7 @@ class SessionMeta:
     sampling: dict[str, Any] = field(default_factory=dict)
     devices: dict[str, Any] = field(default_factory=dict)
     ppchat_version: str = __version__
+    client: str | None = None  # kind "served": the network client's address
 
 
 @dataclass

@@ -1,0 +1,386 @@
+"""`ppchat serve`: the PersonaPlex websocket protocol in front of the MLX engine.
+
+`GET /api/chat` upgrades to the websocket of NVIDIA's server: query parameters first, then the
+voice and role prompts run, then the handshake (0x00), then Ogg/Opus audio both ways, the
+monologue as text (0x02), and per step one metadata message (0x04) with the step's timings.
+`GET /health` answers with JSON for load balancers; `/` serves NVIDIA's web UI when there is one.
+
+One conversation at a time: another client is told so with an 0x05 error and closed at once,
+so that a load balancer or the user can go elsewhere (see `/health`). Every conversation is
+recorded as a session of kind `served` and is visible to `ppchat monitor`.
+
+Each connection is guarded on its own: a message larger than the limit, bytes that are not
+Ogg/Opus, an unknown kind, a client silent for `idle_timeout` or one that stops reading for
+`send_timeout` gets an 0x05 error and that connection alone closes. The engine never waits on
+the network: the writer reads the event bus through a bounded queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import threading
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from aiohttp import WSMsgType, web
+
+from ppchat import __version__
+from ppchat.engine.conversation import Conversation
+from ppchat.engine.events import NoticeEvent, StepEvent
+from ppchat.engine.pipeline import SamplingSettings
+from ppchat.errors import PPChatError
+from ppchat.models.voices import AUDIO_EXTENSIONS
+from ppchat.net import protocol
+from ppchat.net.endpoint import SocketAudio
+from ppchat.net.opus import OggOpusDecoder, OggOpusEncoder, OpusStreamError
+from ppchat.net.params import ChatParams
+from ppchat.net.protocol import Kind, ProtocolError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PORT = 8998
+CHAT_PATH = "/api/chat"
+HEALTH_PATH = "/health"
+PAD_TOKENS = (0, 3)  # EPAD and PAD: never sent as text, as the reference does
+
+
+@dataclass
+class ServeOptions:
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    token: str | None = None
+    static_dir: Path | None = None
+    max_message_bytes: int = 64 * 1024  # an Ogg page is at most ~64 KiB; the web UI's are ~100 bytes
+    idle_timeout: float = 10.0  # seconds without a message from a live client
+    send_timeout: float = 5.0  # seconds a send may wait for a client that does not read
+    max_conversations: int = 1
+
+
+class Refused(Exception):
+    """Ends a connection with an 0x05 error carrying this message."""
+
+
+class ChatServer:
+    """The aiohttp application around one `Conversation`."""
+
+    def __init__(self, conversation: Conversation, options: ServeOptions | None = None) -> None:
+        self.conversation = conversation
+        self.options = options or ServeOptions()
+        self.running = 0  # conversations in progress (connections past the busy check)
+        self.served = 0
+
+    # ------------------------------------------------------------------------------ app
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=self.options.max_message_bytes)
+        app.router.add_get(CHAT_PATH, self.handle_chat)
+        app.router.add_get(HEALTH_PATH, self.handle_health)
+        static = self.options.static_dir
+        if static is not None:
+            app.router.add_get("/", self._index)
+            app.router.add_static("/", static, follow_symlinks=False, show_index=False)
+        else:
+            app.router.add_get("/", self._no_ui)
+        return app
+
+    async def _index(self, request: web.Request) -> web.StreamResponse:
+        return web.FileResponse(Path(self.options.static_dir) / "index.html")
+
+    async def _no_ui(self, request: web.Request) -> web.Response:
+        return web.Response(
+            text=f"ppchat serve {__version__}: the PersonaPlex websocket is at {CHAT_PATH}, health at {HEALTH_PATH}. "
+                 "No web UI here: pass --static DIR, or `ppchat download` to fetch NVIDIA's.\n"
+        )
+
+    def health(self) -> dict:
+        info = self.conversation.model.info
+        return {
+            "status": "busy" if self.running >= self.options.max_conversations else "ok",
+            "model": "demo" if info.is_demo else info.source,
+            "is_demo": info.is_demo,
+            "quantization": info.quantization,
+            "version": __version__,
+            "conversations": {"running": self.running, "allowed": self.options.max_conversations},
+            "served": self.served,
+        }
+
+    async def handle_health(self, request: web.Request) -> web.Response:
+        body = self.health()
+        # 503 while full, so that a load balancer's health check sends the next user elsewhere.
+        return web.json_response(body, status=200 if body["status"] == "ok" else 503)
+
+    # ----------------------------------------------------------------------------- chat
+
+    def _authorised(self, request: web.Request) -> bool:
+        token = self.options.token
+        if token is None:
+            return True
+        given = request.query.get("token", "")
+        header = request.headers.get("Authorization", "")
+        if header.startswith("Bearer "):
+            given = header[len("Bearer "):]
+        return hmac.compare_digest(given.encode(), token.encode())
+
+    async def handle_chat(self, request: web.Request) -> web.StreamResponse:
+        if not self._authorised(request):
+            return web.Response(status=401, text="a token is required: add ?token=... or 'Authorization: Bearer ...'\n")
+        ws = web.WebSocketResponse(max_msg_size=2 * self.options.max_message_bytes, timeout=2.0, autoping=True)
+        await ws.prepare(request)
+        client = _peer(request)
+        if self.running >= self.options.max_conversations:
+            await _close_with_error(ws, request, (
+                f"busy: this server runs {self.options.max_conversations} conversation(s) at a time and all are taken; "
+                f"try again later or another server (see {HEALTH_PATH})"))
+            return ws
+        self.running += 1
+        try:
+            reason = await self._converse(ws, request, client)
+        except Refused as exc:
+            reason = str(exc)
+        except Exception as exc:  # noqa: BLE001 - one connection's failure must not reach the others
+            log.exception("conversation with %s failed", client)
+            reason = f"internal error: {type(exc).__name__}: {exc}"
+        finally:
+            self.running -= 1
+        if reason:
+            log.info("closing %s: %s", client, reason)
+            await _close_with_error(ws, request, reason)
+        elif not ws.closed:
+            await _close(ws, request)
+        return ws
+
+    async def _converse(self, ws: web.WebSocketResponse, request: web.Request, client: str) -> str | None:
+        """Run one conversation; returns why it ended badly (sent as 0x05), or None."""
+        try:
+            params = ChatParams.from_query(request.query)
+        except ProtocolError as exc:
+            raise Refused(str(exc)) from None
+        conv = self.conversation
+        voice = self._voice(params.voice_prompt)
+        sampling = self._sampling(params)
+        audio = SocketAudio(conv.pipeline.sample_rate, conv.pipeline.frame_size)
+        live = asyncio.Event()
+        sub = conv.bus.subscribe(maxlen=64, name=f"serve {client}")
+        loop = asyncio.get_running_loop()
+        reader = asyncio.create_task(self._receive(ws, audio, live))
+        start = loop.run_in_executor(None, lambda: conv.start(
+            voice, params.text_prompt, audio=audio, sampling=sampling, origin={"kind": "served", "client": client}))
+        try:
+            await asyncio.wait({reader, start}, return_when=asyncio.FIRST_COMPLETED)
+            if not start.done():  # the client left or misbehaved during the prompts
+                await asyncio.wait({start})
+                return await self._outcome(reader)
+            try:
+                start.result()
+            except PPChatError as exc:
+                raise Refused(str(exc)) from None
+            self.served += 1
+            await self._send(ws, protocol.handshake())
+            await self._send(ws, protocol.metadata(self._info_message(sampling)))
+            live.set()
+            writer = asyncio.create_task(self._write(ws, sub, audio))
+            done, _ = await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
+            for task in (reader, writer):
+                if task not in done:
+                    task.cancel()
+            await asyncio.gather(reader, writer, return_exceptions=True)
+            for task in (writer, reader):
+                if task in done:
+                    return await self._outcome(task)
+            return None
+        finally:
+            reader.cancel()
+            audio.finish()
+            await loop.run_in_executor(None, conv.stop)
+            sub.close()
+
+    @staticmethod
+    async def _outcome(task: asyncio.Task) -> str | None:
+        try:
+            return await task
+        except asyncio.CancelledError:
+            return None
+        except (ProtocolError, OpusStreamError, Refused) as exc:
+            return str(exc)
+        except (asyncio.TimeoutError, TimeoutError):
+            return "the client stopped reading (send timed out)"
+        except ConnectionError:
+            return None
+
+    async def _receive(self, ws: web.WebSocketResponse, audio: SocketAudio, live: asyncio.Event) -> str | None:
+        """Read until the client leaves; audio before the handshake is read and dropped, as the reference does."""
+        decoder = OggOpusDecoder(audio.capture_rate)
+        limit = self.options.max_message_bytes
+        last = time.monotonic()
+        while True:
+            try:
+                msg = await ws.receive(timeout=0.5)
+            except asyncio.TimeoutError:
+                if live.is_set() and time.monotonic() - last > self.options.idle_timeout:
+                    return f"no message from the client for {self.options.idle_timeout:g} s"
+                continue
+            last = time.monotonic()
+            if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
+                return None
+            if msg.type == WSMsgType.ERROR:
+                return f"websocket error: {ws.exception()}"
+            if msg.type == WSMsgType.TEXT:
+                raise ProtocolError("text frames are not part of the protocol; send binary messages")
+            if msg.type != WSMsgType.BINARY:
+                continue
+            if len(msg.data) > limit:
+                raise ProtocolError(f"a message of {len(msg.data)} bytes is over the limit of {limit}")
+            message = protocol.decode(msg.data)
+            if message.kind == Kind.AUDIO and live.is_set():
+                pcm = decoder.decode(message.payload)
+                if pcm.size:
+                    audio.push(pcm)
+            # Control, text, ping and metadata from a client mean nothing to this server (nor the reference's).
+
+    async def _write(self, ws: web.WebSocketResponse, sub, audio: SocketAudio) -> str | None:
+        """Send each step's audio, text and timings as the step thread publishes them."""
+        encoder = OggOpusEncoder(audio.playback_rate, packet_ms=80, packets_per_page=1)
+        loop = asyncio.get_running_loop()
+        while True:
+            event = await loop.run_in_executor(None, sub.get, 0.25)
+            if event is None:
+                if not self.conversation.running:
+                    return "the engine stopped"
+                continue
+            if isinstance(event, NoticeEvent):
+                if event.level == "error":
+                    return f"the engine stopped: {event.message}"
+                continue
+            if not isinstance(event, StepEvent):
+                continue
+            for frame in audio.take_frames():
+                for page in encoder.encode(frame):
+                    await self._send(ws, protocol.audio(page))
+            if event.text_piece and event.text_token not in PAD_TOKENS:
+                await self._send(ws, protocol.text(event.text_piece))
+            await self._send(ws, protocol.metadata({"type": "step", **event.to_json()}))
+
+    async def _send(self, ws: web.WebSocketResponse, data: bytes) -> None:
+        await asyncio.wait_for(ws.send_bytes(data), self.options.send_timeout)
+
+    def _info_message(self, sampling: SamplingSettings) -> dict:
+        conv = self.conversation
+        return {"type": "info", "version": __version__, "model": self.health()["model"],
+                "is_demo": conv.model.info.is_demo, "quantization": conv.model.info.quantization,
+                "voice": conv.voice_name, "prompt": conv.prompt_text, "sampling": sampling.to_json()}
+
+    def _voice(self, requested: str | None) -> str | None:
+        """The voice file for a `voice_prompt` name, looked up in the voices folder only."""
+        if requested is None:
+            return None
+        folder = self.conversation.model.voices_dir
+        files = sorted(p for p in Path(folder).iterdir() if p.is_file()) if folder and Path(folder).is_dir() else []
+        usable = [p for p in files if p.suffix.lower() in (".pt", *AUDIO_EXTENSIONS)]
+        for p in usable:
+            if requested in (p.name, p.stem):
+                return str(p.resolve())
+        names = ", ".join(p.name for p in usable) or "none (this model has no voices folder; leave voice_prompt out)"
+        raise Refused(f"voice_prompt {requested!r} is not in this server's voices folder; available: {names}")
+
+    def _sampling(self, params: ChatParams) -> SamplingSettings:
+        base = self.conversation.options.sampling
+        return replace(
+            base,
+            temp=base.temp if params.audio_temperature is None else params.audio_temperature,
+            topk=base.topk if params.audio_topk is None else params.audio_topk,
+            temp_text=base.temp_text if params.text_temperature is None else params.text_temperature,
+            topk_text=base.topk_text if params.text_topk is None else params.text_topk,
+            seed=base.seed if params.seed is None else params.seed,
+        )
+
+
+def _peer(request: web.Request) -> str:
+    peer = request.transport.get_extra_info("peername") if request.transport else None
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        return f"{peer[0]}:{peer[1]}"
+    return str(request.remote or "unknown")
+
+
+async def _close_with_error(ws: web.WebSocketResponse, request: web.Request, message: str) -> None:
+    if not ws.closed:
+        try:
+            await asyncio.wait_for(ws.send_bytes(protocol.error(message)), 2.0)
+        except (asyncio.TimeoutError, ConnectionError, RuntimeError):
+            pass
+    await _close(ws, request)
+
+
+async def _close(ws: web.WebSocketResponse, request: web.Request) -> None:
+    try:
+        await asyncio.wait_for(ws.close(), 2.0)
+    except (asyncio.TimeoutError, ConnectionError, RuntimeError):
+        if request.transport is not None:
+            request.transport.abort()  # a client that never reads never answers the close either
+
+
+# ---------------------------------------------------------------------------------- running
+
+
+class ServerThread:
+    """Runs a `ChatServer` on its own event loop thread (tests, benchmarks, embedding)."""
+
+    def __init__(self, server: ChatServer, ssl_context=None) -> None:
+        self.server = server
+        self._ssl = ssl_context
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._runner: web.AppRunner | None = None
+        self.port: int | None = None
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="ppchat-serve", daemon=True)
+
+    def start(self) -> "ServerThread":
+        self._thread.start()
+        self._ready.wait(30)
+        if self.error is not None:
+            raise self.error
+        return self
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._runner, self.port = self._loop.run_until_complete(_start_site(self.server, self._ssl))
+        except BaseException as exc:  # noqa: BLE001 - handed to start()
+            self.error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        self._loop.run_forever()
+        self._loop.run_until_complete(self._runner.cleanup())
+        self._loop.close()
+
+    def stop(self) -> None:
+        if self._loop.is_running():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(15)
+
+    def __enter__(self) -> "ServerThread":
+        return self.start()
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+
+async def _start_site(server: ChatServer, ssl_context) -> tuple[web.AppRunner, int]:
+    runner = web.AppRunner(server.app(), handle_signals=False, access_log=None, shutdown_timeout=3.0)
+    await runner.setup()
+    site = web.TCPSite(runner, server.options.host, server.options.port, ssl_context=ssl_context)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise PPChatError(
+            f"cannot listen on {server.options.host}:{server.options.port} ({exc.strerror or exc}); "
+            "pick another --port or stop what is using it"
+        ) from None
+    addresses = runner.addresses  # the port really bound (port 0 picks a free one)
+    port = addresses[0][1] if addresses else server.options.port
+    return runner, port

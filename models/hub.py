@@ -126,6 +126,19 @@ def _safe_members(archive: tarfile.TarFile, source: Path) -> list[tarfile.TarInf
     return members
 
 
+WEB_UI_ARCHIVE = "dist.tgz"  # NVIDIA's web UI, built, in the model repo (the reference server serves it)
+
+
+def download_web_ui(repo_id: str = manifest.REPO_ID, *, revision: str | None = None, offline: bool = False) -> Path | None:
+    """The web UI archive from the model repo (cache first), or None where it cannot be had.
+
+    It is optional: the console and `ppchat serve` work without it."""
+    try:
+        return Path(huggingface_hub.hf_hub_download(repo_id, WEB_UI_ARCHIVE, revision=revision, local_files_only=offline))
+    except (EntryNotFoundError, HfHubHTTPError, _TransportError, OSError, ValueError):
+        return None
+
+
 def extract_voices(archive_path: str | Path, dest_parent: str | Path) -> Path:
     """Unpack a voices.tgz into `dest_parent/voices/` (once) and return that folder.
 
@@ -133,14 +146,23 @@ def extract_voices(archive_path: str | Path, dest_parent: str | Path) -> Path:
     Extraction goes to a temporary folder renamed into place, so an interrupted run never
     leaves a half-filled `voices/` that would be mistaken for a complete one.
     """
+    return _extract_folder(archive_path, dest_parent, "voices")
+
+
+def extract_web_ui(archive_path: str | Path, dest_parent: str | Path) -> Path:
+    """Unpack the web UI's dist.tgz into `dest_parent/dist/` (once), like `extract_voices`."""
+    return _extract_folder(archive_path, dest_parent, "dist")
+
+
+def _extract_folder(archive_path: str | Path, dest_parent: str | Path, folder: str) -> Path:
     source, parent = Path(archive_path), Path(dest_parent)
-    target = parent / "voices"
+    target = parent / folder
     if target.is_dir():
         return target
     staging: Path | None = None
     try:
         parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=parent, prefix=".voices-"))
+        staging = Path(tempfile.mkdtemp(dir=parent, prefix=f".{folder}-"))
         with tarfile.open(source, "r:*") as archive:
             for member in _safe_members(archive, source):
                 member_path = staging.joinpath(*PurePosixPath(member.name).parts)
@@ -150,7 +172,7 @@ def extract_voices(archive_path: str | Path, dest_parent: str | Path) -> Path:
                 member_path.parent.mkdir(parents=True, exist_ok=True)
                 with archive.extractfile(member) as src, member_path.open("wb") as dst:
                     shutil.copyfileobj(src, dst)
-        inner = staging / "voices"
+        inner = staging / folder
         os.replace(inner if inner.is_dir() else staging, target)
     except (tarfile.TarError, EOFError, zlib.error) as exc:
         raise CheckpointError(f"{source} is corrupt ({exc}); re-run `ppchat download`") from None

@@ -18,8 +18,10 @@ the network: the writer reads the event bus through a bounded queue.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import logging
+import socket
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -28,7 +30,7 @@ from pathlib import Path
 from aiohttp import WSMsgType, web
 
 from ppchat import __version__
-from ppchat.engine.conversation import Conversation
+from ppchat.conversation import Conversation
 from ppchat.engine.events import NoticeEvent, StepEvent
 from ppchat.engine.pipeline import SamplingSettings
 from ppchat.errors import PPChatError
@@ -56,6 +58,9 @@ class ServeOptions:
     max_message_bytes: int = 64 * 1024  # an Ogg page is at most ~64 KiB; the web UI's are ~100 bytes
     idle_timeout: float = 10.0  # seconds without a message from a live client
     send_timeout: float = 5.0  # seconds a send may wait for a client that does not read
+    # Audio, text and timings are ~9 KB/s. The kernel holds at most `send_buffer_bytes` of it (a few
+    # seconds) and user space as much again; a client that lets more pile up is not reading.
+    send_buffer_bytes: int = 16 * 1024
     max_conversations: int = 1
 
 
@@ -128,6 +133,7 @@ class ChatServer:
         if not self._authorised(request):
             return web.Response(status=401, text="a token is required: add ?token=... or 'Authorization: Bearer ...'\n")
         ws = web.WebSocketResponse(max_msg_size=2 * self.options.max_message_bytes, timeout=2.0, autoping=True)
+        self._bound_send_buffer(request)
         await ws.prepare(request)
         client = _peer(request)
         if self.running >= self.options.max_conversations:
@@ -168,47 +174,41 @@ class ChatServer:
         reader = asyncio.create_task(self._receive(ws, audio, live))
         start = loop.run_in_executor(None, lambda: conv.start(
             voice, params.text_prompt, audio=audio, sampling=sampling, origin={"kind": "served", "client": client}))
+        reason: str | None = None
         try:
             await asyncio.wait({reader, start}, return_when=asyncio.FIRST_COMPLETED)
             if not start.done():  # the client left or misbehaved during the prompts
                 await asyncio.wait({start})
-                return await self._outcome(reader)
+                reason = await _outcome(reader)
+                return reason
             try:
                 start.result()
             except PPChatError as exc:
                 raise Refused(str(exc)) from None
             self.served += 1
-            await self._send(ws, protocol.handshake())
-            await self._send(ws, protocol.metadata(self._info_message(sampling)))
-            live.set()
-            writer = asyncio.create_task(self._write(ws, sub, audio))
-            done, _ = await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
-            for task in (reader, writer):
-                if task not in done:
-                    task.cancel()
-            await asyncio.gather(reader, writer, return_exceptions=True)
-            for task in (writer, reader):
-                if task in done:
-                    return await self._outcome(task)
-            return None
+            send = functools.partial(self._send, ws, request.transport)
+            reason = await _outcome(self._live(send, sub, audio, live, reader, sampling))
+            return reason
         finally:
             reader.cancel()
             audio.finish()
+            if reason and conv.running:  # into the session's log: why the conversation ended
+                conv.bus.publish(NoticeEvent("warning", f"{client}: {reason}", time.time()))
             await loop.run_in_executor(None, conv.stop)
             sub.close()
 
-    @staticmethod
-    async def _outcome(task: asyncio.Task) -> str | None:
-        try:
-            return await task
-        except asyncio.CancelledError:
-            return None
-        except (ProtocolError, OpusStreamError, Refused) as exc:
-            return str(exc)
-        except (asyncio.TimeoutError, TimeoutError):
-            return "the client stopped reading (send timed out)"
-        except ConnectionError:
-            return None
+    async def _live(self, send, sub, audio: SocketAudio, live: asyncio.Event, reader: asyncio.Task,
+                    sampling: SamplingSettings) -> str | None:
+        await send(protocol.handshake())
+        await send(protocol.metadata(self._info_message(sampling)))
+        live.set()
+        writer = asyncio.create_task(self._write(send, sub, audio))
+        done, _ = await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
+        for task in (reader, writer):
+            if task not in done:
+                task.cancel()
+        await asyncio.gather(reader, writer, return_exceptions=True)
+        return await (writer if writer in done else reader)
 
     async def _receive(self, ws: web.WebSocketResponse, audio: SocketAudio, live: asyncio.Event) -> str | None:
         """Read until the client leaves; audio before the handshake is read and dropped, as the reference does."""
@@ -240,7 +240,7 @@ class ChatServer:
                     audio.push(pcm)
             # Control, text, ping and metadata from a client mean nothing to this server (nor the reference's).
 
-    async def _write(self, ws: web.WebSocketResponse, sub, audio: SocketAudio) -> str | None:
+    async def _write(self, send, sub, audio: SocketAudio) -> str | None:
         """Send each step's audio, text and timings as the step thread publishes them."""
         encoder = OggOpusEncoder(audio.playback_rate, packet_ms=80, packets_per_page=1)
         loop = asyncio.get_running_loop()
@@ -258,13 +258,23 @@ class ChatServer:
                 continue
             for frame in audio.take_frames():
                 for page in encoder.encode(frame):
-                    await self._send(ws, protocol.audio(page))
+                    await send(protocol.audio(page))
             if event.text_piece and event.text_token not in PAD_TOKENS:
-                await self._send(ws, protocol.text(event.text_piece))
-            await self._send(ws, protocol.metadata({"type": "step", **event.to_json()}))
+                await send(protocol.text(event.text_piece))
+            await send(protocol.metadata({"type": "step", **event.to_json()}))
 
-    async def _send(self, ws: web.WebSocketResponse, data: bytes) -> None:
+    def _bound_send_buffer(self, request: web.Request) -> None:
+        # Without this the kernel grows a socket's send buffer to megabytes: minutes of this
+        # stream would vanish into a client that never reads before anything noticed.
+        sock = request.transport.get_extra_info("socket") if request.transport else None
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.options.send_buffer_bytes)
+
+    async def _send(self, ws: web.WebSocketResponse, transport, data: bytes) -> None:
         await asyncio.wait_for(ws.send_bytes(data), self.options.send_timeout)
+        unsent = transport.get_write_buffer_size() if transport is not None else 0
+        if unsent > self.options.send_buffer_bytes:
+            raise Refused(f"the client is not reading ({unsent} bytes waiting to be sent)")
 
     def _info_message(self, sampling: SamplingSettings) -> dict:
         conv = self.conversation
@@ -295,6 +305,20 @@ class ChatServer:
             topk_text=base.topk_text if params.text_topk is None else params.text_topk,
             seed=base.seed if params.seed is None else params.seed,
         )
+
+
+async def _outcome(awaitable) -> str | None:
+    """Why a connection's task ended: None when the client simply left, else the message for 0x05."""
+    try:
+        return await awaitable
+    except asyncio.CancelledError:
+        return None
+    except (ProtocolError, OpusStreamError, Refused) as exc:
+        return str(exc)
+    except (asyncio.TimeoutError, TimeoutError):
+        return "the client stopped reading (a send timed out)"
+    except ConnectionError:
+        return None
 
 
 def _peer(request: web.Request) -> str:
@@ -356,6 +380,11 @@ class ServerThread:
         self._loop.run_forever()
         self._loop.run_until_complete(self._runner.cleanup())
         self._loop.close()
+
+    def wait(self) -> None:
+        """Block until the server stops (Ctrl-C reaches the caller: the join wakes up twice a second)."""
+        while self._thread.is_alive():
+            self._thread.join(0.5)
 
     def stop(self) -> None:
         if self._loop.is_running():

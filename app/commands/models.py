@@ -47,6 +47,9 @@ def cmd_download(args) -> int:
     ckpt.validate_weights()
     voices = resolve_voices_dir(ckpt, paths.cache_dir())
     print(f"ppchat: {repo} is ready in {snapshot}" + (f" (voices in {voices})" if voices else ""))
+    web_ui = hub.download_web_ui(repo, revision=args.revision)
+    print(f"ppchat: NVIDIA's web UI for `ppchat serve`: {web_ui}" if web_ui else
+          f"ppchat: {repo} has no {hub.WEB_UI_ARCHIVE} (NVIDIA's web UI); `ppchat serve --static DIR` can serve one")
     if args.quantize:
         model = load_model(snapshot, quantize=int(args.quantize), group_size=args.group_size, depformer_steps=8)
         where = model.info.quantized_cache

@@ -1,0 +1,375 @@
+"""`ppchat serve` on loopback with the demo model: the reference's protocol, shaped as its clients
+shape it, and every hostile input of the issue's list (one connection closes, the server goes on)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import socket
+import struct
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+aiohttp = pytest.importorskip("aiohttp")
+pytest.importorskip("sphn")
+
+from ppchat.conversation import Conversation, TalkOptions  # noqa: E402
+from ppchat.engine.pipeline import SamplingSettings  # noqa: E402
+from ppchat.models.loader import load_model  # noqa: E402
+from ppchat.net import ogg, protocol  # noqa: E402
+from ppchat.net.opus import OggOpusDecoder, OggOpusEncoder, frame_samples_48k, split_frames  # noqa: E402
+from ppchat.net.protocol import Kind  # noqa: E402
+from ppchat.net.server import ChatServer, ServeOptions, ServerThread  # noqa: E402
+from ppchat.sessions.store import list_sessions, load_session  # noqa: E402
+
+WEB_UI_QUERY = ("voice_prompt=&text_prompt=You+enjoy+having+a+good+conversation.&seed=123&text_temperature=0.5"
+                "&text_topk=20&audio_temperature=0.6&audio_topk=100&pad_mult=0&repetition_penalty=1.0"
+                "&repetition_penalty_context=64&text_seed=1&audio_seed=2")
+
+
+@pytest.fixture(scope="module")
+def conversation(tmp_path_factory):
+    model = load_model("demo", cache_root=tmp_path_factory.mktemp("cache"), depformer_steps=8, show_progress=False)
+    options = TalkOptions(model="demo", sessions_dir=tmp_path_factory.mktemp("sessions"), monitor=False,
+                          sampling=SamplingSettings(seed=1))
+    with Conversation(options, model=model) as conv:
+        yield conv
+
+
+@pytest.fixture(scope="module")
+def server(conversation):
+    chat = ChatServer(conversation, ServeOptions(port=0, idle_timeout=2.0, send_timeout=1.0, max_message_bytes=8192))
+    with ServerThread(chat) as thread:
+        yield thread
+
+
+@pytest.fixture(autouse=True)
+def idle(request):
+    """Each test starts once the previous conversation is fully finished."""
+    if "server" in request.fixturenames:
+        _wait_idle(request.getfixturevalue("server"))
+    yield
+
+
+def _wait_idle(thread: ServerThread, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while thread.server.running or thread.server.conversation.running:
+        assert time.monotonic() < deadline, "the previous conversation did not finish"
+        time.sleep(0.05)
+
+
+def _speech(seconds: float, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    n = int(seconds * 24000)
+    t = np.arange(n) / 24000
+    tone = 0.25 * np.sin(2 * np.pi * (180 + 60 * np.sin(2 * np.pi * 0.7 * t)) * t)
+    return (tone * (np.sin(2 * np.pi * 1.1 * t) > -0.3) + 0.01 * rng.standard_normal(n)).astype(np.float32)
+
+
+@dataclass
+class Transcript:
+    messages: list[tuple[int, bytes]] = field(default_factory=list)  # (kind, payload) in arrival order
+    close_code: int | None = None
+    sent_audio: list[bytes] = field(default_factory=list)  # the Ogg pages this client sent
+
+    def of(self, kind: Kind) -> list[bytes]:
+        return [p for k, p in self.messages if k == kind]
+
+    @property
+    def errors(self) -> list[str]:
+        return [p.decode() for p in self.of(Kind.ERROR)]
+
+    def steps(self) -> list[dict]:
+        import json
+
+        return [m for m in (json.loads(p) for p in self.of(Kind.METADATA)) if m.get("type") == "step"]
+
+
+async def _converse(port: int, query: str = "", pcm: np.ndarray | None = None, *, packet_ms: int = 20,
+                    per_page: int = 2, chunk: int = 480, extra: list[bytes] = (), linger: float = 0.6,
+                    headers: dict | None = None) -> Transcript:
+    """Connect, wait for the handshake, stream `pcm` in real time (the web UI sends each page as it is made),
+    send `extra` raw messages, then keep reading for `linger` seconds and close."""
+    out = Transcript()
+    url = f"ws://127.0.0.1:{port}/api/chat" + (f"?{query}" if query else "")
+    async with aiohttp.ClientSession() as session:
+        async with session.ws_connect(url, headers=headers) as ws:
+            handshake = asyncio.Event()
+
+            async def read():
+                async for msg in ws:
+                    if msg.type == aiohttp.WSMsgType.BINARY:
+                        out.messages.append((msg.data[0], msg.data[1:]))
+                        if msg.data[0] == Kind.HANDSHAKE:
+                            handshake.set()
+                handshake.set()
+
+            reader = asyncio.create_task(read())
+            await asyncio.wait_for(handshake.wait(), 30)
+            if pcm is not None and not ws.closed:
+                encoder = OggOpusEncoder(packet_ms=packet_ms, packets_per_page=per_page)
+                t0 = time.monotonic()
+                for i in range(0, len(pcm), chunk):
+                    for page in encoder.encode(pcm[i:i + chunk]):
+                        await ws.send_bytes(protocol.audio(page))
+                        out.sent_audio.append(page)
+                    await asyncio.sleep(max(0.0, t0 + (i + chunk) / 24000 - time.monotonic()))
+            for raw in extra:
+                if not ws.closed:
+                    await ws.send_bytes(raw)
+            try:
+                await asyncio.wait_for(asyncio.shield(reader), linger)
+            except asyncio.TimeoutError:
+                pass
+            await ws.close()
+            await reader
+            out.close_code = ws.close_code
+    return out
+
+
+def _talk(port, *args, **kwargs) -> Transcript:
+    return asyncio.run(_converse(port, *args, **kwargs))
+
+
+def _newest_session(conversation):
+    sessions = list_sessions(conversation.options.sessions_dir)
+    return load_session(max(sessions, key=lambda s: s.path.name).path)
+
+
+def test_a_web_ui_shaped_conversation(server, conversation):
+    sent = _speech(4.0)
+    t = _talk(server.port, WEB_UI_QUERY, sent)
+    kinds = [k for k, _ in t.messages]
+    assert t.errors == []
+    assert kinds[0] == Kind.HANDSHAKE  # the prompts ran before it; nothing comes earlier
+    audio = t.of(Kind.AUDIO)
+    assert audio[0].startswith(b"OggS") and b"OpusHead" in audio[0][:40]
+    assert b"OpusTags" in audio[1][:40]
+    # After the header pages: one page per message, one 80 ms Opus packet per page (libopus permitting).
+    pages = [ogg.parse_pages(a) for a in audio[2:]]
+    assert all(rest == b"" and len(p) == 1 for p, rest in pages)
+    durations = [sum(frame_samples_48k(k[0]) * len(split_frames(k)[1]) for k in p[0].packets) for p, _ in pages]
+    assert sum(d == 3840 for d in durations) >= 0.8 * len(durations)
+    steps = t.steps()
+    assert len(steps) >= 40 and [s["step"] for s in steps] == list(range(len(steps)))
+    computed = [s for s in steps if s.get("filled") not in ("agent", "both")]  # not dropped by the late-frame policy
+    assert len(computed) >= 20  # the rest were dropped by the late-frame policy on a busy machine
+    assert all(set(s["ms"]) >= {"total", "encode", "temporal", "depformer", "decode"} for s in computed)
+    texts = [p.decode() for p in t.of(Kind.TEXT)]
+    assert texts and all(texts) and texts == [s["piece"] for s in steps if s.get("piece")]
+    decoder = OggOpusDecoder()
+    received = np.concatenate([decoder.decode(a) for a in audio])
+    assert len(received) == 1920 * len(audio[2:])
+
+    session = _newest_session(conversation)
+    meta = session.info.meta
+    assert meta.kind == "served" and meta.client.startswith("127.0.0.1:")
+    assert meta.role_prompt == "You enjoy having a good conversation."
+    assert session.info.meta.sampling == {"temp": 0.6, "topk": 100, "temp_text": 0.5, "topk_text": 20, "seed": 123}
+    assert session.frames >= len(steps)
+    # The server heard exactly what was sent (the decoded stream, frame by frame, dropped frames included) ...
+    import soundfile
+
+    heard, _ = soundfile.read(session.path / "user.wav", dtype="float32")
+    said, _ = soundfile.read(session.path / "agent.wav", dtype="float32")
+    decoder = OggOpusDecoder()
+    sent_pcm = np.concatenate([decoder.decode(p) for p in t.sent_audio])
+    n = min(len(heard), len(sent_pcm)) // 1920 * 1920 - 1920  # the last frame may be zero-padded
+    assert n >= 40 * 1920
+    np.testing.assert_array_equal(heard[:n], sent_pcm[:n])
+    # ... and sent back exactly the Opus coding of what it recorded as the agent's side.
+    frames = [said[s["step"] * 1920:(s["step"] + 1) * 1920] for s in computed]
+    encoder = OggOpusEncoder(packet_ms=80, packets_per_page=1)
+    expected = [page for f in frames for page in encoder.encode(f)]
+    got_packets = ogg.packets_of(ogg.parse_pages(b"".join(audio))[0])
+    want_packets = ogg.packets_of(ogg.parse_pages(b"".join(expected))[0])
+    assert len(got_packets) >= 20 and got_packets == want_packets[:len(got_packets)]
+
+
+def test_a_client_with_no_query_parameters_gets_the_servers_defaults(server, conversation):
+    # Kyutai's client: no parameters; its encoder's layout is the reference server's (80 ms per page).
+    t = _talk(server.port, "", _speech(2.0, seed=2), packet_ms=80, per_page=1, chunk=1920)
+    assert t.errors == [] and len(t.steps()) >= 15
+    meta = _newest_session(conversation).info.meta
+    assert meta.role_prompt == conversation.prompt_text and meta.sampling["temp"] == 0.8
+
+
+@pytest.mark.parametrize("raw,expected", [
+    (protocol.audio(b"this is not an Ogg stream at all"), "not a valid Ogg/Opus stream"),
+    (b"\x09\x00\x01", "unknown message kind 0x09"),
+    (protocol.audio(b"OggS" + bytes(9000)), "over the limit of 8192"),
+])
+def test_a_bad_message_gets_an_error_and_closes_that_connection_only(server, raw, expected):
+    t = _talk(server.port, "", _speech(0.5), extra=[raw], linger=5.0)
+    assert len(t.errors) == 1 and expected in t.errors[0]
+    assert t.messages[-1][0] == Kind.ERROR
+    _wait_idle(server)
+    again = _talk(server.port, "", _speech(1.0))  # the server goes on
+    assert again.errors == [] and len(again.steps()) >= 5
+
+
+@pytest.mark.parametrize("query,expected", [
+    ("voice_prompt=../../../etc/passwd", "not a voice name"),
+    ("voice_prompt=NATF2.pt", "not in this server's voices folder"),
+    ("text_temperature=hot", "text_temperature"),
+    ("text_prompt=" + "x" * 1200, "text_prompt has 1200 characters"),
+])
+def test_a_bad_query_is_refused_before_anything_runs(server, conversation, query, expected):
+    before = len(list_sessions(conversation.options.sessions_dir))
+    t = _talk(server.port, query, linger=2.0)
+    assert [k for k, _ in t.messages] == [Kind.ERROR] and expected in t.errors[0]
+    assert len(list_sessions(conversation.options.sessions_dir)) == before
+
+
+def test_one_conversation_at_a_time_and_a_hundred_connections_at_once(server):
+    refusals: list[Transcript] = []
+
+    async def flood():
+        await asyncio.sleep(1.0)  # once the first conversation is live
+        results = await asyncio.gather(*(_converse(server.port, linger=3.0) for _ in range(100)),
+                                       return_exceptions=True)
+        refusals.extend(results)
+
+    async def main():
+        live = asyncio.create_task(_converse(server.port, "", _speech(5.0, seed=3)))
+        await flood()
+        return await live
+
+    first = asyncio.run(main())
+    assert first.errors == []
+    steps = first.steps()
+    assert len(steps) >= 55 and [s["step"] for s in steps] == list(range(len(steps)))
+    refused = [r for r in refusals if isinstance(r, Transcript)]
+    assert len(refused) == 100, [r for r in refusals if not isinstance(r, Transcript)][:3]
+    assert all(len(r.errors) == 1 and r.errors[0].startswith("busy") and "/health" in r.errors[0] for r in refused)
+
+
+def test_health_says_busy_while_a_conversation_runs(server):
+    def health():
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/health", timeout=5) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+
+    import json
+
+    status, body = health()
+    assert status == 200 and json.loads(body)["conversations"] == {"running": 0, "allowed": 1}
+    seen = {}
+
+    async def main():
+        live = asyncio.create_task(_converse(server.port, "", _speech(2.0)))
+        await asyncio.sleep(1.0)
+        seen["during"] = await asyncio.get_running_loop().run_in_executor(None, health)
+        await live
+
+    asyncio.run(main())
+    status, body = seen["during"]
+    assert status == 503 and json.loads(body)["status"] == "busy"
+
+
+def test_a_silent_client_is_timed_out(server):
+    t = _talk(server.port, "", None, linger=6.0)  # handshake, then nothing (idle_timeout is 2 s here)
+    assert t.errors and "no message from the client for 2 s" in t.errors[0]
+
+
+def _raw_websocket(port: int, rcvbuf: int = 2048) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.connect(("127.0.0.1", port))
+    key = base64.b64encode(os.urandom(16))
+    sock.sendall(b"GET /api/chat HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                 b"Sec-WebSocket-Key: " + key + b"\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    return sock
+
+
+def _masked_frame(payload: bytes) -> bytes:
+    mask = os.urandom(4)
+    n = len(payload)
+    head = bytes([0x82]) + (bytes([0x80 | n]) if n < 126 else bytes([0x80 | 126]) + struct.pack(">H", n))
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+def test_a_client_that_never_reads_is_dropped_and_the_server_goes_on(server, conversation):
+    sock = _raw_websocket(server.port)
+    encoder = OggOpusEncoder(packet_ms=20, packets_per_page=2)
+    pcm = _speech(40.0, seed=5)
+    t0 = time.monotonic()
+    dropped_after = None
+    try:
+        for i in range(0, len(pcm), 480):  # keeps talking (so it is not idle), never reads a byte
+            try:
+                for page in encoder.encode(pcm[i:i + 480]):
+                    sock.sendall(_masked_frame(protocol.audio(page)))
+            except (BrokenPipeError, ConnectionResetError):
+                dropped_after = time.monotonic() - t0
+                break
+            time.sleep(max(0.0, t0 + (i + 480) / 24000 - time.monotonic()))
+            if i % 24000 == 0 and not server.server.running and i > 48000:
+                dropped_after = time.monotonic() - t0
+                break
+    finally:
+        sock.close()
+    print(f"never-reading client dropped after {dropped_after} s")
+    assert dropped_after is not None and dropped_after < 30, "the server kept a client that never reads"
+    _wait_idle(server)
+    notices = [n.message for _, n in _newest_session(conversation).notices]
+    assert any("not reading" in m or "stopped reading" in m for m in notices), notices
+    again = _talk(server.port, "", _speech(1.0))
+    assert again.errors == [] and len(again.steps()) >= 5
+
+
+def test_late_steps_keep_the_delay_bounded(server, conversation, monkeypatch):
+    real = conversation.pipeline.process
+
+    def slow(pcm):
+        time.sleep(0.12)  # every step 120 ms: 1.5x slower than real time
+        return real(pcm)
+
+    monkeypatch.setattr(conversation.pipeline, "process", slow)
+    t = _talk(server.port, "", _speech(4.0, seed=6), linger=1.0)
+    steps = t.steps()
+    assert t.errors == [] and steps
+    assert sum(s.get("dropped_in", 0) for s in steps) > 0
+    assert max(s["queue_in"] for s in steps) <= conversation.options.max_backlog_frames
+
+
+def test_token_and_web_ui(conversation, tmp_path):
+    static = tmp_path / "dist"
+    (static / "assets").mkdir(parents=True)
+    (static / "index.html").write_text("<html>web ui</html>")
+    (static / "assets" / "app.js").write_text("console.log(1)")
+    (tmp_path / "secret.txt").write_text("do not serve")
+    chat = ChatServer(conversation, ServeOptions(port=0, token="s3cret", static_dir=static, idle_timeout=2.0))
+    with ServerThread(chat) as thread:
+        base = f"http://127.0.0.1:{thread.port}"
+
+        def get(path, headers=None):
+            req = urllib.request.Request(base + path, headers=headers or {})
+            try:
+                with urllib.request.urlopen(req, timeout=5) as r:
+                    return r.status, r.read()
+            except urllib.error.HTTPError as exc:
+                return exc.code, exc.read()
+
+        assert get("/") == (200, b"<html>web ui</html>")
+        assert get("/assets/app.js") == (200, b"console.log(1)")
+        for path in ("/../secret.txt", "/assets/../../secret.txt", "/%2e%2e/secret.txt", "/assets/%2e%2e/%2e%2e/secret.txt"):
+            status, body = get(path)
+            assert status in (403, 404) and b"do not serve" not in body, path
+        status, body = get("/api/chat")
+        assert status == 401 and b"token" in body
+        assert get("/api/chat?token=wrong")[0] == 401
+        ok = _talk(thread.port, "token=s3cret", _speech(1.0))
+        assert ok.errors == [] and ok.steps()
+        _wait_idle(thread)
+        ok = _talk(thread.port, "", _speech(1.0), headers={"Authorization": "Bearer s3cret"})
+        assert ok.errors == [] and ok.steps()
+        _wait_idle(thread)

@@ -40,6 +40,7 @@ from ppchat.net.endpoint import SocketAudio
 from ppchat.net.opus import OggOpusDecoder, OggOpusEncoder, OpusStreamError
 from ppchat.net.params import ChatParams
 from ppchat.net.protocol import Kind, ProtocolError
+from ppchat.sessions.schema import step_record
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +174,7 @@ class ChatServer:
         loop = asyncio.get_running_loop()
         reader = asyncio.create_task(self._receive(ws, audio, live))
         start = loop.run_in_executor(None, lambda: conv.start(
-            voice, params.text_prompt, audio=audio, sampling=sampling, origin={"kind": "served", "client": client}))
+            voice, params.text_prompt, audio=audio, sampling=sampling, client=client))
         reason: str | None = None
         try:
             await asyncio.wait({reader, start}, return_when=asyncio.FIRST_COMPLETED)
@@ -261,7 +262,7 @@ class ChatServer:
                     await send(protocol.audio(page))
             if event.text_piece and event.text_token not in PAD_TOKENS:
                 await send(protocol.text(event.text_piece))
-            await send(protocol.metadata({"type": "step", **event.to_json()}))
+            await send(protocol.metadata({"type": "step", **step_record(event)}))
 
     def _bound_send_buffer(self, request: web.Request) -> None:
         # Without this the kernel grows a socket's send buffer to megabytes: minutes of this
@@ -378,8 +379,16 @@ class ServerThread:
             return
         self._ready.set()
         self._loop.run_forever()
-        self._loop.run_until_complete(self._runner.cleanup())
         self._loop.close()
+
+    async def _shutdown(self) -> None:
+        # Close the listening socket and every connection, then let the handlers finish
+        # (each stops its conversation, so the recording is finalised).
+        await self._runner.cleanup()
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     def wait(self) -> None:
         """Block until the server stops (Ctrl-C reaches the caller: the join wakes up twice a second)."""
@@ -388,6 +397,10 @@ class ServerThread:
 
     def stop(self) -> None:
         if self._loop.is_running():
+            try:
+                asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(15)
+            except Exception:  # noqa: BLE001 - stopping anyway; say why in the log
+                log.exception("the server did not shut down cleanly")
             self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(15)
 

@@ -19,6 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("command line", ("ppchat.cli", "ppchat.__main__", "ppchat.commands")),
     ("console", ("ppchat.tui",)),
+    ("network", ("ppchat.net",)),
     ("controller", ("ppchat.conversation", "ppchat.respond")),
     ("sessions", ("ppchat.sessions",)),
     ("asr", ("ppchat.asr",)),

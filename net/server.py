@@ -143,6 +143,8 @@ class ChatServer:
                 f"try again later or another server (see {HEALTH_PATH})"))
             return ws
         self.running += 1
+        shown = ", ".join(f"{k}={v[:60]}" for k, v in request.query.items() if k != "token")  # never log the secret
+        log.info("%s connected: %s", client, shown or "no parameters")
         try:
             reason = await self._converse(ws, request, client)
         except Refused as exc:
@@ -153,10 +155,12 @@ class ChatServer:
         finally:
             self.running -= 1
         if reason:
-            log.info("closing %s: %s", client, reason)
+            log.info("%s closed: %s", client, reason)
             await _close_with_error(ws, request, reason)
-        elif not ws.closed:
-            await _close(ws, request)
+        else:
+            log.info("%s left", client)
+            if not ws.closed:
+                await _close(ws, request)
         return ws
 
     async def _converse(self, ws: web.WebSocketResponse, request: web.Request, client: str) -> str | None:
@@ -200,9 +204,9 @@ class ChatServer:
 
     async def _live(self, send, sub, audio: SocketAudio, live: asyncio.Event, reader: asyncio.Task,
                     sampling: SamplingSettings) -> str | None:
+        live.set()  # before the handshake leaves: a client may answer it at once
         await send(protocol.handshake())
         await send(protocol.metadata(self._info_message(sampling)))
-        live.set()
         writer = asyncio.create_task(self._write(send, sub, audio))
         done, _ = await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
         for task in (reader, writer):

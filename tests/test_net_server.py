@@ -280,6 +280,11 @@ def test_a_silent_client_is_timed_out(server):
     assert t.errors and "no message from the client for 2 s" in t.errors[0]
 
 
+def test_bytes_sent_right_after_the_handshake_are_read(server):
+    t = _talk(server.port, "", None, extra=[protocol.audio(b"not an Ogg stream, long enough to hold a page header")], linger=3.0)
+    assert t.errors and "not a valid Ogg/Opus stream" in t.errors[0]
+
+
 def _raw_websocket(port: int, rcvbuf: int = 2048) -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)

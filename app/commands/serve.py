@@ -64,6 +64,17 @@ def _ssl_context(pair):
     return context
 
 
+def _log_connections() -> None:
+    """Who connected and why each connection closed, on stderr for the operator (and in the log file)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    handler.addFilter(lambda record: record.exc_info is None)  # tracebacks go to the log file only
+    logger = logging.getLogger("ppchat.net")
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    logger.propagate = True
+
+
 def cmd_serve(args) -> int:
     from ppchat.commands.talk import _banner, _options  # noqa: PLC0415
     from ppchat.conversation import Conversation  # noqa: PLC0415
@@ -79,7 +90,7 @@ def cmd_serve(args) -> int:
     if args.static is not None and not (args.static / "index.html").is_file():
         raise PPChatError(f"--static {args.static} has no index.html; pass the folder of an unpacked web UI")
     ssl_context = _ssl_context(args.ssl)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    _log_connections()
     if not _loopback(args.host) and args.token is None:
         print(f"ppchat: warning: listening on {args.host} without --token: anyone who can reach this port can talk "
               "to the model and fill the sessions folder", file=sys.stderr)

@@ -36,15 +36,17 @@ WEB_UI_QUERY = ("voice_prompt=&text_prompt=You+enjoy+having+a+good+conversation.
 @pytest.fixture(scope="module")
 def conversation(tmp_path_factory):
     model = load_model("demo", cache_root=tmp_path_factory.mktemp("cache"), depformer_steps=8, show_progress=False)
+    # No dropping here: on a shared 2-core machine the demo's steps are near real time, and the
+    # exactness checks want every frame stepped (test_late_steps_keep_the_delay_bounded sets 3).
     options = TalkOptions(model="demo", sessions_dir=tmp_path_factory.mktemp("sessions"), monitor=False,
-                          sampling=SamplingSettings(seed=1))
+                          sampling=SamplingSettings(seed=1), max_backlog_frames=10_000)
     with Conversation(options, model=model) as conv:
         yield conv
 
 
 @pytest.fixture(scope="module")
 def server(conversation):
-    chat = ChatServer(conversation, ServeOptions(port=0, idle_timeout=2.0, send_timeout=1.0, max_message_bytes=8192))
+    chat = ChatServer(conversation, ServeOptions(port=0, idle_timeout=60.0, send_timeout=1.0, max_message_bytes=8192))
     with ServerThread(chat) as thread:
         yield thread
 
@@ -93,9 +95,9 @@ class Transcript:
 
 async def _converse(port: int, query: str = "", pcm: np.ndarray | None = None, *, packet_ms: int = 20,
                     per_page: int = 2, chunk: int = 480, extra: list[bytes] = (), linger: float = 0.6,
-                    headers: dict | None = None) -> Transcript:
+                    headers: dict | None = None, until_steps: int | None = None) -> Transcript:
     """Connect, wait for the handshake, stream `pcm` in real time (the web UI sends each page as it is made),
-    send `extra` raw messages, then keep reading for `linger` seconds and close."""
+    send `extra` raw messages, then keep reading for `linger` seconds (or until `until_steps` steps came) and close."""
     out = Transcript()
     url = f"ws://127.0.0.1:{port}/api/chat" + (f"?{query}" if query else "")
     async with aiohttp.ClientSession() as session:
@@ -123,10 +125,11 @@ async def _converse(port: int, query: str = "", pcm: np.ndarray | None = None, *
             for raw in extra:
                 if not ws.closed:
                     await ws.send_bytes(raw)
-            try:
-                await asyncio.wait_for(asyncio.shield(reader), linger)
-            except asyncio.TimeoutError:
-                pass
+            deadline = time.monotonic() + linger
+            while not reader.done() and time.monotonic() < deadline:
+                if until_steps is not None and len(out.steps()) >= until_steps:
+                    break
+                await asyncio.sleep(0.05)
             await ws.close()
             await reader
             out.close_code = ws.close_code
@@ -137,14 +140,15 @@ def _talk(port, *args, **kwargs) -> Transcript:
     return asyncio.run(_converse(port, *args, **kwargs))
 
 
-def _newest_session(conversation):
-    sessions = list_sessions(conversation.options.sessions_dir)
-    return load_session(max(sessions, key=lambda s: s.path.name).path)
+def _newest_session(thread: ServerThread):
+    _wait_idle(thread)  # the recording is finished once the connection's handler is
+    sessions = [load_session(s.path) for s in list_sessions(thread.server.conversation.options.sessions_dir)]
+    return max(sessions, key=lambda s: s.info.started)  # folder names only resolve seconds
 
 
 def test_a_web_ui_shaped_conversation(server, conversation):
     sent = _speech(4.0)
-    t = _talk(server.port, WEB_UI_QUERY, sent)
+    t = _talk(server.port, WEB_UI_QUERY, sent, linger=30.0, until_steps=len(sent) // 1920)
     kinds = [k for k, _ in t.messages]
     assert t.errors == []
     assert kinds[0] == Kind.HANDSHAKE  # the prompts ran before it; nothing comes earlier
@@ -159,7 +163,7 @@ def test_a_web_ui_shaped_conversation(server, conversation):
     steps = t.steps()
     assert len(steps) >= 40 and [s["step"] for s in steps] == list(range(len(steps)))
     computed = [s for s in steps if s.get("filled") not in ("agent", "both")]  # not dropped by the late-frame policy
-    assert len(computed) >= 20  # the rest were dropped by the late-frame policy on a busy machine
+    assert len(computed) >= 40
     assert all(set(s["ms"]) >= {"total", "encode", "temporal", "depformer", "decode"} for s in computed)
     texts = [p.decode() for p in t.of(Kind.TEXT)]
     assert texts and all(texts) and texts == [s["piece"] for s in steps if s.get("piece")]
@@ -167,7 +171,7 @@ def test_a_web_ui_shaped_conversation(server, conversation):
     received = np.concatenate([decoder.decode(a) for a in audio])
     assert len(received) == 1920 * len(audio[2:])
 
-    session = _newest_session(conversation)
+    session = _newest_session(server)
     meta = session.info.meta
     assert meta.kind == "served" and meta.client.startswith("127.0.0.1:")
     assert meta.role_prompt == "You enjoy having a good conversation."
@@ -189,14 +193,15 @@ def test_a_web_ui_shaped_conversation(server, conversation):
     expected = [page for f in frames for page in encoder.encode(f)]
     got_packets = ogg.packets_of(ogg.parse_pages(b"".join(audio))[0])
     want_packets = ogg.packets_of(ogg.parse_pages(b"".join(expected))[0])
-    assert len(got_packets) >= 20 and got_packets == want_packets[:len(got_packets)]
+    assert len(got_packets) >= 40 and got_packets == want_packets[:len(got_packets)]
 
 
 def test_a_client_with_no_query_parameters_gets_the_servers_defaults(server, conversation):
     # Kyutai's client: no parameters; its encoder's layout is the reference server's (80 ms per page).
-    t = _talk(server.port, "", _speech(2.0, seed=2), packet_ms=80, per_page=1, chunk=1920)
+    t = _talk(server.port, "", _speech(2.0, seed=2), packet_ms=80, per_page=1, chunk=1920,
+              linger=10.0, until_steps=24)
     assert t.errors == [] and len(t.steps()) >= 15
-    meta = _newest_session(conversation).info.meta
+    meta = _newest_session(server).info.meta
     assert meta.role_prompt == conversation.prompt_text and meta.sampling["temp"] == 0.8
 
 
@@ -210,7 +215,7 @@ def test_a_bad_message_gets_an_error_and_closes_that_connection_only(server, raw
     assert len(t.errors) == 1 and expected in t.errors[0]
     assert t.messages[-1][0] == Kind.ERROR
     _wait_idle(server)
-    again = _talk(server.port, "", _speech(1.0))  # the server goes on
+    again = _talk(server.port, "", _speech(1.0), linger=10.0, until_steps=10)  # the server goes on
     assert again.errors == [] and len(again.steps()) >= 5
 
 
@@ -237,7 +242,7 @@ def test_one_conversation_at_a_time_and_a_hundred_connections_at_once(server):
         refusals.extend(results)
 
     async def main():
-        live = asyncio.create_task(_converse(server.port, "", _speech(5.0, seed=3)))
+        live = asyncio.create_task(_converse(server.port, "", _speech(5.0, seed=3), linger=10.0, until_steps=60))
         await flood()
         return await live
 
@@ -275,8 +280,9 @@ def test_health_says_busy_while_a_conversation_runs(server):
     assert status == 503 and json.loads(body)["status"] == "busy"
 
 
-def test_a_silent_client_is_timed_out(server):
-    t = _talk(server.port, "", None, linger=6.0)  # handshake, then nothing (idle_timeout is 2 s here)
+def test_a_silent_client_is_timed_out(server, monkeypatch):
+    monkeypatch.setattr(server.server.options, "idle_timeout", 2.0)
+    t = _talk(server.port, "", None, linger=6.0)  # handshake, then nothing
     assert t.errors and "no message from the client for 2 s" in t.errors[0]
 
 
@@ -325,9 +331,9 @@ def test_a_client_that_never_reads_is_dropped_and_the_server_goes_on(server, con
     print(f"never-reading client dropped after {dropped_after} s")
     assert dropped_after is not None and dropped_after < 30, "the server kept a client that never reads"
     _wait_idle(server)
-    notices = [n.message for _, n in _newest_session(conversation).notices]
+    notices = [n.message for _, n in _newest_session(server).notices]
     assert any("not reading" in m or "stopped reading" in m for m in notices), notices
-    again = _talk(server.port, "", _speech(1.0))
+    again = _talk(server.port, "", _speech(1.0), linger=10.0, until_steps=10)
     assert again.errors == [] and len(again.steps()) >= 5
 
 
@@ -339,6 +345,7 @@ def test_late_steps_keep_the_delay_bounded(server, conversation, monkeypatch):
         return real(pcm)
 
     monkeypatch.setattr(conversation.pipeline, "process", slow)
+    monkeypatch.setattr(conversation.options, "max_backlog_frames", 3)
     t = _talk(server.port, "", _speech(4.0, seed=6), linger=1.0)
     steps = t.steps()
     assert t.errors == [] and steps

@@ -7,8 +7,10 @@ The golden screens under tests/snapshots/ are the console's text as a person see
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +37,7 @@ class FakeConversation:
         self.running = False
         self.calls: list[tuple] = []
         self.fail_start = fail_start
+        self.started_at: float | None = None
 
     @property
     def info(self) -> dict:
@@ -43,6 +46,7 @@ class FakeConversation:
             "input_device": "USB mic", "output_device": "Speakers", "voice": "NATF2",
             "prompt": PROMPTS["assistant"], "prompt_name": "assistant",
             "session_dir": "/var/ppchat/sessions/2025-01-01T10-00-00_ab12",
+            "started_at": self.started_at,
         }
 
     @property
@@ -59,7 +63,7 @@ class FakeConversation:
         self.calls.append(("start", voice, prompt))
         if self.fail_start:
             raise self.fail_start
-        self.running = True
+        self.running, self.started_at = True, time.time()
 
     def stop(self) -> None:
         self.calls.append(("stop",))
@@ -67,7 +71,7 @@ class FakeConversation:
 
     def restart(self, voice: str, prompt: str) -> None:
         self.calls.append(("restart", voice, prompt))
-        self.running = True
+        self.running, self.started_at = True, time.time()
 
     def set_mute(self, on: bool) -> None:
         self.calls.append(("mute", on))
@@ -100,7 +104,7 @@ def scripted_events(n: int = 200) -> list[StepEvent]:
             token, piece = 100 + i, WORDS[(i - turn_start) // 3]
         total = 95.0 if i % 50 == 49 else 40.0 + (i % 7)
         events.append(StepEvent(
-            step=i, audio_time=i * 0.08, wall_time=1000.0 + i * 0.08,
+            step=i, audio_time=i * 0.08, wall_time=time.time() + i * 0.08,
             timings_ms={"encode": 4.0, "temporal": 24.0, "depformer": 9.0, "decode": 3.0, "total": total},
             text_token=token, text_piece=piece,
             in_rms=0.1 if user_speaks else 0.0003, in_peak=0.4 if user_speaks else 0.001,
@@ -361,3 +365,104 @@ def test_screen_snapshot(size):
         golden.write_text(text + "\n")
     assert golden.exists(), f"missing {golden}: run with PPCHAT_UPDATE_SNAPSHOTS=1 and review it"
     assert text + "\n" == golden.read_text()
+
+
+def chatty_events(seconds: float = 120.0) -> list[StepEvent]:
+    """The agent talks in turns of 3-6 s separated by 2 s pauses, one numbered word every 3 steps."""
+    events, word, i = [], 0, 0
+    turn_steps, pause_steps = 60, 25
+    while i * 0.08 < seconds:
+        in_turn = i % (turn_steps + pause_steps) < turn_steps
+        token, piece = 3, None
+        if in_turn and i % 3 == 0:
+            word += 1
+            token, piece = 1000 + word, f" w{word}"
+        events.append(StepEvent(step=i, audio_time=i * 0.08, wall_time=time.time() + i * 0.08,
+                                timings_ms={"total": 40.0}, text_token=token, text_piece=piece))
+        i += 1
+    return events
+
+
+def test_monologue_keeps_the_newest_line_in_view_for_two_minutes():
+    async def go():
+        conv = FakeConversation()
+        app = PPChatApp(conv)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await settle(pilot)
+            events = chatty_events(120.0)
+            newest = None
+            for start in range(0, len(events), 12):  # about one redraw tick of steps at a time
+                for ev in events[start:start + 12]:
+                    conv.bus.publish(ev)
+                    if ev.text_piece:
+                        newest = ev.text_piece.strip()
+                app._pump()
+                await pilot.pause()
+                if newest:
+                    assert f"{newest} " in screen_text(app) or f"{newest}▌" in screen_text(app), f"{newest} not in view"
+            monologue = app.query_one(Monologue)
+            assert monologue.max_scroll_y > 20  # the text really overflowed the pane
+
+            # Scrolled back: the view stays where the user put it and says that newer text is below.
+            monologue.focus()
+            await pilot.press("home")
+            for ev in chatty_events(130.0)[len(events):]:
+                conv.bus.publish(ev)
+            app._pump()
+            await pilot.pause()
+            assert monologue.scroll_y == 0 and "new text ↓ End" in screen_text(app)
+            await pilot.press("end")
+            app._pump()
+            await pilot.pause()
+            assert monologue.following and "new text ↓" not in screen_text(app)
+    run(go())
+
+
+def test_a_restart_starts_a_clean_monologue_on_the_new_clock():
+    async def go():
+        conv = FakeConversation()
+        app = PPChatApp(conv)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await settle(pilot)
+            # 110 s of conversation compressed into 0.11 s of wall time after its start, so
+            # that every old step is stamped before the restart, as it would be live.
+            old_run = [dataclasses.replace(ev, wall_time=conv.started_at + ev.audio_time / 1000) for ev in chatty_events(110.0)]
+            await pilot.pause(0.15)
+            for ev in old_run[:1300]:
+                conv.bus.publish(ev)
+            await settle(pilot)
+            assert app.live.monologue.transcript.entries[-1].start > 100
+            await pilot.press("v", "down", "enter")  # a new voice: restart
+            # The old runtime's last steps arrive while (and after) the new run starts.
+            for ev in old_run[1300:1310]:
+                conv.bus.publish(ev)
+            await settle(pilot)
+            assert app.state == "starting" and app.live.monologue.transcript.entries == []
+            new_run = [dataclasses.replace(ev, wall_time=time.time() + ev.audio_time, text_piece=ev.text_piece and ev.text_piece.upper())
+                       for ev in chatty_events(12.0)]
+            for ev in new_run:
+                conv.bus.publish(ev)
+            await settle(pilot)
+            assert app.state == "live"
+            lines = app.live.monologue.transcript.plain_lines()
+            assert lines[0] == "00:00 " + " ".join(f"W{i}" for i in range(1, 21))
+            assert all(" w" not in line for line in lines)  # nothing of the old run
+    run(go())
+
+
+def test_duration_quits_after_that_much_conversation_and_saves():
+    async def go():
+        conv = FakeConversation()
+        app = PPChatApp(conv, duration=10.0)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await settle(pilot)
+            events = chatty_events(20.0)
+            for ev in events[:124]:  # 9.92 s of conversation
+                conv.bus.publish(ev)
+            await settle(pilot)
+            assert app.is_running and conv.lifecycle == [("start", "NATF2", PROMPTS["assistant"])]
+            conv.bus.publish(events[124])  # the frame that ends at 10.00 s
+            await settle(pilot)
+            assert not app.is_running
+        assert conv.lifecycle[-1] == ("stop",)
+    run(go())

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Protocol
@@ -22,15 +23,18 @@ from textual.screen import Screen
 from textual.widgets import Footer
 
 from ppchat import logfile
-from ppchat.engine.events import EventBus, NoticeEvent
+from ppchat.engine.events import EventBus, NoticeEvent, StepEvent
 from ppchat.errors import PPChatError
+from ppchat.tui.lifeline import Lifeline
 from ppchat.tui.live_view import LiveView
 from ppchat.tui.notices import notify_event
 from ppchat.tui.pickers import PromptPicker, VoicePicker
+from ppchat.tui.state import UiState
 from ppchat.tui.widgets.statusbar import StatusBar
 
 log = logging.getLogger(__name__)
 
+FRAME_S = 0.08
 CONVERSATION_ACTIONS = {"toggle_run", "toggle_mute", "toggle_half_duplex", "mark", "pick_voice", "pick_prompt", "sessions"}
 
 
@@ -58,7 +62,8 @@ class PPChatApp(App):
     `conversation` is the controller (see `ConversationLike`); `voice` / `prompt`
     default to what the controller reports; `autostart` starts talking at once;
     `refresh_hz` is the redraw rate; `sessions_root` is where the session browser
-    looks (default: the folder holding the current session).
+    looks (default: the folder holding the current session); `duration` (seconds of
+    conversation, counted from the first live frame) quits by itself, saving.
     """
 
     TITLE = "ppchat"
@@ -86,6 +91,7 @@ class PPChatApp(App):
         autostart: bool = True,
         refresh_hz: float = 12.0,
         sessions_root: str | Path | None = None,
+        duration: float | None = None,
     ) -> None:
         super().__init__()
         self.conversation = conversation
@@ -96,13 +102,16 @@ class PPChatApp(App):
         self.autostart = autostart
         self.refresh_hz = refresh_hz
         self.sessions_root = Path(sessions_root) if sessions_root else None
-        self.state = "stopped"
+        self.duration = duration
+        self.state = UiState.STOPPED
         self.muted = False
         self.half_duplex = False
         self._subscription = conversation.bus.subscribe(maxlen=1024, name="tui")
         self._ticks = 0
         self._stopped_for_exit = False
         self._stop_lock = threading.Lock()
+        self._event_loop: asyncio.AbstractEventLoop | None = None
+        self._begun_at = 0.0  # when the current start/restart was asked for (time.time())
 
     # ---- layout and the redraw loop -------------------------------------------------
 
@@ -122,6 +131,7 @@ class PPChatApp(App):
         self._footer.show_command_palette = self.size.width >= 100
 
     def on_mount(self) -> None:
+        self._event_loop = asyncio.get_running_loop()
         self._update_status()
         self.set_interval(1.0 / self.refresh_hz, self._pump)
         if self.autostart:
@@ -131,15 +141,32 @@ class PPChatApp(App):
         """Apply everything the engine published since the last tick, in one redraw."""
         self._ticks += 1
         events = self._subscription.drain()
+        if self.state is UiState.STARTING:
+            events = self._this_run_only(events)
         if events:
             for notice in self.live.apply(events):
                 notify_event(self, notice)
-            if self.state == "starting" and self.live.last_step is not None and self.conversation.running:
-                self._set_state("live")
+            if self.state is UiState.STARTING and self.live.last_step is not None and self.conversation.running:
+                self._set_state(UiState.LIVE)
         if events or self._ticks % max(1, round(self.refresh_hz)) == 0:
-            if self.state == "live" and not self.conversation.running:
-                self.state = "stopped"  # the engine ended by itself (device lost, error)
+            if self.state is UiState.LIVE and not self.conversation.running:
+                self.state = UiState.STOPPED  # the engine ended by itself (device lost, error)
             self._update_status()
+        last = self.live.last_step
+        if self.duration is not None and self.state is UiState.LIVE and last and last.audio_time + FRAME_S >= self.duration - 1e-6:
+            self.duration = None
+            self.run_worker(self.action_quit(), name="duration")
+
+    def _this_run_only(self, events: list) -> list:
+        """Drop the steps of the run being replaced that arrive while the new one starts.
+
+        Until the controller reports a start time later than the user's request, every
+        step is the old run's; after that, steps from before that start time are.
+        """
+        started = self.conversation.info.get("started_at")
+        if started is None or started < self._begun_at:
+            return [ev for ev in events if not isinstance(ev, StepEvent)]
+        return [ev for ev in events if not isinstance(ev, StepEvent) or ev.wall_time >= started]
 
     def _update_status(self) -> None:
         info = dict(self.conversation.info)
@@ -148,10 +175,10 @@ class PPChatApp(App):
         last = self.live.last_step
         self.status_bar.set(
             state=self.state, info=info, muted=self.muted, half_duplex=self.half_duplex,
-            elapsed=last.audio_time + 0.08 if last else 0.0,
+            elapsed=last.audio_time + FRAME_S if last else 0.0,
         )
 
-    def _set_state(self, state: str) -> None:
+    def _set_state(self, state: UiState) -> None:
         self.state = state
         self._update_status()
 
@@ -171,7 +198,7 @@ class PPChatApp(App):
 
     def _failed(self, message: str) -> None:
         self.notify(message, severity="error", timeout=30.0)
-        self._set_state("live" if self.conversation.running else "stopped")
+        self._set_state(UiState.LIVE if self.conversation.running else UiState.STOPPED)
 
     def _start(self) -> None:
         self._begin(lambda: self.conversation.start(self.voice, self.prompt), "start")
@@ -182,8 +209,9 @@ class PPChatApp(App):
     def _begin(self, call, name: str) -> None:
         """Start or restart: a clean view, then the blocking call, then the mic switches again."""
         self._subscription.drain()  # what the previous run left queued is not this run's
+        self._begun_at = time.time()
         self.live.reset()
-        self._set_state("starting")
+        self._set_state(UiState.STARTING)
 
         def work() -> None:
             call()
@@ -194,11 +222,11 @@ class PPChatApp(App):
         self._run_in_thread(work, name)
 
     def _stop(self) -> None:
-        self._set_state("stopping")
+        self._set_state(UiState.STOPPING)
 
         def stop() -> None:
             self.conversation.stop()
-            self.call_from_thread(self._set_state, "stopped")
+            self.call_from_thread(self._set_state, UiState.STOPPED)
 
         self._run_in_thread(stop, "stop")
 
@@ -206,9 +234,9 @@ class PPChatApp(App):
 
     def action_toggle_run(self) -> None:
         """Space: start talking, or stop (which saves the recording)."""
-        if self.state in ("live", "starting"):
+        if self.state in (UiState.LIVE, UiState.STARTING):
             self._stop()
-        elif self.state == "stopped":
+        elif self.state is UiState.STOPPED:
             self._start()
 
     def action_toggle_mute(self) -> None:
@@ -244,19 +272,26 @@ class PPChatApp(App):
 
     async def action_quit(self) -> None:
         """q: stop (which saves the recording), then leave."""
-        self._set_state("stopping")
-        await asyncio.to_thread(self._stop_for_exit)
+        self._set_state(UiState.STOPPING)
+        await asyncio.to_thread(self.stop_for_exit)
         self.exit()
 
-    def _stop_for_exit(self) -> None:
+    def stop_for_exit(self) -> None:
+        """Stop the conversation (saving it) once, from any thread."""
         with self._stop_lock:
             if not self._stopped_for_exit:
                 self._stopped_for_exit = True
                 self.conversation.stop()
 
+    def exit_from_thread(self) -> None:
+        """Ask the app to exit from another thread, without waiting for it."""
+        loop = self._event_loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self.exit)
+
     def on_unmount(self) -> None:
         # Any way out (ctrl+q, an exception) still saves the session.
-        self._stop_for_exit()
+        self.stop_for_exit()
         self._subscription.close()
 
     # ---- picker results ------------------------------------------------------------------
@@ -277,7 +312,7 @@ class PPChatApp(App):
         self._conditioning_changed(f"prompt {name}")
 
     def _conditioning_changed(self, what: str) -> None:
-        if self.state in ("live", "starting"):
+        if self.state in (UiState.LIVE, UiState.STARTING):
             self.notify(f"Restarting with {what}…", timeout=3)
             self._restart()
         else:
@@ -310,12 +345,20 @@ class PPChatApp(App):
         yield from super().get_system_commands(screen)
 
 
-def run_app(conversation: ConversationLike, *, sessions_root: str | Path | None = None, autostart: bool = True) -> int:
+def run_app(
+    conversation: ConversationLike,
+    *,
+    sessions_root: str | Path | None = None,
+    autostart: bool = True,
+    duration: float | None = None,
+) -> int:
     """Entry point of `ppchat talk`: the console on this terminal until the user quits.
 
     The conversation is stopped (and its recording saved) on the way out, however the
-    console ends; closing the controller stays with the caller.
+    console ends: q, `duration`, SIGTERM, SIGHUP or a terminal that went away (see
+    `Lifeline`). Closing the controller stays with the caller.
     """
-    app = PPChatApp(conversation, autostart=autostart, sessions_root=sessions_root)
-    app.run()
+    app = PPChatApp(conversation, autostart=autostart, sessions_root=sessions_root, duration=duration)
+    with Lifeline(app.stop_for_exit, app.exit_from_thread, close=getattr(conversation, "close", None)):
+        app.run()
     return app.return_code or 0

@@ -55,7 +55,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     _model_args(p)
     _device_args(p)
     p.add_argument("--no-tui", action="store_true", help="no console: print a status line once a second")
-    p.add_argument("--duration", type=validate.number(0, above=True), default=None, help="with --no-tui: stop after this many seconds")
+    p.add_argument("--duration", type=validate.number(0, above=True), default=None, metavar="S",
+                   help="stop (and save) after S seconds of conversation, counted from the first live frame")
     p.add_argument("--no-monitor", action="store_true", help="do not open the `ppchat monitor` socket")
     p.add_argument("--captions", action="store_true",
                    help="live captions of what you say (Qwen3-ASR in a separate, lower-priority process; "
@@ -172,7 +173,7 @@ def cmd_talk(args) -> int:
             return _run_headless(conv, args.duration)
         from ppchat.tui.app import run_app
 
-        return run_app(conv, sessions_root=args.sessions_dir)
+        return run_app(conv, sessions_root=args.sessions_dir, duration=args.duration)
     finally:
         conv.close()
 
@@ -184,43 +185,68 @@ def _int_or_str(value):
 
 
 def _run_headless(conv, duration: float | None) -> int:
-    from ppchat.engine.events import NoticeEvent, StepEvent
+    """One status line a second until the conversation ends, `duration` seconds of it
+    have been heard, Ctrl-C, SIGTERM/SIGHUP, or stdout is gone; the session is saved."""
+    import signal
+
     from ppchat.asr.captions import CaptionEvent
+    from ppchat.engine.events import NoticeEvent, StepEvent
     from ppchat.engine.status import StatusLine
     from ppchat.engine.transcript import format_clock
+    from ppchat.sessions.schema import FRAME_SECONDS
 
+    stop_reason: list[str] = []
+    signalled: list[int] = []
+
+    def on_signal(signum, frame) -> None:
+        # A flag, not an exception: the loop ends within one wait and stops normally.
+        signalled.append(signum)
+        stop_reason.append(signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGHUP)}
     sub = conv.bus.subscribe(maxlen=1000, name="headless")
     status = StatusLine()
-    conv.start()
-    if conv.monitor is not None:
-        print(f"monitor: ppchat monitor --socket {conv.monitor.path}", file=sys.stderr)
-    deadline = None if duration is None else time.monotonic() + duration
-    last_print = 0.0
     try:
-        while conv.running and (deadline is None or time.monotonic() < deadline):
+        conv.start()
+        if conv.monitor is not None:
+            print(f"monitor: ppchat monitor --socket {conv.monitor.path}", file=sys.stderr)
+        last_print, printed = 0.0, ()  # printed: the step of the last line (None: "waiting")
+        while conv.running and not stop_reason:
             ev = sub.get(timeout=0.2)
             if isinstance(ev, StepEvent):
                 status.add(ev)
+                if duration is not None and ev.audio_time + FRAME_SECONDS >= duration - 1e-6:
+                    stop_reason.append("duration")
             elif isinstance(ev, NoticeEvent):
-                print(f"[{ev.level}] {ev.message}", file=sys.stderr)
+                print(f"[{ev.level}] {ev.message}", file=sys.stderr, flush=True)
             elif isinstance(ev, CaptionEvent) and ev.kind == "final" and ev.text:
                 print(f"[user {format_clock(ev.start)}] {ev.text}", flush=True)
-            if time.monotonic() - last_print >= 1.0:
+            step = status.last.step if status.last is not None else None
+            if time.monotonic() - last_print >= 1.0 and step != printed:  # each line once
                 print(status.line(), flush=True)
-                last_print = time.monotonic()
-    finally:  # Ctrl-C and SIGTERM end the conversation normally (recording complete), then exit 130 / 143
-
+                last_print, printed = time.monotonic(), step
+    except OSError:
+        pass  # stdout went away (a closed pipe or terminal): stop and save all the same
+    finally:
         error = conv.runtime.error if conv.runtime else None
         conv.stop()
-        for ev in sub.drain():
-            if isinstance(ev, NoticeEvent):
-                print(f"[{ev.level}] {ev.message}", file=sys.stderr)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        try:
+            for ev in sub.drain():
+                if isinstance(ev, NoticeEvent):
+                    print(f"[{ev.level}] {ev.message}", file=sys.stderr)
+        except OSError:
+            pass
         sub.close()
     if error is not None:
         from ppchat import logfile
 
         print(f"ppchat: the engine stopped: {error}{logfile.see_log()}", file=sys.stderr)
         return 1
+    if signalled:  # as the CLI does for SIGTERM raised elsewhere: 128 + the signal's number
+        print(f"\n{stop_reason[0].lower()}: session saved", file=sys.stderr)
+        return 128 + signalled[0]
     return 0
 
 

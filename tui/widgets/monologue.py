@@ -16,10 +16,12 @@ from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
 from ppchat.engine.events import StepEvent
+from ppchat.tui.widgets.strips import runs_to_strip
 
 NO_TEXT_TOKENS = (0, 3)  # EPAD and PAD: "nothing new this frame"
 WORD_START = "\u2581"  # SentencePiece's "▁"; the engine replaces it, old logs may not have
 CURSOR = "▌"
+NEWER_HINT = " new text ↓ End "
 
 
 @dataclass
@@ -86,10 +88,20 @@ class Monologue(ScrollView, can_focus=True):
 
     A Line-API widget: each entry is wrapped once per (text, width) and cached, so a new
     piece rewraps only the open turn, and growing text never triggers a screen relayout.
+
+    Following is explicit state, not "was the view at the bottom before this batch":
+    the view only leaves the end when the user moves it (keys, wheel, scrollbar), and it
+    follows again once the user is back at the end (End). While the user reads older
+    text the bottom row says that newer text is below.
     """
 
     DEFAULT_CSS = """
-    Monologue { height: 1fr; width: 2fr; padding: 0 1; }
+    Monologue {
+        height: 1fr; width: 2fr; padding: 0 0 0 1;
+        /* Lines are wrapped to the width: never a horizontal scrollbar, and a fixed
+           one-cell gutter so the wrap width does not change when the text overflows. */
+        overflow-x: hidden; overflow-y: auto; scrollbar-gutter: stable; scrollbar-size-vertical: 1;
+    }
     """
     PLACEHOLDER = "The agent's inner monologue appears here as it speaks."
 
@@ -101,6 +113,9 @@ class Monologue(ScrollView, can_focus=True):
         self._wrapped: dict[int, tuple[tuple, list[Strip]]] = {}
         self._stamp, self._mark = Style(dim=True), Style(color="magenta", bold=True)
         self._cursor, self._placeholder = Style(color="green"), Style(dim=True, italic=True)
+        self._hint = Style(color="black", bgcolor="yellow", bold=True)
+        self.following = True
+        self._placed_y: float | None = None  # where the view last put scroll_y itself
 
     def on_mount(self) -> None:
         self.flush()
@@ -115,6 +130,7 @@ class Monologue(ScrollView, can_focus=True):
 
     def clear(self) -> None:
         self.transcript.clear()
+        self.following, self._placed_y = True, None
         self._dirty = True
         self.flush()
 
@@ -126,12 +142,33 @@ class Monologue(ScrollView, can_focus=True):
         width = self.scrollable_content_region.width
         if width <= 0:
             return
-        follow = self.scroll_y >= self.max_scroll_y
+        self._update_following()
         self._lines = self._wrap_all(width)
         self.virtual_size = Size(width, len(self._lines))
-        if follow:
-            self.scroll_end(animate=False, immediate=True, x_axis=False)
+        if self.following:
+            # Set directly: scroll_end(immediate=True) would still read the old maximum
+            # when the layout has not caught up with the new virtual size yet.
+            self.scroll_target_y = self.scroll_y = self._placed_y = self.max_scroll_y
         self.refresh()
+
+    def _update_following(self) -> None:
+        """Follow unless the user has moved the view away from the end since we placed it."""
+        if self._placed_y is None or self.scroll_y != self._placed_y:
+            following = self.scroll_y >= self.max_scroll_y
+            if following != self.following:
+                self.following = following
+                self.refresh()  # the "new text" hint comes or goes
+            self._placed_y = self.scroll_y
+
+    def watch_scroll_y(self, old: float, new: float) -> None:
+        super().watch_scroll_y(old, new)
+        if new != self._placed_y:
+            self._update_following()
+
+    @property
+    def newer_below(self) -> bool:
+        """True when the user scrolled back and newer lines are out of view."""
+        return not self.following and self.scroll_y < self.max_scroll_y
 
     def _wrap_all(self, width: int) -> list[Strip]:
         entries = self.transcript.entries
@@ -167,6 +204,8 @@ class Monologue(ScrollView, can_focus=True):
         scroll_x, scroll_y = self.scroll_offset
         index = scroll_y + y
         width = self.scrollable_content_region.width
+        if y == self.scrollable_content_region.height - 1 and self.newer_below:
+            return runs_to_strip([(" " * max(0, width - len(NEWER_HINT)), None), (NEWER_HINT, self._hint)], width)
         strip = self._lines[index] if index < len(self._lines) else Strip.blank(width)
         return strip.crop_extend(scroll_x, scroll_x + width, None).apply_style(self.rich_style)
 

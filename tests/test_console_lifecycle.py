@@ -124,7 +124,7 @@ def test_lifeline_notices_a_hung_up_terminal_and_forces_the_exit_when_the_app_is
                 break
             time.sleep(0.02)
         assert line.reason == "terminal closed"
-        assert calls == ["stop", "exit", "close", ("hard_exit", 0)]
+        assert calls == ["stop", "exit", "close", ("hard_exit", 129)]
     os.close(slave)
 
 
@@ -142,7 +142,7 @@ CONSOLE_SCRIPT = textwrap.dedent("""
 
     conv = Saving()
     print("console starting", flush=True)
-    run_app(conv)
+    sys.exit(run_app(conv))
 """)
 
 
@@ -193,6 +193,7 @@ def test_console_ends_and_saves_promptly_after_sigterm(tmp_path):
         os.waitpid(pid, 0)
     os.close(master)
     assert status is not None, "still running 5 s after SIGTERM"
+    assert os.waitstatus_to_exitcode(status) == 143
     # The bound is loose because this machine is shared; the 2 s target is met with room
     # to spare (README) and the bug this guards against never ended at all.
     assert time.monotonic() - began < 4.0

@@ -359,6 +359,6 @@ def run_app(
     `Lifeline`). Closing the controller stays with the caller.
     """
     app = PPChatApp(conversation, autostart=autostart, sessions_root=sessions_root, duration=duration)
-    with Lifeline(app.stop_for_exit, app.exit_from_thread, close=getattr(conversation, "close", None)):
+    with Lifeline(app.stop_for_exit, app.exit_from_thread, close=getattr(conversation, "close", None)) as lifeline:
         app.run()
-    return app.return_code or 0
+    return lifeline.exit_code or app.return_code or 0

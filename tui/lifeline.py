@@ -61,6 +61,7 @@ class Lifeline:
         self.poll_s, self.grace_s = poll_s, grace_s
         self._hard_exit = hard_exit
         self.reason: str | None = None
+        self.exit_code = 0  # 128 + the signal's number once one ended the console (129 for a hang-up)
         self._wake = threading.Event()
         self._done = threading.Event()
         self._previous: dict[int, object] = {}
@@ -83,7 +84,8 @@ class Lifeline:
 
     def _on_signal(self, signum: int, frame) -> None:
         # Only set flags here: the work happens on the watchdog thread.
-        self.reason = self.reason or signal.Signals(signum).name
+        if self.reason is None:
+            self.reason, self.exit_code = signal.Signals(signum).name, 128 + signum
         self._wake.set()
 
     def _watch(self) -> None:
@@ -92,7 +94,7 @@ class Lifeline:
             if self._done.is_set():
                 return
             if self.reason is None and self.fd is not None and terminal_hung_up(self.fd):
-                self.reason = "terminal closed"
+                self.reason, self.exit_code = "terminal closed", 128 + signal.SIGHUP
             if self.reason is not None:
                 break
         self._stop()
@@ -101,4 +103,4 @@ class Lifeline:
             return
         if self._close is not None:
             self._close()
-        self._hard_exit(0)
+        self._hard_exit(self.exit_code)

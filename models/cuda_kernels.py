@@ -121,7 +121,8 @@ _ATTN_SOURCE = """
     const int split = blockIdx.y % SPLITS;
     const int warp = threadIdx.x / 32;
     const int lane = threadIdx.x % 32;
-    const int last = static_cast<int>(offset[0]) - 1;  // position of this query (and of its key)
+    // Position of this query (and of its key): the ring's counter, or its row's for a per-row ring.
+    const int last = static_cast<int>(offset[PER_ROW ? bh / HEADS : 0]) - 1;
     const int cur = last % S;                          // the slot its key goes to
     const int lo = split * CHUNK;
     const int hi = min(S, lo + CHUNK);
@@ -360,7 +361,8 @@ def ring_attention(
 ) -> mx.array:
     """Write this token's key/value `k`, `v` [B, H, 1, D] into `cache` (a `RingKVCache`, bf16 or
     8-bit) at slot `(next_offset - 1) % S`, in place, and attend q [B, H, 1, D] over the ring with
-    its visibility rule; `next_offset` is the ring's counter after this token, `tickets` an
+    its visibility rule; `next_offset` is the ring's counter after this token ([B] for a per-row
+    ring: each row attends at its own position), `tickets` an
     `attention_tickets(B, H)` array. Softmax and sums in float32; result [B, H, 1, D] in q's dtype.
     The caller still advances the cache's counter (`cache.update(..., written=True)`)."""
     b, h, _, d = q.shape
@@ -370,7 +372,7 @@ def ring_attention(
     out, _ = _attn_kernel(float(scale), quantized)(
         inputs=[q, k, v, *ring, next_offset, tickets],
         template=[("T", q.dtype), ("D", d), ("S", s), ("NWARPS", ATTN_WARPS), ("UNROLL", ATTN_UNROLL),
-                  ("SPLITS", ATTN_SPLITS)],
+                  ("SPLITS", ATTN_SPLITS), ("HEADS", h), ("PER_ROW", bool(cache.per_row))],
         grid=(32 * ATTN_WARPS, b * h * ATTN_SPLITS, 1),
         threadgroup=(32 * ATTN_WARPS, 1, 1),
         output_shapes=[q.shape, (b * h, ATTN_SPLITS, d + 2)],

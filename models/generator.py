@@ -12,12 +12,10 @@ run later as one causal batch (`flush`); live calls may run only the first 8 dep
 the model has) and records it in `last_trace`; with `trace=True, batch_prefill=False` that is every
 call, as in the reference.
 
-The token ring is tiny host (numpy) state; the model work of a call is array-only over the ring KV
-caches, so the only host synchronisation in a live step is reading the sampled tokens.
-
-Fast path: with `compile=True` (the default on a GPU) the model work of a call that samples is two
-`mx.compile`d graphs (temporal transformer + text head, then the depformer) whose KV caches and random
-key are passed in and returned as explicit state, so nothing is retraced from call to call.
+The token ring (`TokenRing`) is tiny host (numpy) state; the model work of a call that samples is
+`LMStep.run`, array-only over the ring KV caches (two `mx.compile`d graphs with `compile=True`, the
+default on a GPU), so the only host synchronisation in a live step is reading the sampled tokens. Trace
+mode is that same call with its logits evaluated and recorded.
 `step_live` goes one step further for the duplex loop: it builds the call lazily from device-resident
 user codes (which call n does not read when only agent streams are predicted) so that the caller can
 evaluate Mimi encode, this call and Mimi decode together, with one host synchronisation per frame.
@@ -25,21 +23,22 @@ evaluate Mimi encode, this call and Mimi decode together, with one host synchron
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import mlx.core as mx
 import numpy as np
 
+from ppchat.models.kv_cache import RingKVCache
 from ppchat.models.lm import LM
-from ppchat.models.sampling import AUDIO_DEFAULTS, TEXT_DEFAULTS, SamplingParams, sample_with
+from ppchat.models.lm_step import LMStep, StepArrays
+from ppchat.models.sampling import AUDIO_DEFAULTS, TEXT_DEFAULTS, SamplingParams
+from ppchat.models.token_ring import CallColumns, TokenRing
 
 SILENCE_TOKENS = (948, 243, 1178, 546, 1736, 1030, 1978, 2008)
 """Mimi codes of a silent frame: the agent stream during silence and text-prompt phases."""
 SINE_TOKENS = (430, 1268, 381, 1611, 1095, 1495, 56, 472)
 """Mimi codes of a 440 Hz sine: the user stream during every prompt phase."""
-UNGENERATED = -2
 PREFILL_CHUNK = 256
 
 
@@ -108,6 +107,16 @@ class LiveStep:
         return self._commit()
 
 
+@dataclass(frozen=True)
+class ConversationState:
+    """What a prepared conversation is, for moving it into a batch row (`BatchLMGen.join`): its one-row
+    KV caches, its random key [1, 2] (None: the global generator) and its token ring."""
+
+    cache: list[RingKVCache]
+    keys: mx.array | None
+    ring: TokenRing
+
+
 class LMGen:
     """Streaming generator over an `LM` for one conversation (batch size 1)."""
 
@@ -149,27 +158,36 @@ class LMGen:
         self.silence_tokens = self._codes(silence_tokens, "silence_tokens")
         self.sine_tokens = self._codes(sine_tokens, "sine_tokens")
         self.text_pad = config.text_padding_id if text_pad is None else text_pad
-        self._delays = np.array(config.delays)
-        self._init_tokens = np.array([config.text_init_token] + [config.audio_init_token] * config.n_q)
-        self._key = None if seed is None else mx.random.key(seed)
+        self.seed = seed
         self.last_trace: StepTrace | None = None
         self.phase_timing = True
         """Time the temporal transformer and the depformer separately (`last_timings_ms`)."""
-        self.last_timings_ms: dict[str, float] = {}
-        self.compile = mx.default_device() == mx.gpu if compile is None else compile
-        self._compiled: dict[tuple, tuple[Callable, Callable]] = {}
+        self._step = LMStep(lm, text_sampling, audio_sampling,
+                            mx.default_device() == mx.gpu if compile is None else compile)
         self._live_open = False
         self.reset()
 
     # ------------------------------------------------------------------------------------ state
 
+    @property
+    def compile(self) -> bool:
+        return self._step.compile
+
+    @compile.setter
+    def compile(self, value: bool) -> None:
+        self._step.compile = value
+
+    @property
+    def last_timings_ms(self) -> dict[str, float]:
+        """The last sampling call's temporal / depformer split (with `phase_timing`)."""
+        return self._step.last_timings_ms if self.phase_timing else {}
+
     def reset(self) -> None:
-        """Start a new sequence: call counter 0, no provided tokens, fresh KV caches."""
-        slots = self.config.max_delay + 3
-        self._ring = np.full((self.config.num_codebooks, slots), UNGENERATED, dtype=np.int64)
-        self._provided = np.zeros((self.config.num_codebooks, slots), dtype=bool)
-        self._offset = 0
+        """Start a new sequence: call counter 0, no provided tokens, fresh KV caches and key."""
+        config = self.config
+        self.ring = TokenRing(config.delays, np.array([config.text_init_token] + [config.audio_init_token] * config.n_q))
         self._cache = self.lm.make_cache(1)
+        self._keys = None if self.seed is None else mx.random.key(self.seed)[None]
         self._pending: list[np.ndarray | mx.array] = []
         self._live_open = False
         self.last_trace = None
@@ -184,22 +202,34 @@ class LMGen:
         MLX cannot evaluate on one thread a graph that was built on another, so whoever
         prepares the generator on one thread and steps it on another calls this in between.
         """
-        mx.eval([c.state for c in self._cache], [] if self._key is None else self._key, mx.random.state)
+        mx.eval(self.pending_arrays())
+
+    def pending_arrays(self) -> list[mx.array]:
+        """Every state array a call updates (KV caches, random key): evaluate them with the call's output
+        so that no lazy graph is carried from one call into the next."""
+        key = list(mx.random.state) if self._keys is None else [self._keys]
+        return [a for c in self._cache for a in c.state] + key
+
+    def conversation_state(self) -> ConversationState:
+        """This conversation, prepared (prompts flushed, state evaluated), for `BatchLMGen.join`."""
+        self._refuse_open_live_step()
+        self.flush()
+        self.eval_state()
+        return ConversationState(self._cache, self._keys, self.ring.copy())
 
     @property
     def offset(self) -> int:
         """The index of the next call."""
-        return self._offset
+        return self.ring.offset
 
     @property
     def token_ring(self) -> np.ndarray:
         """A copy of the [17, 4] token ring (column c in slot c % 4)."""
-        return self._ring.copy()
+        return self.ring.tokens.copy()
 
     def set_token_ring(self, ring: np.ndarray) -> None:
         """Overwrite the token ring (a `.pt` voice's saved `cache`); provided flags stay as they are."""
-        ring = np.asarray(ring).reshape(self._ring.shape)
-        self._ring[:] = ring
+        self.ring.tokens[:] = np.asarray(ring).reshape(self.ring.tokens.shape)
 
     # ------------------------------------------------------------------------------------ calls
 
@@ -232,42 +262,29 @@ class LMGen:
         """
         self._refuse_open_live_step()
         self.last_trace = None
-        if self.trace or self._offset <= self.config.max_delay or self.depformer_steps > self.per_speaker:
+        if self.trace or self.offset <= self.config.max_delay or self.depformer_steps > self.per_speaker:
             out = self.step(user_codes=np.array(user_codes))
             done = None if out is None else mx.array(out.agent_codes.astype(np.int32))
             return LiveStep(done, [], lambda: out)
-        n, slots = self._offset, self._ring.shape[1]
-        input_slot, target_slot = (n - 1) % slots, n % slots
-        target = self._ring[:, target_slot].copy()
-        provided = self._provided[:, target_slot].copy()
-        provided[1 + self.per_speaker :] = True  # the user codes, written by `result()`
-        self._check_predictable(provided, self.depformer_steps)
+        call = live_call(self.ring, self.per_speaker, self.depformer_steps)
         self.flush()
-        sampled = self._sample_graph(
-            self._ring[:, input_slot], target, provided, self.depformer_steps, sync=self.phase_timing
-        )
-        columns = (n - self.config.max_delay + self._delays) % slots
-        agents = np.arange(1, 1 + self.per_speaker)
-        # Agent streams of the largest delay are output from the column sampled right now.
-        fresh = (columns[agents] == target_slot) & ~provided[agents]
-        known = self._ring[agents, columns[agents]].astype(np.int32)
+        arrays = self._launch(call, call.model_input, self.depformer_steps)
+        sampled = arrays.sampled[0]
+        fresh, known = fresh_agent_codes(self.ring, call, self.per_speaker)
         agent_codes = mx.where(mx.array(fresh), sampled[1 : 1 + self.per_speaker], mx.array(known))
         user_codes = mx.array(user_codes).reshape(-1)
         self._live_open = True
 
         def commit() -> StepOutput:
-            if not self._live_open or self._offset != n:
+            if not self._live_open or self.offset != call.n:
                 raise RuntimeError("LiveStep.result() must be called once, before the next call")
-            tokens = np.array(sampled, dtype=np.int64)
-            self._fill_target(target_slot, tokens, provided)
-            self._provided[:, input_slot] = False
+            self.ring.fill_target(call, np.array(sampled, dtype=np.int64))
             for q, token in enumerate(self._codes(np.array(user_codes), "user_codes")):
-                self._write(1 + self.per_speaker + q, int(token))
-            self._offset += 1
+                self.ring.write(1 + self.per_speaker + q, int(token))
             self._live_open = False
-            return StepOutput(self._ring[np.arange(self._ring.shape[0]), columns].copy())
+            return StepOutput(self.ring.finish_call(call))
 
-        return LiveStep(agent_codes, [sampled, user_codes, agent_codes, *self.pending_arrays()], commit)
+        return LiveStep(agent_codes, [arrays.sampled, user_codes, agent_codes, *self.pending_arrays()], commit)
 
     def step_embeddings(self, embedding: np.ndarray | mx.array) -> StepOutput | None:
         """Replay one stored input embedding [dim] instead of the embedded token column (spec §6.3).
@@ -358,62 +375,33 @@ class LMGen:
             raise ValueError(f"{name} must be in 0..{self.config.card}, got {codes.tolist()}")
         return codes
 
-    def _write(self, stream: int, token: int) -> None:
-        slot = (self._offset + self._delays[stream]) % self._ring.shape[1]
-        self._ring[stream, slot] = token
-        self._provided[stream, slot] = True
-
     def _prepare(self, user: np.ndarray | None, agent: np.ndarray | None, text: int | None) -> bool:
         """Write supplied tokens and start-of-sequence INITs; False if this was call 0 (nothing runs)."""
         if user is not None:
             for q, token in enumerate(user):
-                self._write(1 + self.per_speaker + q, int(token))
+                self.ring.write(1 + self.per_speaker + q, int(token))
         if agent is not None:
             for q, token in enumerate(agent):
-                self._write(1 + q, int(token))
+                self.ring.write(1 + q, int(token))
         if text is not None:
             if not 0 <= int(text) <= self.config.text_card:
                 raise ValueError(f"text_token must be in 0..{self.config.text_card}, got {text}")
-            self._write(0, int(text))
-        slots = self._ring.shape[1]
-        starting = self._offset <= self._delays
-        self._ring[starting, self._offset % slots] = self._init_tokens[starting]
-        self._provided[starting, self._offset % slots] = True
-        if self._offset == 0:
-            # Call 0 runs nothing; the INIT rule above has already overwritten its delay-0 tokens,
-            # and call 1 overwrites its delay-1 ones, so everything supplied here is discarded.
-            self._offset = 1
-            return False
-        return True
+            self.ring.write(0, int(text))
+        return self.ring.start_call()
 
     def _model_call(self, embedding: mx.array | None) -> StepOutput | None:
-        n, slots = self._offset, self._ring.shape[1]
-        input_slot, target_slot = (n - 1) % slots, n % slots
-        model_input = self._ring[:, input_slot].copy()
-        target = self._ring[:, target_slot].copy()
-        provided = self._provided[:, target_slot].copy()
-        source = embedding if embedding is not None else model_input
-
-        if not provided.all() or (self.trace and not self.batch_prefill):
+        call = self.ring.columns()
+        source = embedding if embedding is not None else call.model_input
+        if not call.provided.all() or (self.trace and not self.batch_prefill):
             self.flush()
-            chosen = self._predict(source, target, provided, model_input if embedding is None else None)
-            self._fill_target(target_slot, chosen, provided)
+            self.ring.fill_target(call, self._predict(call, source))
         elif self.batch_prefill:
             self._pending.append(source)
         else:
-            self._transformer_only(source)
-        self._provided[:, input_slot] = False
-
-        self._offset += 1
-        if n <= self.config.max_delay:
-            return None
-        columns = (n - self.config.max_delay + self._delays) % slots
-        return StepOutput(self._ring[np.arange(self._ring.shape[0]), columns].copy())
-
-    def _fill_target(self, target_slot: int, chosen: np.ndarray, provided: np.ndarray) -> None:
-        """Write sampled tokens where nothing was provided (provided tokens win)."""
-        fill = ~provided[: chosen.shape[0]]
-        self._ring[: chosen.shape[0], target_slot][fill] = chosen[fill]
+            self.lm.prefill(self._embed_source(source), self._cache)
+            mx.eval([c.state for c in self._cache])
+        out = self.ring.finish_call(call)
+        return None if out is None else StepOutput(out)
 
     def _refuse_open_live_step(self) -> None:
         if self._live_open:
@@ -424,152 +412,68 @@ class LMGen:
             return self.lm.embed_codes(mx.array(source)[None, :, None])
         return source.reshape(1, 1, -1)
 
-    def _transformer_only(self, source: np.ndarray | mx.array) -> None:
-        self.lm.prefill(self._embed_source(source), self._cache)
-        mx.eval([c.state for c in self._cache])
-
-    def _next_key(self) -> mx.array | None:
-        if self._key is None:
-            return None
-        self._key, sub = mx.random.split(self._key)
-        return sub
-
-    def _sample_graph(
-        self, model_input: np.ndarray, target: np.ndarray, provided: np.ndarray, steps: int, *, sync: bool
-    ) -> mx.array:
-        """The sampled [1 + steps] tokens (int32) of a token-column call, through the (compiled) graphs.
-
-        KV caches and key are updated. With `sync`, evaluates them; with `phase_timing`, also
-        between the two halves (that one extra sync feeds `last_timings_ms` for the latency panel).
-        """
-        temporal, depformer = self._graphs(steps)
-        t0 = time.perf_counter()
-        h, text_sampled, text_in, state = temporal(
-            self._state_arrays(),
-            mx.array(model_input.astype(np.int32)),
-            mx.array(target[:1].astype(np.int32)),
-            mx.array(provided[:1]),
+    def _launch(self, call: CallColumns, source: np.ndarray | mx.array, steps: int) -> StepArrays:
+        """The call's model work through `LMStep` (lazy), KV caches and key updated."""
+        src = mx.array(source.astype(np.int32))[None] if isinstance(source, np.ndarray) else source.reshape(1, -1)
+        arrays, self._keys = self._step.run(
+            self._cache,
+            self._keys,
+            src,
+            mx.array(call.target[:1].astype(np.int32)),
+            mx.array(call.provided[:1]),
+            mx.array(call.target[None, 1 : 1 + steps].astype(np.int32)),
+            mx.array(call.provided[None, 1 : 1 + steps]),
+            phase_timing=self.phase_timing and not self.trace,
         )
-        self._set_state_arrays(state)
-        if self.phase_timing:
-            mx.eval(h, text_in, self.pending_arrays())
-        t1 = time.perf_counter()
-        audio, key = depformer(
-            [] if self._key is None else [self._key],
-            h,
-            text_in,
-            mx.array(target[None, 1 : 1 + steps].astype(np.int32)),
-            mx.array(provided[None, 1 : 1 + steps]),
-        )
-        if self._key is not None:
-            self._key = key[0]
-        sampled = mx.concatenate([text_sampled, audio])
-        if sync:
-            mx.eval(sampled, self.pending_arrays())
-        t2 = time.perf_counter()
-        self.last_timings_ms = {"temporal": (t1 - t0) * 1e3, "depformer": (t2 - t1) * 1e3} if self.phase_timing else {}
-        return sampled
+        return arrays
 
-    def pending_arrays(self) -> list[mx.array]:
-        """Every state array a call updates (KV caches, random key): evaluate them with the call's output
-        so that no lazy graph is carried from one call into the next."""
-        key = list(mx.random.state) if self._key is None else [self._key]
-        return [a for c in self._cache for a in c.state] + key
-
-    def _state_arrays(self) -> list[mx.array]:
-        """The explicit state of the graph functions: KV caches, then the explicit key if seeded."""
-        return [a for c in self._cache for a in c.state] + ([] if self._key is None else [self._key])
-
-    def _set_state_arrays(self, arrays: list[mx.array]) -> None:
-        per_cache = len(self._cache[0].state)
-        for index, cache in enumerate(self._cache):
-            cache.state = list(arrays[per_cache * index : per_cache * (index + 1)])
-        if self._key is not None:
-            self._key = arrays[-1]
-
-    def _graphs(self, steps: int) -> tuple[Callable, Callable]:
-        """The temporal and depformer graph functions for `steps`, compiled once per sampling setting."""
-
-        def depformer(*args: object) -> tuple[mx.array, list[mx.array]]:
-            return self._depformer_graph(steps, *args)
-
-        if not self.compile:
-            return self._temporal_graph, depformer
-        signature = (steps, self.text_sampling, self.audio_sampling, self._key is None)
-        if signature not in self._compiled:
-            # An unseeded draw uses MLX's global generator: capture its state so it advances as eagerly.
-            capture = {"inputs": [mx.random.state], "outputs": [mx.random.state]}
-            self._compiled = {signature: (mx.compile(self._temporal_graph, **capture), mx.compile(depformer, **capture))}
-        return self._compiled[signature]
-
-    def _temporal_graph(
-        self, state: list[mx.array], tokens: mx.array, text_given: mx.array, text_mask: mx.array
-    ) -> tuple[mx.array, mx.array, mx.array, list[mx.array]]:
-        """Pure in its arguments and the weights: (h, text sampled [1], depformer text input [1], new state)."""
-        self._set_state_arrays(state)
-        h, text_logits = self.lm.forward_embeddings(self.lm.embed_codes(tokens[None, :, None]), self._cache)
-        text_sampled = sample_with(self.text_sampling, text_logits[:, 0], self._next_key())
-        text_in = mx.where(text_mask, text_given, text_sampled)
-        return h, text_sampled, text_in, self._state_arrays()
-
-    def _depformer_graph(
-        self, steps: int, key: list[mx.array], h: mx.array, text_in: mx.array, forced: mx.array, forced_mask: mx.array
-    ) -> tuple[mx.array, list[mx.array]]:
-        """Pure in its arguments and the weights: (audio tokens [steps] before forcing, [new key] or [])."""
-        if key:
-            self._key = key[0]
-        draw = lambda logits: sample_with(self.audio_sampling, logits, self._next_key())  # noqa: E731
-        audio, _ = self.lm.depformer.sample_column(h, text_in, forced, forced_mask, draw, steps)
-        return audio[0], [] if self._key is None else [self._key]
-
-    def _check_predictable(self, provided: np.ndarray, steps: int) -> None:
-        unforced = np.flatnonzero(~provided[1 + steps :])
-        if unforced.size:
-            raise ValueError(
-                f"stream(s) {(unforced + 1 + steps).tolist()} are neither provided nor predicted: with "
-                f"{steps} depformer steps, user codes must be given at every call"
-            )
-
-    def _predict(
-        self, source: np.ndarray | mx.array, target: np.ndarray, provided: np.ndarray, model_input: np.ndarray | None
-    ) -> np.ndarray:
+    def _predict(self, call: CallColumns, source: np.ndarray | mx.array) -> np.ndarray:
         """Transformer on the input column, text sample, depformer; returns the sampled
-        [1 + steps] tokens (text, then streams 1..steps) before forcing."""
+        [1 + steps] tokens (text, then streams 1..steps) before forcing. In trace mode every
+        depformer step runs and the call's logits are recorded in `last_trace`."""
         steps = self.depformer_steps if not self.trace else self.lm.depformer.steps
-        self._check_predictable(provided, steps)
-        if not self.trace and isinstance(source, np.ndarray):
-            return np.array(self._sample_graph(source, target, provided, steps, sync=True), dtype=np.int64)
-        t0 = time.perf_counter()
-        h, text_logits = self.lm.forward_embeddings(self._embed_source(source), self._cache)
-        text_logits = text_logits[:, 0]
-        text_sampled = sample_with(self.text_sampling, text_logits, self._next_key())
-        if self.phase_timing:
-            # One extra sync splits the step into its two halves for the latency panel.
-            mx.eval(h, text_sampled)
-        t1 = time.perf_counter()
-        text_in = mx.array([int(target[0])], dtype=mx.int32) if provided[0] else text_sampled
-        audio_sampled, dep_logits = self.lm.depformer.sample_column(
-            h,
-            text_in,
-            mx.array(target[1 : 1 + steps], dtype=mx.int32)[None],
-            mx.array(provided[1 : 1 + steps])[None],
-            lambda logits: sample_with(self.audio_sampling, logits, self._next_key()),
-            steps,
+        check_predictable(call.provided, steps)
+        arrays = self._launch(call, source, steps)
+        if not self.trace:
+            mx.eval(arrays.sampled, self.pending_arrays())
+            return np.array(arrays.sampled[0], dtype=np.int64)
+        mx.eval(arrays.sampled, arrays.text_in, arrays.text_logits, arrays.dep_logits, self.pending_arrays())
+        tokens = np.array(arrays.sampled[0], dtype=np.int64)
+        self.last_trace = StepTrace(
+            model_input=call.model_input if isinstance(source, np.ndarray) else None,
+            text_logits=np.array(arrays.text_logits[0]),
+            dep_text_in=int(arrays.text_in[0]),
+            dep_logits=np.array(arrays.dep_logits[0]),
+            dep_sampled=tokens[1:],
         )
-        sampled = mx.concatenate([text_sampled, audio_sampled[0]])
-        if self.trace:
-            mx.eval(sampled, text_logits, dep_logits, [c.state for c in self._cache])
-            tokens = np.array(sampled, dtype=np.int64)
-            self.last_trace = StepTrace(
-                model_input=model_input,
-                text_logits=np.array(text_logits[0]),
-                dep_text_in=int(target[0]) if provided[0] else int(tokens[0]),
-                dep_logits=np.array(dep_logits[0]),
-                dep_sampled=tokens[1:],
-            )
-            return tokens
-        mx.eval(sampled, [c.state for c in self._cache])
-        tokens = np.array(sampled, dtype=np.int64)
-        t2 = time.perf_counter()
-        self.last_timings_ms = {"temporal": (t1 - t0) * 1e3, "depformer": (t2 - t1) * 1e3}
         return tokens
+
+
+def check_predictable(provided: np.ndarray, steps: int) -> None:
+    """Refuse a call whose target column has streams neither provided nor predicted by `steps` steps."""
+    unforced = np.flatnonzero(~provided[1 + steps :])
+    if unforced.size:
+        raise ValueError(
+            f"stream(s) {(unforced + 1 + steps).tolist()} are neither provided nor predicted: with "
+            f"{steps} depformer steps, user codes must be given at every call"
+        )
+
+
+def live_call(ring: TokenRing, per_speaker: int, steps: int) -> CallColumns:
+    """The ring's next call as a live call: the user codes (written when the call resolves) count as
+    provided, since call n reads the user codes of earlier calls only."""
+    call = ring.columns()
+    provided = call.provided.copy()
+    provided[1 + per_speaker :] = True
+    check_predictable(provided, steps)
+    return replace(call, provided=provided)
+
+
+def fresh_agent_codes(ring: TokenRing, call: CallColumns, per_speaker: int) -> tuple[np.ndarray, np.ndarray]:
+    """Which agent codes of the frame call n returns come from this call's samples ([per_speaker]
+    bool: streams of the largest delay, unless provided), and the rest, already in the ring."""
+    columns = (call.n - ring.max_delay + ring.delays) % ring.slots
+    agents = np.arange(1, 1 + per_speaker)
+    fresh = (columns[agents] == call.target_slot) & ~call.provided[agents]
+    known = ring.tokens[agents, columns[agents]].astype(np.int32)
+    return fresh, known

@@ -21,6 +21,10 @@ scatter with arange index arrays for the sliced axes (five kernels).
 
 All state lives in `mx.array`s (including the position counter), so a live step can be wrapped in
 `mx.compile` with `cache.state` as captured state and no host synchronisation.
+
+A ring built `per_row` keeps one counter per batch row ([B] instead of a scalar): each row is its own
+conversation, started at its own time (`models/batch.py` moves a conversation's B=1 ring into a row
+with `load_row`). Masks are then [B, 1, T, S] and each row writes its own slot.
 """
 
 from __future__ import annotations
@@ -41,9 +45,9 @@ class RingStep:
 
 def ring_positions(end: mx.array, context: int) -> mx.array:
     """Absolute position held by each of `context` slots after positions 0..end-1 were written in
-    order (slot `p % context` holds `p`); -1 for a slot never written."""
+    order (slot `p % context` holds `p`); -1 for a slot never written. `end` [] -> [S]; [B] -> [B, S]."""
     slot = mx.arange(context, dtype=mx.int32)
-    last = end - 1
+    last = (end[..., None] if end.ndim else end) - 1
     pos = last - mx.remainder(last - slot, context)
     return mx.where(pos >= 0, pos, -1)
 
@@ -67,8 +71,20 @@ class RingKVCache:
     """
 
     def __init__(
-        self, batch_size: int, num_heads: int, head_dim: int, context: int, dtype: mx.Dtype, bits: int | None = None
+        self,
+        batch_size: int,
+        num_heads: int,
+        head_dim: int,
+        context: int,
+        dtype: mx.Dtype,
+        bits: int | None = None,
+        *,
+        per_row: bool = False,
+        tickets: mx.array | None = None,
     ):
+        """`per_row`: one position counter per row (see the module docstring). `tickets`: the CUDA
+        ring-attention kernel's ticket array of the layer stack this ring belongs to
+        (`cuda_kernels.attention_tickets`), shared by its layers; None where the kernel is not used."""
         if bits not in (None, 8):
             raise ValueError(f"KV cache bits must be None (no quantisation) or 8, not {bits!r}")
         self.context = context
@@ -81,8 +97,10 @@ class RingKVCache:
         scales = (batch_size, num_heads, context, 1)
         self.key_scales = mx.zeros(scales, dtype=mx.float32) if bits else None
         self.value_scales = mx.zeros(scales, dtype=mx.float32) if bits else None
+        self.per_row = per_row
+        self.tickets = tickets
         # Absolute position of the next token to be written (= number of tokens seen since reset).
-        self.offset = mx.array(0, dtype=mx.int32)
+        self.offset = mx.zeros((batch_size,), dtype=mx.int32) if per_row else mx.array(0, dtype=mx.int32)
 
     @property
     def state(self) -> list[mx.array]:
@@ -115,17 +133,22 @@ class RingKVCache:
     def mask_for(self, t: int) -> mx.array:
         """Visibility [T, S] for the next `t` tokens, as `update` will lay out the keys: True where a key
         is visible. For `t == 1`, S is the ring; otherwise the ring as it was followed by the chunk."""
-        query_pos = self.offset + mx.arange(t, dtype=mx.int32)
+        query_pos = self._row_offset() + mx.arange(t, dtype=mx.int32)
         if t == 1:
             key_pos = ring_positions(self.offset + 1, self.context)
         else:
-            key_pos = mx.concatenate([self.positions, query_pos])
-        delta = query_pos[:, None] - key_pos[None, :]
-        return (key_pos[None, :] >= 0) & (delta >= 0) & (delta < self.context - 1)
+            key_pos = mx.concatenate([self.positions, query_pos], axis=-1)
+        delta = query_pos[..., :, None] - key_pos[..., None, :]
+        mask = (key_pos[..., None, :] >= 0) & (delta >= 0) & (delta < self.context - 1)
+        return mask[:, None] if self.per_row else mask
+
+    def _row_offset(self) -> mx.array:
+        """The counter, broadcastable against a [T] axis of positions ([B, 1] per row)."""
+        return self.offset[:, None] if self.per_row else self.offset
 
     def plan(self) -> RingStep:
         """The single-token step from this ring's counter (the same for every ring of a stack)."""
-        return RingStep(mx.remainder(self.offset, self.context).reshape(1), self.offset + 1)
+        return RingStep(mx.remainder(self.offset, self.context).reshape(-1), self.offset + 1)
 
     def update(
         self, keys: mx.array, values: mx.array, step: RingStep | None = None, *, written: bool = False
@@ -141,7 +164,7 @@ class RingKVCache:
             # Writing first is exact for a single token: the key it overwrites is `context` steps
             # old, which the mask hides anyway.
             if not written:
-                self._write(step.slot.reshape(1, 1, 1, 1), keys, values)
+                self._write(step.slot.reshape(-1, 1, 1, 1), keys, values)
             self.offset = step.next_offset
             return self.ring()
         # A chunk may overwrite keys that its own earlier queries still need, so attend over the
@@ -176,6 +199,18 @@ class RingKVCache:
         # Only the last `context` tokens of a long chunk survive in the ring.
         t = keys.shape[2]
         keep = min(t, self.context)
-        positions = self.offset + mx.arange(t - keep, t, dtype=mx.int32)
+        positions = self._row_offset() + mx.arange(t - keep, t, dtype=mx.int32)
         slots = mx.remainder(positions, self.context)
-        self._write(slots.reshape(1, 1, keep, 1), keys[:, :, -keep:], values[:, :, -keep:])
+        self._write(slots.reshape(-1, 1, keep, 1), keys[:, :, -keep:], values[:, :, -keep:])
+
+    def load_row(self, row: int, source: RingKVCache) -> None:
+        """Make row `row` of this per-row ring a copy of the one-row ring `source` (keys, values,
+        scales and counter): a conversation prepared alone joins a batch."""
+        if not self.per_row or source.keys.shape[0] != 1 or source.bits != self.bits:
+            raise ValueError("load_row copies a one-row ring of the same precision into a per-row ring")
+        mine, theirs = self.state, source.state
+        for index, (a, b) in enumerate(zip(mine[:-1], theirs[:-1])):
+            a[row : row + 1] = b
+            mine[index] = a
+        mine[-1][row] = theirs[-1]
+        self.state = mine

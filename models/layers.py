@@ -93,9 +93,9 @@ class StackStep:
     tickets: mx.array | None = None
 
     @classmethod
-    def for_cache(cls, cache: RingKVCache, t: int, tickets: mx.array | None = None) -> StackStep:
+    def for_cache(cls, cache: RingKVCache, t: int) -> StackStep:
         if t == 1:
-            return cls(cache.mask_for(1), cache.plan(), tickets)
+            return cls(cache.mask_for(1), cache.plan(), cache.tickets)
         return cls(cache.mask_for(t))
 
 
@@ -117,11 +117,15 @@ class RopeAttention(nn.Module):
         `cache` when not given."""
         b, t, _ = x.shape
         shared = shared or StackStep.for_cache(cache, t)
-        qkv = self.in_proj(x).reshape(b, t, 3, self.num_heads, self.head_dim).transpose(2, 0, 3, 1, 4)
+        qkv = self.in_proj(x).reshape(b, t, 3, self.num_heads, self.head_dim)
         # q and k rotated in one kernel. The reference rotates (2i, 2i+1) pairs in float32 and casts
         # back (spec pitfall 1); MLX's rope kernel computes in float32 and rounds once, the same.
-        qk = mx.fast.rope(qkv[:2], self.head_dim, traditional=True, base=self.max_period, scale=1.0, offset=cache.offset)
-        q, k, v = pick(qk, 0), pick(qk, 1), pick(qkv, 2)
+        # A per-row ring has a position counter per row, which RoPE takes along the leading axis.
+        axis = 1 if cache.per_row else 0
+        qkv = qkv.transpose(0, 2, 3, 1, 4) if cache.per_row else qkv.transpose(2, 0, 3, 1, 4)
+        qk = mx.fast.rope(qkv[:, :2] if cache.per_row else qkv[:2], self.head_dim, traditional=True,
+                          base=self.max_period, scale=1.0, offset=cache.offset)
+        q, k, v = pick(qk, 0, axis), pick(qk, 1, axis), pick(qkv, 2, axis)
         step = shared.ring
         if step and shared.tickets is not None and q.dtype == mx.bfloat16 and cuda_kernels.fits_ring_attention(q):
             # The kernel writes k/v into the ring itself; the cache only advances its counter.

@@ -302,9 +302,10 @@ class LM(nn.Module):
 
     # ----------------------------------------------------------------------------------- forward
 
-    def make_cache(self, batch_size: int = 1) -> list[RingKVCache]:
-        """Fresh KV caches for the temporal transformer (positions start at 0)."""
-        return self.transformer.make_cache(batch_size, self.dtype, self.kv_bits)
+    def make_cache(self, batch_size: int = 1, per_row: bool = False) -> list[RingKVCache]:
+        """Fresh KV caches for the temporal transformer (positions start at 0); `per_row`: one
+        position counter per row, for a batch of conversations (`RingKVCache`)."""
+        return self.transformer.make_cache(batch_size, self.dtype, self.kv_bits, per_row)
 
     def embed_codes(self, tokens: mx.array) -> mx.array:
         """tokens [B, 17, T] (text, then audio streams 1..16) -> input embeddings [B, T, dim].

@@ -34,10 +34,31 @@ AUDIO_DEFAULTS = SamplingParams(AUDIO_TEMP, AUDIO_TOP_K)
 
 
 def sample_token(logits: mx.array, temp: float, top_k: int, key: mx.array | None = None) -> mx.array:
-    """Draw one token per row of `logits` [..., vocab] -> int32 [...].
+    """Draw one token per row of `logits` [..., vocab] -> int32 [...], every row from the one `key`.
 
     `key` is an `mx.random.key`; without one the global MLX generator (`mx.random.seed`) is used.
     """
+    return _draw(logits, temp, top_k, lambda shape: mx.random.gumbel(shape, key=key))
+
+
+def sample_rows(params: SamplingParams, logits: mx.array, keys: mx.array | None = None) -> mx.array:
+    """One token per row of `logits` [B, vocab] -> int32 [B], row b drawn with its own key `keys[b]`
+    ([B, 2], `mx.random.key`s; None: the global generator). A row's draw depends only on its logits
+    and its key, so a conversation samples the same tokens alone or in a batch with others."""
+    if keys is None:
+        return sample_token(logits, params.temp, params.top_k)
+    return _draw(logits, params.temp, params.top_k,
+                 lambda shape: mx.vmap(lambda key: mx.random.gumbel(shape[1:], key=key))(keys))
+
+
+def split_rows(keys: mx.array) -> tuple[mx.array, mx.array]:
+    """`mx.random.split` of each row's key [B, 2]: (the rows' next keys, the keys to draw with now)."""
+    pairs = mx.vmap(mx.random.split)(keys)
+    return pairs[:, 0], pairs[:, 1]
+
+
+def _draw(logits: mx.array, temp: float, top_k: int, gumbel) -> mx.array:
+    # Gumbel-max: argmax(logits / temp + Gumbel noise) is a categorical draw from softmax(logits / temp).
     logits = logits.astype(mx.float32)
     if temp <= 0:
         return mx.argmax(logits, axis=-1).astype(mx.int32)
@@ -45,9 +66,9 @@ def sample_token(logits: mx.array, temp: float, top_k: int, key: mx.array | None
     if 0 < top_k < vocab:
         top_idx = mx.argpartition(-logits, kth=top_k - 1, axis=-1)[..., :top_k]
         top_logits = mx.take_along_axis(logits, top_idx, axis=-1)
-        choice = mx.random.categorical(top_logits / temp, axis=-1, key=key)
+        choice = mx.argmax(top_logits / temp + gumbel(top_logits.shape), axis=-1)
         return mx.take_along_axis(top_idx, choice[..., None], axis=-1)[..., 0].astype(mx.int32)
-    return mx.random.categorical(logits / temp, axis=-1, key=key).astype(mx.int32)
+    return mx.argmax(logits / temp + gumbel(logits.shape), axis=-1).astype(mx.int32)
 
 
 def sample_with(params: SamplingParams, logits: mx.array, key: mx.array | None = None) -> mx.array:

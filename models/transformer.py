@@ -43,17 +43,18 @@ class Transformer(nn.Module):
         self.head_dim = dim // num_heads
         self.context = context
         self.layers = [TransformerLayer(dim, num_heads, hidden, max_period, norm_eps) for _ in range(num_layers)]
-        # The CUDA ring-attention kernel's tickets (`cuda_kernels.attention_tickets`), made by
-        # `make_cache`, outside any compiled graph; None where the kernel is not used.
-        self._tickets: mx.array | None = None
 
     def make_cache(
-        self, batch_size: int = 1, dtype: mx.Dtype = mx.float32, bits: int | None = None
+        self, batch_size: int = 1, dtype: mx.Dtype = mx.float32, bits: int | None = None, per_row: bool = False
     ) -> list[RingKVCache]:
-        """Fresh (reset) caches, `bits=8` for 8-bit rings: positions restart at 0."""
-        self._tickets = cuda_kernels.attention_tickets(batch_size, self.num_heads) if cuda_kernels.available() else None
+        """Fresh (reset) caches, `bits=8` for 8-bit rings, `per_row` for a batch of conversations
+        (`RingKVCache`). The layers share one ticket array of the CUDA ring-attention kernel, made
+        here, outside any compiled graph, and owned by the caches (two stacks of caches never share)."""
+        tickets = cuda_kernels.attention_tickets(batch_size, self.num_heads) if cuda_kernels.available() else None
         return [
-            RingKVCache(batch_size, self.num_heads, self.head_dim, self.context, dtype, bits) for _ in self.layers
+            RingKVCache(batch_size, self.num_heads, self.head_dim, self.context, dtype, bits,
+                        per_row=per_row, tickets=tickets)
+            for _ in self.layers
         ]
 
     def __call__(self, x: mx.array, cache: list[RingKVCache]) -> mx.array:
@@ -62,7 +63,7 @@ class Transformer(nn.Module):
             return x
         # Every layer's ring holds the same positions: one mask (and for a single token, one write
         # slot and counter) serves the whole stack.
-        shared = StackStep.for_cache(cache[0], x.shape[1], self._tickets)
+        shared = StackStep.for_cache(cache[0], x.shape[1])
         for layer, layer_cache in zip(self.layers, cache):
             x = layer(x, layer_cache, shared)
         return x

@@ -1,0 +1,142 @@
+"""`LMStep`: the model work of one sampling call over B rows — the one path every call takes.
+
+Temporal transformer on the input column → text head → text sample → depformer steps with their
+samples, as two pure graph functions (KV caches and random keys in, new ones out), `mx.compile`d when
+asked so that a frame replays the graphs instead of retracing Python. `LMGen` (one conversation) and
+`BatchLMGen` (many, one per row) both run it; a row's draws depend only on its own logits and key,
+which is why a conversation samples the same tokens alone or in a batch.
+
+Random keys are per row ([B, 2], split per draw as `mx.random.split` does for one key), or None to
+draw from MLX's global generator (its state is then captured by the compiled graphs, so it advances
+as an eager run would).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import mlx.core as mx
+
+from ppchat.models.kv_cache import RingKVCache
+from ppchat.models.lm import LM
+from ppchat.models.sampling import SamplingParams, sample_rows, split_rows
+
+
+@dataclass(frozen=True)
+class StepArrays:
+    """A call's outputs, lazy until evaluated: `sampled` int32 [B, 1 + steps] (text, then audio
+    streams 1..steps, before forcing); the text input the depformer got [B]; float32 logits."""
+
+    sampled: mx.array
+    text_in: mx.array
+    text_logits: mx.array
+    dep_logits: mx.array
+
+
+class LMStep:
+    """Runs calls on an `LM` with fixed sampling settings."""
+
+    def __init__(self, lm: LM, text_sampling: SamplingParams, audio_sampling: SamplingParams, compile: bool):
+        self.lm = lm
+        self.text_sampling = text_sampling
+        self.audio_sampling = audio_sampling
+        self.compile = compile
+        self._compiled: dict[tuple, tuple[Callable, Callable]] = {}
+        # The caches of the call being traced or run: the graph functions take and return their state
+        # arrays and bind them to these objects meanwhile.
+        self._cache: list[RingKVCache] = []
+        self.last_timings_ms: dict[str, float] = {}
+
+    def run(
+        self,
+        cache: list[RingKVCache],
+        keys: mx.array | None,
+        source: mx.array,
+        text_given: mx.array,
+        text_mask: mx.array,
+        forced: mx.array,
+        forced_mask: mx.array,
+        *,
+        phase_timing: bool = False,
+    ) -> tuple[StepArrays, mx.array | None]:
+        """One call for B rows: `source` int32 token columns [B, streams] or input embeddings [B, dim];
+        `text_given`/`text_mask` [B] the provided text token; `forced`/`forced_mask` [B, steps] the
+        provided tokens of streams 1..steps (steps = how many depformer steps run). Updates `cache`'s
+        state; returns the call's arrays and the rows' next keys. With `phase_timing`, synchronises
+        between the transformer and the depformer and records both in `last_timings_ms`."""
+        temporal, depformer = self._graphs(forced.shape[1], keys is None, source.dtype == mx.int32)
+        t0 = time.perf_counter()
+        self._cache = cache
+        state = [a for c in cache for a in c.state] + ([] if keys is None else [keys])
+        h, text_logits, text_sampled, text_in, state = temporal(state, source, text_given, text_mask)
+        if keys is not None:
+            state, keys = state[:-1], state[-1]
+        per_cache = len(cache[0].state)
+        for index, c in enumerate(cache):
+            c.state = list(state[per_cache * index : per_cache * (index + 1)])
+        if phase_timing:
+            mx.eval(h, text_in, state, [] if keys is None else keys, mx.random.state)
+        t1 = time.perf_counter()
+        audio, dep_logits, key_out = depformer([] if keys is None else [keys], h, text_in, forced, forced_mask)
+        keys = key_out[0] if key_out else None
+        sampled = mx.concatenate([text_sampled[:, None], audio], axis=1)
+        if phase_timing:
+            mx.eval(sampled, [] if keys is None else keys, mx.random.state)
+            self.last_timings_ms = {"temporal": (t1 - t0) * 1e3, "depformer": (time.perf_counter() - t1) * 1e3}
+        return StepArrays(sampled, text_in, text_logits, dep_logits), keys
+
+    # ------------------------------------------------------------------------------- the graphs
+
+    def _graphs(self, steps: int, global_keys: bool, tokens: bool) -> tuple[Callable, Callable]:
+        def temporal(state, source, text_given, text_mask):
+            return self._temporal(state, source, text_given, text_mask, global_keys)
+
+        def depformer(keys, h, text_in, forced, forced_mask):
+            return self._depformer(steps, keys, h, text_in, forced, forced_mask)
+
+        if not self.compile:
+            return temporal, depformer
+        signature = (steps, global_keys, tokens)
+        if signature not in self._compiled:
+            # An unseeded draw uses MLX's global generator: capture its state so it advances as eagerly.
+            capture = {"inputs": [mx.random.state], "outputs": [mx.random.state]} if global_keys else {}
+            self._compiled[signature] = (mx.compile(temporal, **capture), mx.compile(depformer, **capture))
+        return self._compiled[signature]
+
+    def _temporal(self, state: list[mx.array], source: mx.array, text_given: mx.array, text_mask: mx.array,
+                  global_keys: bool):
+        """Pure in its arguments and the weights: (h, text logits, text sampled, depformer text input,
+        new state)."""
+        lm = self.lm
+        keys = None if global_keys else state[-1]
+        arrays = state if global_keys else state[:-1]
+        cache = self._cache
+        per_cache = len(cache[0].state)
+        for index, c in enumerate(cache):
+            c.state = list(arrays[per_cache * index : per_cache * (index + 1)])
+        x = lm.embed_codes(source[:, :, None]) if source.dtype == mx.int32 else source[:, None, :]
+        h, text_logits = lm.forward_embeddings(x, cache)
+        text_logits = text_logits[:, 0]
+        keys, draw = (None, None) if keys is None else split_rows(keys)
+        text_sampled = sample_rows(self.text_sampling, text_logits, draw)
+        text_in = mx.where(text_mask, text_given, text_sampled)
+        new_state = [a for c in cache for a in c.state] + ([] if keys is None else [keys])
+        return h, text_logits, text_sampled, text_in, new_state
+
+    def _depformer(self, steps: int, keys: list[mx.array], h: mx.array, text_in: mx.array, forced: mx.array,
+                   forced_mask: mx.array):
+        """Pure in its arguments and the weights: (audio tokens [B, steps] before forcing, logits,
+        [new keys] or [])."""
+        rows = list(keys)
+
+        def draw(logits: mx.array) -> mx.array:
+            if not rows:
+                return sample_rows(self.audio_sampling, logits)
+            rows[0], now = split_rows(rows[0])
+            return sample_rows(self.audio_sampling, logits, now)
+
+        audio, logits = self.lm.depformer.sample_column(h, text_in, forced, forced_mask, draw, steps)
+        return audio, logits, rows
+

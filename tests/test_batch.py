@@ -1,0 +1,136 @@
+"""A batch of conversations equals the same conversations run one by one, token for token.
+
+Each conversation has its own voice (a `.pt`-style embedding prompt, recorded voice codes, or none),
+its own role prompt, seed and user audio codes, and joins the batch at its own step; one leaves and
+another takes its row. The reference for every conversation is an independent `LMGen` run alone
+(batch size 1) on the same inputs. Sampling is not greedy (and top-k below the vocabulary), so a row
+that drew with another row's key, read another row's KV cache or position, or was fed another row's
+tokens would diverge at once. The tiny LM's context (40) is shorter than the runs, so the per-row
+rings wrap.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from ppchat.models.batch import BatchLMGen
+from ppchat.models.generator import LMGen, VoiceEmbeddings
+from ppchat.models.lm import LM, LMConfig
+from ppchat.models.sampling import SamplingParams
+from tests.conftest import fixture_params
+
+TEXT = SamplingParams(0.7, 25)
+AUDIO = SamplingParams(0.8, 20)
+
+
+def load_lm(lm_dir: Path) -> tuple[LM, dict]:
+    config = json.loads((lm_dir / "config.json").read_text())
+    lm = LM(LMConfig.from_reference(config["lm_kwargs"]), dtype=mx.float32, depformer_steps=8)
+    lm.load_reference_weights(mx.load(str(lm_dir / "weights.safetensors")))
+    return lm, config
+
+
+def prepared(lm: LM, config: dict, seed: int, voice, prompt: list[int]) -> LMGen:
+    gen = LMGen(lm, text_sampling=TEXT, audio_sampling=AUDIO, depformer_steps=8, seed=seed,
+                silence_tokens=config["silence_tokens"], sine_tokens=config["sine_tokens"],
+                text_pad=config["zero_text_code"])
+    gen.run_system_prompts(voice=voice, text_tokens=prompt, silence_frames=2)
+    return gen
+
+
+def alone(gen: LMGen, user: np.ndarray) -> list[list[int]]:
+    out = []
+    for codes in user:
+        live = gen.step_live(mx.array(codes.astype(np.int32)))
+        mx.eval(live.agent_codes, live.arrays)
+        out.append(live.result().tokens.tolist())
+    return out
+
+
+@pytest.mark.parametrize("lm_dir", fixture_params("lm"))
+def test_batch_equals_conversations_run_alone(lm_dir: Path) -> None:
+    lm, config = load_lm(lm_dir)
+    c = lm.config
+    rng = np.random.default_rng(5)
+    embedded = VoiceEmbeddings(rng.standard_normal((6, c.dim)).astype(np.float32),
+                               rng.integers(0, c.card, size=(c.num_codebooks, c.max_delay + 3)))
+    recorded = rng.integers(0, c.card, size=(c.n_q // 2, 5))
+    prompt = config["text_prompt_tokens"]
+    # name: (seed, voice, role prompt, step it joins at, step it leaves at)
+    plan = {
+        "a": (11, embedded, prompt, 0, 9),
+        "b": (12, recorded, prompt[:3], 2, 40),
+        "c": (13, None, prompt[2:], 5, 40),
+        "d": (11, recorded, [], 9, 40),  # a's seed, a's freed row, another voice: must not replay a
+    }
+    steps = 40
+    user = {name: rng.integers(0, c.card, size=(steps, c.n_q // 2)) for name in plan}
+
+    expected = {}
+    for name, (seed, voice, text, start, stop) in plan.items():
+        expected[name] = alone(prepared(lm, config, seed, voice, text), user[name][: stop - start])
+
+    batch = BatchLMGen(lm, 3, text_sampling=TEXT, audio_sampling=AUDIO, depformer_steps=8)
+    got = {name: [] for name in plan}
+    rows: dict[str, int] = {}
+    for step in range(steps):
+        for name, (seed, voice, text, start, stop) in plan.items():
+            if step == stop:
+                batch.leave(rows.pop(name))
+        for name, (seed, voice, text, start, stop) in plan.items():
+            if step == start:
+                rows[name] = batch.join(prepared(lm, config, seed, voice, text))
+        codes = np.zeros((3, c.n_q // 2), dtype=np.int32)
+        for name, row in rows.items():
+            codes[row] = user[name][step - plan[name][3]]
+        live = batch.step_live(mx.array(codes))
+        mx.eval(live.agent_codes, live.arrays)
+        agent = np.array(live.agent_codes)
+        outputs = live.result()
+        assert sorted(outputs) == sorted(rows.values())
+        for name, row in rows.items():
+            got[name].append(outputs[row].tokens.tolist())
+            assert agent[row].tolist() == outputs[row].agent_codes.tolist()
+
+    assert rows["d"] == 0, "d takes the row a left"
+    for name in plan:
+        assert len(got[name]) == len(expected[name])
+        for frame, (mine, theirs) in enumerate(zip(got[name], expected[name])):
+            assert mine == theirs, f"conversation {name}, live frame {frame}"
+    # The conversations really differ (so equality above is not one sequence matched four times).
+    assert len({str(expected[name][:9]) for name in plan}) == len(plan)
+
+
+@pytest.mark.parametrize("lm_dir", fixture_params("lm"))
+def test_join_refuses_what_the_batch_cannot_run(lm_dir: Path) -> None:
+    lm, config = load_lm(lm_dir)
+    batch = BatchLMGen(lm, 1, text_sampling=TEXT, audio_sampling=AUDIO, depformer_steps=8)
+    with pytest.raises(ValueError, match="own seed"):
+        unseeded = LMGen(lm, text_sampling=TEXT, audio_sampling=AUDIO, depformer_steps=8,
+                         silence_tokens=config["silence_tokens"], sine_tokens=config["sine_tokens"])
+        unseeded.run_system_prompts(text_tokens=[5], silence_frames=2)
+        batch.join(unseeded)
+    with pytest.raises(ValueError, match="sampling settings"):
+        batch.join(prepared_with(lm, config, SamplingParams(0.0, 0)))
+    with pytest.raises(ValueError, match="prompt calls"):
+        batch.join(LMGen(lm, text_sampling=TEXT, audio_sampling=AUDIO, depformer_steps=8, seed=1,
+                         silence_tokens=config["silence_tokens"], sine_tokens=config["sine_tokens"]))
+    row = batch.join(prepared(lm, config, 1, None, [5]))
+    with pytest.raises(RuntimeError, match="one must leave"):
+        batch.join(prepared(lm, config, 2, None, [5]))
+    batch.leave(row)
+    with pytest.raises(ValueError, match="holds no conversation"):
+        batch.leave(row)
+
+
+def prepared_with(lm: LM, config: dict, text: SamplingParams) -> LMGen:
+    gen = LMGen(lm, text_sampling=text, audio_sampling=AUDIO, depformer_steps=8, seed=3,
+                silence_tokens=config["silence_tokens"], sine_tokens=config["sine_tokens"],
+                text_pad=config["zero_text_code"])
+    gen.run_system_prompts(text_tokens=[5], silence_frames=2)
+    return gen

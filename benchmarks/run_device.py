@@ -44,12 +44,10 @@ def run_one(out: Path, name: str, args: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="ppchat")
     bench_command.register(parser.add_subparsers())
     options = parser.parse_args(["bench", *args, "--json"])
-    from ppchat.engine.bench import format_report, run_bench
-
-    result = run_bench(bench_command.bench_options(options))
+    result, report = bench_command.run_options(bench_command.bench_options(options))
     result["command"] = "ppchat bench " + " ".join(args)
     (out / f"{name}.json").write_text(json.dumps(result, indent=1))
-    print(format_report(result), flush=True)
+    print(report, flush=True)
 
 
 def summary(out: Path, names: list[str]) -> None:
@@ -61,8 +59,10 @@ def summary(out: Path, names: list[str]) -> None:
             continue
         r = json.loads(path.read_text())
         t, m = r["timings_ms"]["total"], r["memory"]
+        prefill = r["prefill"]["seconds"] if "prefill" in r else r["joins"]["cold_seconds"]
         print(f"{name:<14}{t['median']:8.2f}{t['p95']:8.2f}{t['p99']:8.2f}{t['max']:8.2f}"
-              f"{r['prefill']['seconds']:10.3f}{m['peak_bytes'] / 2**30:9.2f}{m['active_growth_bytes'] / 2**20:11.2f}")
+              f"{prefill:10.3f}{m['peak_bytes'] / 2**30:9.2f}{m['active_growth_bytes'] / 2**20:11.2f}"
+              f"  late {r['late_frames']}")
 
 
 def main(argv: list[str]) -> int:

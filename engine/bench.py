@@ -63,6 +63,11 @@ class BenchOptions:
     prompt: str = "assistant"
     seed: int = 0
     cache_root: str | None = None
+    conversations: int = 0
+    """0: one conversation through `ModelPipeline`; N: N conversations in one batched step (`bench_batch`)."""
+    churn: int = 0
+    """With `conversations`: every `churn` measured frames the longest-running conversation leaves and
+    a new one joins (0: none)."""
 
 
 # ------------------------------------------------------------------------------------------ model

@@ -24,6 +24,7 @@ import numpy as np
 from ppchat.errors import PPChatError
 from ppchat.models.generator import SILENCE_TOKENS, SINE_TOKENS, LMGen, VoiceEmbeddings
 from ppchat.models.loader import LoadedModel
+from ppchat.models.mimi import Mimi
 from ppchat.models.sampling import SamplingParams
 
 if TYPE_CHECKING:  # voices and the runtime pull in audio-file libraries that `ppchat bench` does without
@@ -64,6 +65,69 @@ def _prompt_constant(tokens: tuple[int, ...], card: int) -> tuple[int, ...]:
     return tokens if card > max(tokens) else tuple(t % card for t in tokens)
 
 
+def make_generator(model: LoadedModel, sampling: SamplingSettings, depformer_steps: int | None = 8) -> LMGen:
+    """The `LMGen` of one conversation with these sampling settings (and seed)."""
+    lm = model.lm
+    card = lm.config.card
+    return LMGen(
+        lm,
+        text_sampling=SamplingParams(sampling.temp_text, sampling.topk_text),
+        audio_sampling=SamplingParams(sampling.temp, sampling.topk),
+        depformer_steps=min(depformer_steps or lm.depformer.steps, lm.depformer.steps),
+        seed=sampling.seed,
+        silence_tokens=_prompt_constant(SILENCE_TOKENS, card),
+        sine_tokens=_prompt_constant(SINE_TOKENS, card),
+    )
+
+
+def role_prompt_tokens(model: LoadedModel, prompt_text: str) -> list[int]:
+    """The `<system>` role prompt's text tokens, refused if the tokenizer does not fit the model."""
+    text_tokens = model.tokenizer.encode_system_prompt(prompt_text)
+    too_big = [t for t in text_tokens if t >= model.lm.config.text_card]
+    if too_big:
+        raise PPChatError(
+            f"the tokenizer produced ids {too_big[:4]} outside the model's text vocabulary "
+            f"({model.lm.config.text_card}); the tokenizer does not belong to this model"
+        )
+    return text_tokens
+
+
+def voice_argument(voice: VoicePrompt | VoiceEmbeddings | None, mimi: Mimi):
+    """(what `LMGen.run_system_prompts` takes as `voice`, its frame count) for a loaded voice prompt;
+    an audio voice is encoded with `mimi` on a one-row stream (its streaming state is put back)."""
+    if voice is None:
+        return None, 0
+    if isinstance(voice, VoiceEmbeddings):
+        return voice, len(voice.embeddings) + 1
+    if voice.kind == "embeddings":
+        return VoiceEmbeddings(voice.embeddings, voice.cache), voice.n_frames
+    if voice.kind == "codes":
+        return np.asarray(voice.codes), voice.n_frames
+    if voice.kind == "audio":
+        codes = encode_voice_audio(mimi, voice.pcm)
+        return codes, codes.shape[1]
+    raise PPChatError(f"voice {voice.name!r} has an unknown kind {voice.kind!r}")
+
+
+def encode_voice_audio(mimi: Mimi, pcm: np.ndarray) -> np.ndarray:
+    """Mimi codes [8, N] of a 24 kHz mono voice prompt (spec §6.2: only the last chunk is padded),
+    on a fresh one-row stream; `mimi`'s streaming state is left as it was."""
+    n = -(-len(pcm) // mimi.frame_size)
+    if n == 0:
+        raise PPChatError("the voice prompt audio is empty")
+    padded = np.zeros(n * mimi.frame_size, dtype=np.float32)
+    padded[: len(pcm)] = pcm
+    saved = mimi.streaming_state()
+    mimi.reset()
+    try:
+        codes = [mimi.encode_step(mx.array(padded[i * mimi.frame_size:(i + 1) * mimi.frame_size]).reshape(1, 1, -1))
+                 for i in range(n)]
+        out = np.array(mx.concatenate(codes, axis=-1)[0], dtype=np.int64)
+    finally:
+        mimi.set_streaming_state(saved)
+    return out
+
+
 class ModelPipeline:
     """The model side of the duplex engine (implements `engine.runtime.FrameProcessor`)."""
 
@@ -80,18 +144,8 @@ class ModelPipeline:
         self.mimi = model.mimi
         self.frame_size = self.mimi.frame_size
         self.sample_rate = self.mimi.sample_rate
-        lm = model.lm
-        card = lm.config.card
-        steps = min(depformer_steps or lm.depformer.steps, lm.depformer.steps)
-        self.gen = LMGen(
-            lm,
-            text_sampling=SamplingParams(self.sampling.temp_text, self.sampling.topk_text),
-            audio_sampling=SamplingParams(self.sampling.temp, self.sampling.topk),
-            depformer_steps=steps,
-            seed=self.sampling.seed,
-            silence_tokens=_prompt_constant(SILENCE_TOKENS, card),
-            sine_tokens=_prompt_constant(SINE_TOKENS, card),
-        )
+        card = model.lm.config.card
+        self.gen = make_generator(model, self.sampling, depformer_steps)
         self.gen.phase_timing = phase_timing
         self._silence_codes_mx = mx.array(np.array(_prompt_constant(SILENCE_TOKENS, card), dtype=np.int32))
         self._in = np.zeros((1, 1, self.frame_size), dtype=np.float32)
@@ -114,16 +168,10 @@ class ModelPipeline:
         t0 = time.perf_counter()
         if self.sampling.seed is not None:
             mx.random.seed(self.sampling.seed)
-        text_tokens = self.model.tokenizer.encode_system_prompt(prompt_text)
-        too_big = [t for t in text_tokens if t >= self.model.lm.config.text_card]
-        if too_big:
-            raise PPChatError(
-                f"the tokenizer produced ids {too_big[:4]} outside the model's text vocabulary "
-                f"({self.model.lm.config.text_card}); the tokenizer does not belong to this model"
-            )
+        text_tokens = role_prompt_tokens(self.model, prompt_text)
         self.mimi.reset()
         self.gen.reset()
-        voice_arg, voice_frames = self._voice_argument(voice)
+        voice_arg, voice_frames = voice_argument(voice, self.mimi)
         t_prompts = time.perf_counter()
         self.gen.run_system_prompts(voice=voice_arg, text_tokens=text_tokens, silence_frames=SILENCE_FRAMES)
         t_done = time.perf_counter()
@@ -140,33 +188,6 @@ class ModelPipeline:
             seconds=t_done - t0,
             timings_ms={"voice_encode": (t_prompts - t0) * 1e3, "prefill": (t_done - t_prompts) * 1e3},
         )
-
-    def _voice_argument(self, voice: VoicePrompt | VoiceEmbeddings | None):
-        if voice is None:
-            return None, 0
-        if isinstance(voice, VoiceEmbeddings):
-            return voice, len(voice.embeddings) + 1
-        if voice.kind == "embeddings":
-            return VoiceEmbeddings(voice.embeddings, voice.cache), voice.n_frames
-        if voice.kind == "codes":
-            return np.asarray(voice.codes), voice.n_frames
-        if voice.kind == "audio":
-            codes = self.encode_voice_audio(voice.pcm)
-            return codes, codes.shape[1]
-        raise PPChatError(f"voice {voice.name!r} has an unknown kind {voice.kind!r}")
-
-    def encode_voice_audio(self, pcm: np.ndarray) -> np.ndarray:
-        """Mimi codes [8, N] of a 24 kHz mono voice prompt (spec §6.2: only the last chunk is padded)."""
-        n = -(-len(pcm) // self.frame_size)
-        if n == 0:
-            raise PPChatError("the voice prompt audio is empty")
-        padded = np.zeros(n * self.frame_size, dtype=np.float32)
-        padded[: len(pcm)] = pcm
-        self.mimi.reset()
-        codes = [self.mimi.encode_step(mx.array(padded[i * self.frame_size:(i + 1) * self.frame_size]).reshape(1, 1, -1))
-                 for i in range(n)]
-        out = mx.concatenate(codes, axis=-1)[0]
-        return np.array(out, dtype=np.int64)
 
     # ------------------------------------------------------------------------------------- live
 

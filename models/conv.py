@@ -89,7 +89,8 @@ class StreamingConv1d(nn.Module):
         self._previous = mx.zeros((batch_size, self.padding, self.in_channels))
         if self.pad_mode == "replicate":
             # The replicated value is the stream's first sample, unknown until the first chunk arrives.
-            self._first = mx.array(True)
+            # One flag per row: rows of a batch are streams that may start at different times.
+            self._first = mx.ones((batch_size,), dtype=mx.bool_)
 
     def step(self, x: mx.array) -> mx.array:
         """One chunk `[B, T, in]` -> every output frame whose window is now complete."""
@@ -98,8 +99,8 @@ class StreamingConv1d(nn.Module):
             return mx.zeros((x.shape[0], 0, self.out_channels))
         previous = self._previous
         if self.pad_mode == "replicate":
-            previous = mx.where(self._first, x[:, :1], previous)
-            self._first = mx.array(False)
+            previous = mx.where(self._first[:, None, None], x[:, :1], previous)
+            self._first = mx.zeros_like(self._first)
         x = mx.concatenate([previous, x], axis=1)
         n_frames = max(0, (x.shape[1] - self.effective_kernel) // self.stride + 1)
         self._previous = x[:, n_frames * self.stride :]

@@ -321,7 +321,21 @@ class Mimi(nn.Module):
 
     def streaming_state(self) -> list[mx.array]:
         """Every streaming state array (to evaluate with a frame's output, so none stays lazy)."""
-        return [module[key] for module, key in self._state_slots(_ENCODER_PARTS + _DECODER_PARTS)]
+        return self._get_state(_ENCODER_PARTS + _DECODER_PARTS)
+
+    def set_streaming_state(self, state: list[mx.array]) -> None:
+        """Put back what `streaming_state()` returned (e.g. a batch's streams around a one-row encode)."""
+        self._set_state(_ENCODER_PARTS + _DECODER_PARTS, state)
+
+    def reset_row(self, row: int) -> None:
+        """Start a new stream in row `row` of a batch of streams; the other rows go on untouched.
+        (Every state array has the row first; each row keeps its own positions.)"""
+        batch = self.streaming_state()
+        self.reset(1)
+        fresh = self.streaming_state()
+        for array, new in zip(batch, fresh):
+            array[row : row + 1] = new
+        self.set_streaming_state(batch)
 
     def _encode_graph(self, state: list[mx.array], pcm: mx.array) -> tuple[mx.array, list[mx.array]]:
         self._set_state(_ENCODER_PARTS, state)

@@ -64,12 +64,14 @@ class MimiAttention(nn.Module):
         self.reset()
 
     def _project(self, x: mx.array, offset: int | mx.array) -> tuple[mx.array, mx.array, mx.array]:
+        """q, k, v [B, H, T, head_dim]; `offset` is 0 or each row's position [B]."""
         cfg = self.cfg
         b, t, _ = x.shape
-        qkv = self.in_proj(x).reshape(b, t, 3, cfg.num_heads, cfg.head_dim).transpose(2, 0, 3, 1, 4)
-        # Interleaved pairs (2i, 2i+1), as PyTorch moshi rotates them; q and k in one kernel.
-        qk = mx.fast.rope(qkv[:2], cfg.head_dim, traditional=True, base=cfg.max_period, scale=1.0, offset=offset)
-        return pick(qk, 0), pick(qk, 1), pick(qkv, 2)
+        qkv = self.in_proj(x).reshape(b, t, 3, cfg.num_heads, cfg.head_dim).transpose(0, 2, 3, 1, 4)
+        # Interleaved pairs (2i, 2i+1), as PyTorch moshi rotates them; q and k in one kernel, each row
+        # at its own position (RoPE takes the offsets along the leading axis).
+        qk = mx.fast.rope(qkv[:, :2], cfg.head_dim, traditional=True, base=cfg.max_period, scale=1.0, offset=offset)
+        return pick(qk, 0, 1), pick(qk, 1, 1), pick(qkv, 2, 1)
 
     def _attend(self, q: mx.array, k: mx.array, v: mx.array, mask: mx.array) -> mx.array:
         b, _, t, _ = q.shape
@@ -90,31 +92,34 @@ class MimiAttention(nn.Module):
         self._values = mx.zeros(shape)
 
     def step(self, x: mx.array, offset: mx.array, ring: tuple[mx.array, mx.array] | None = None) -> mx.array:
-        """One chunk of fewer than `context` steps whose first step is at absolute position `offset`.
+        """One chunk of fewer than `context` steps whose first step is at absolute position `offset` [B].
 
         `ring` is `ring_slots_and_mask(offset, T, context)`, the same for every layer (so the stack
         computes it once per step); computed here when not given."""
+        b = x.shape[0]
         slots, mask = ring if ring is not None else ring_slots_and_mask(offset, x.shape[1], self.cfg.context)
         q, k, v = self._project(x, offset)
         # put_along_axis is one kernel; `keys[:, :, slots, :] = k` would add arange index arrays.
-        where = slots.reshape(1, 1, -1, 1)
+        where = slots.reshape(b, 1, -1, 1)
         self._keys = mx.put_along_axis(self._keys, where, k, axis=2)
         self._values = mx.put_along_axis(self._values, where, v, axis=2)
         return self._attend(q, self._keys, self._values, mask)
 
 
 def ring_slots_and_mask(offset: mx.array, t: int, capacity: int) -> tuple[mx.array, mx.array]:
-    """Slots [T] that a chunk of `t` steps at `offset` writes, and its visibility mask [T, capacity]
-    over the ring after that write (True where visible), with the reference's slot labels."""
-    pos_q = offset + mx.arange(t)
+    """Slots [B, T] that a chunk of `t` steps at each row's `offset` [B] writes, and its visibility mask
+    [B, 1, T, capacity] over the ring after that write (True where visible), with the reference's slot
+    labels."""
+    pos_q = offset[:, None] + mx.arange(t)
     # Position of each slot as the reference labels it (see the module docstring), -1 if never written.
-    end = offset + t
+    end = (offset + t)[:, None]
     slot = mx.arange(capacity)
     delta = slot - end % capacity
     pos_k = mx.where(delta <= 0, end + delta, end + delta - capacity)
     pos_k = mx.where(slot >= end, -1, pos_k)
-    age = pos_q[:, None] - pos_k[None, :]
-    return pos_q % capacity, (pos_k[None, :] >= 0) & (age >= 0) & (age < capacity)
+    age = pos_q[:, :, None] - pos_k[:, None, :]
+    mask = (pos_k[:, None, :] >= 0) & (age >= 0) & (age < capacity)
+    return pos_q % capacity, mask[:, None]
 
 
 class MimiTransformerLayer(nn.Module):
@@ -157,8 +162,8 @@ class MimiTransformer(nn.Module):
         return x
 
     def reset(self, batch_size: int = 1) -> None:
-        """Empty every KV ring and restart positions at 0."""
-        self._offset = mx.array(0, dtype=mx.int32)
+        """Empty every KV ring and restart positions at 0 (one position per row)."""
+        self._offset = mx.zeros((batch_size,), dtype=mx.int32)
         for layer in self.layers:
             layer.self_attn.reset(batch_size)
 

@@ -117,3 +117,27 @@ def test_compiled_mimi_streaming_matches_the_reference(mimi_dir: Path) -> None:
     stream = io["codes_stream"]
     decoded = np.concatenate([np.array(mimi.decode_step(mx.array(stream[:, :, i : i + 1]))) for i in range(stream.shape[-1])], axis=-1)
     np.testing.assert_allclose(decoded, io["pcm_stream"], atol=1e-4)
+
+
+def test_bench_conversations_reports_every_conversation(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    argv = ["bench", "--model", "demo", "--conversations", "2", "--churn", "3", "--frames", "7", "--warmup", "2",
+            "--voice-frames", "6", "--json"]
+    result = run_cli(argv, capsys)
+    assert result["mode"] == "batched" and result["conversations"] == 2 and result["frames"] == 7
+    stats = result["timings_ms"]["total"]
+    assert 0 < stats["min"] <= stats["median"] <= stats["p99"] <= stats["max"]
+    # Two joined in the warm-up; churn at frames 3 and 6 ended the two oldest and let two more in.
+    rows = result["per_conversation"]
+    assert sorted(r["conversation"] for r in rows) == [1, 2, 3, 4]
+    assert sum(r["frames"] for r in rows if r["conversation"] > 2) == 4 + 1
+    assert all(r["late"] <= r["frames"] for r in rows)
+    assert result["joins"]["churn_seconds"]["min"] > 0
+
+
+def test_bench_churn_needs_conversations(capsys) -> None:
+    parser = argparse.ArgumentParser(prog="ppchat")
+    bench_command.register(parser.add_subparsers())
+    args = parser.parse_args(["bench", "--churn", "3"])
+    with pytest.raises(Exception, match="--churn, at least 0, needs --conversations"):
+        bench_command.bench_options(args)

@@ -35,6 +35,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--compile", dest="compile", action=argparse.BooleanOptionalAction, default=None,
                         help="mx.compile the step graphs (default: on a GPU only)")
     parser.add_argument("--voice-frames", type=int, default=125, help="voice prompt length in frames (default 125 = 10 s)")
+    parser.add_argument("--conversations", type=int, default=0, metavar="N",
+                        help="run N conversations in one batched step (each its own seed, voice and prompt; "
+                             "default: one conversation, unbatched)")
+    parser.add_argument("--churn", type=int, default=0, metavar="K",
+                        help="with --conversations: every K frames one conversation leaves and a new one joins")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.set_defaults(func=_run)
 
@@ -46,6 +51,9 @@ def bench_options(args: argparse.Namespace):
 
     if args.frames < 1 or args.warmup < 0 or args.voice_frames < 2:
         raise PPChatError("--frames must be at least 1, --warmup at least 0 and --voice-frames at least 2")
+    if args.conversations < 0 or args.churn < 0 or (args.churn and not args.conversations):
+        raise PPChatError("--conversations must be at least 1 (or left out), and --churn, at least 0, "
+                          "needs --conversations")
     return BenchOptions(
         model=args.model,
         config=args.config,
@@ -57,13 +65,26 @@ def bench_options(args: argparse.Namespace):
         phases=args.phases,
         compile=args.compile,
         voice_frames=args.voice_frames,
+        conversations=args.conversations,
+        churn=args.churn,
     )
 
 
-def _run(args: argparse.Namespace) -> int:
+def run_options(options) -> tuple[dict, str]:
+    """Run the benchmark `options` ask for: (JSON-ready result, human-readable report)."""
+    if options.conversations:
+        from ppchat.engine.bench_batch import format_batch_report, run_batch_bench
+
+        result = run_batch_bench(options)
+        return result, format_batch_report(result)
     from ppchat.engine.bench import format_report, run_bench
 
-    result = run_bench(bench_options(args))
-    print(json.dumps(result, indent=1) if args.json else format_report(result))
+    result = run_bench(options)
+    return result, format_report(result)
+
+
+def _run(args: argparse.Namespace) -> int:
+    result, report = run_options(bench_options(args))
+    print(json.dumps(result, indent=1) if args.json else report)
     sys.stdout.flush()
     return 0

@@ -79,27 +79,38 @@ def test_ring_attention_writes_like_the_cache_and_attends_like_masked_softmax(wr
 
 
 @pytest.mark.parametrize("bits", [None, 8])
-def test_temporal_steps_with_the_ring_kernel_match_the_masked_sdpa_path(bits) -> None:
+@pytest.mark.parametrize("rows", [1, 3])
+def test_temporal_steps_with_the_ring_kernel_match_the_masked_sdpa_path(bits, rows: int) -> None:
     """Whole single-token steps of a bf16 transformer (ring of 40, run past a wrap) with the fused
-    kernel and with MLX's masked attention give the same outputs, to bf16 accuracy."""
+    kernel and with MLX's masked attention give the same outputs, to bf16 accuracy. With 3 rows the
+    rings are per-row and rows restart at different steps (as conversations join a batch), so each
+    row attends at its own position."""
     from ppchat.models.transformer import Transformer
 
     mx.random.seed(0)
     stack = Transformer(dim=256, num_heads=2, num_layers=2, hidden=512, context=40, max_period=10000.0, norm_eps=1e-8)
     stack.set_dtype(mx.bfloat16)
     mx.eval(stack.parameters())
-    fused_cache = stack.make_cache(1, mx.bfloat16, bits)
-    tickets = stack._tickets
-    plain_cache = stack.make_cache(1, mx.bfloat16, bits)
+    per_row = rows > 1
+    fused_cache = stack.make_cache(rows, mx.bfloat16, bits, per_row=per_row)
+    plain_cache = stack.make_cache(rows, mx.bfloat16, bits, per_row=per_row)
+    assert fused_cache[0].tickets is not None
+    for cache in plain_cache:
+        cache.tickets = None  # the masked SDPA path
     for index in range(90):
-        x = mx.random.normal((1, 1, 256)).astype(mx.bfloat16)
-        stack._tickets = tickets
+        if per_row and index in (17, 55):
+            row = 1 if index == 17 else 2
+            for caches in (fused_cache, plain_cache):
+                for ring, fresh in zip(caches, stack.make_cache(1, mx.bfloat16, bits)):
+                    ring.load_row(row, fresh)
+        x = mx.random.normal((rows, 1, 256)).astype(mx.bfloat16)
         fused = stack(x, fused_cache)
         mx.eval(fused, [c.state for c in fused_cache])
-        stack._tickets = None  # the masked SDPA path
         plain = stack(x, plain_cache)
         mx.eval(plain, [c.state for c in plain_cache])
         np.testing.assert_allclose(
             np.array(fused.astype(mx.float32)), np.array(plain.astype(mx.float32)), rtol=0.05, atol=0.05,
             err_msg=f"step {index}",
         )
+    if per_row:
+        assert np.array(fused_cache[0].offset).tolist() == [90, 90 - 17, 90 - 55]

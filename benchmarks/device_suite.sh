@@ -9,7 +9,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 mkdir -p /tmp/pp/ppchat /tmp/results
 [ -e /tmp/pp/ppchat/__init__.py ] || {
   cp -r "$ROOT"/app/. /tmp/pp/ppchat/
-  for d in models engine sessions tui; do ln -sfn "$ROOT/$d" /tmp/pp/ppchat/$d; done
+  for d in models engine sessions tui asr net; do ln -sfn "$ROOT/$d" /tmp/pp/ppchat/$d; done
 }
 export PYTHONPATH=/opt/site:/tmp/pp:$ROOT PYTHONUNBUFFERED=1
 export PPCHAT_FIXTURES=${PPCHAT_FIXTURES:-$ROOT/fixtures}

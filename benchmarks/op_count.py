@@ -28,7 +28,6 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 
-
 # Primitives that only make a view (no kernel on any backend, as long as no copy is forced).
 VIEWS = {"Broadcast", "Reshape", "Slice", "Transpose", "Squeeze", "Flatten", "Unflatten", "ExpandDims", "AsStrided"}
 

@@ -16,9 +16,15 @@ import time
 import mlx.core as mx
 import numpy as np
 from mlx.utils import tree_flatten
-
 from ppchat.engine.batch import FRAME_MS, BatchPipeline
-from ppchat.engine.bench import BenchOptions, _input_frames, _stats, _voice_prompt, build_model, device_description
+from ppchat.engine.bench import (
+    BenchOptions,
+    _input_frames,
+    _stats,
+    _voice_prompt,
+    build_model,
+    device_description,
+)
 from ppchat.engine.pipeline import SamplingSettings
 from ppchat.engine.prompts import PRESETS
 

@@ -18,7 +18,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import mlx.core as mx
-
 from ppchat.models.kv_cache import RingKVCache
 from ppchat.models.lm import LM
 from ppchat.models.sampling import SamplingParams, sample_rows, split_rows

@@ -17,11 +17,11 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 import pytest
-
 from ppchat.models.batch import BatchLMGen
 from ppchat.models.generator import LMGen, VoiceEmbeddings
 from ppchat.models.lm import LM, LMConfig
 from ppchat.models.sampling import SamplingParams
+
 from tests.conftest import fixture_params
 
 TEXT = SamplingParams(0.7, 25)

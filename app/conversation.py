@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+from ppchat import paths
 from ppchat.engine.events import EventBus, NoticeEvent
 from ppchat.engine.pipeline import ModelPipeline, PrefillReport, SamplingSettings
 from ppchat.engine.prompts import PRESETS, named_prompt, resolve_prompt
 from ppchat.engine.runtime import AudioEndpoint, DuplexRuntime, RuntimePolicy
 from ppchat.errors import PPChatError
-from ppchat import paths
 from ppchat.models.loader import LoadedModel, load_model, resolve_source
 from ppchat.models.voices import DEFAULT_VOICE, PRESET_VOICES, VoicePrompt, available_voices, load_voice
 from ppchat.sessions.recorder import Recorder, start_recording
@@ -224,7 +225,7 @@ class Conversation:
             self.monitor.close()
             self.monitor = None
 
-    def __enter__(self) -> "Conversation":
+    def __enter__(self) -> Conversation:
         return self
 
     def __exit__(self, *exc_info) -> None:

@@ -70,7 +70,9 @@ def runtime_dir() -> Path:
         base.mkdir(mode=0o700, parents=False, exist_ok=True)
         st = base.lstat()
     except OSError as exc:
-        raise PPChatError(f"cannot create the runtime directory {base}: {exc.strerror}; set XDG_RUNTIME_DIR to a writable directory") from exc
+        raise PPChatError(
+            f"cannot create the runtime directory {base}: {exc.strerror}; set XDG_RUNTIME_DIR to a writable directory"
+        ) from exc
     if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
         raise PPChatError(f"{base} is not a directory owned by you; remove it or set XDG_RUNTIME_DIR")
     if st.st_mode & 0o077:

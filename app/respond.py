@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from ppchat.engine.events import NoticeEvent, StepEvent
 from ppchat import logfile
 from ppchat.atomic import replacing
+from ppchat.engine.events import NoticeEvent, StepEvent
 from ppchat.errors import AudioError, PPChatError, interruption
 from ppchat.validate import check_sample_rate, unreadable_audio
 

@@ -160,7 +160,7 @@ def run(model_dir: str, language: str | None) -> int:
         from ppchat.asr.transcriber import Transcriber
 
         transcriber = Transcriber(model_dir, language=language)
-    except Exception as exc:  # any load failure is reported, not a traceback on a terminal
+    except Exception as exc:  # noqa: BLE001 - any load failure is reported to the parent, not a traceback on a terminal
         _emit({"type": "error", "message": f"cannot load the ASR model {model_dir}: {type(exc).__name__}: {exc}"})
         return 3
     _emit({"type": "ready"})

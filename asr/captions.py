@@ -73,7 +73,7 @@ class LiveCaptions:
 
     # ------------------------------------------------------------------------------ control
 
-    def start(self) -> "LiveCaptions":
+    def start(self) -> LiveCaptions:
         self._sub = self.bus.subscribe(maxlen=256, name="captions")
         self._spawn()
         self._thread = threading.Thread(target=self._feed_loop, name="captions-feed", daemon=True)
@@ -99,7 +99,7 @@ class LiveCaptions:
         if self.settings.log_path is not None:
             with contextlib.suppress(OSError):
                 self.settings.log_path.parent.mkdir(parents=True, exist_ok=True)
-                stderr = open(self.settings.log_path, "ab")  # noqa: SIM115 (the child keeps it)
+                stderr = open(self.settings.log_path, "ab")
         env = dict(os.environ, HF_HUB_OFFLINE="1")  # the worker is given a local folder; never go online
         try:
             # Its own session: a Ctrl-C in the terminal is ppchat's to handle, not the worker's.

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run_device import install_namespace  # noqa: E402
+from run_device import install_namespace
 
 install_namespace()
 
@@ -306,11 +306,11 @@ def section_ab(small: bool, iters: int, dtype_name: str, quant: int | None) -> N
     # Layer pieces alone (32 repetitions in one compiled graph) to find the per-layer kernels' cost.
     x = (mx.random.normal((1, 1, dim)) * 0.5).astype(dtype)
     pieces = {
-        "RMSNorm (f32 reference form)": lambda l, x: l.norm1(x),
-        "mx.fast.rms_norm": lambda l, x: mx.fast.rms_norm(x, l.norm1.weight, 1e-8),
-        "in_proj matmul": lambda l, x: l.self_attn.in_proj(x)[..., :dim],
-        "gated FFN": lambda l, x: l.gating(x),
-        "rope of q and k, one call": lambda l, x: mx.fast.rope(
+        "RMSNorm (f32 reference form)": lambda layer, x: layer.norm1(x),
+        "mx.fast.rms_norm": lambda layer, x: mx.fast.rms_norm(x, layer.norm1.weight, 1e-8),
+        "in_proj matmul": lambda layer, x: layer.self_attn.in_proj(x)[..., :dim],
+        "gated FFN": lambda layer, x: layer.gating(x),
+        "rope of q and k, one call": lambda layer, x: mx.fast.rope(
             mx.stack(split_qkv(mx.concatenate([x, x, x], -1), heads)[:2]), dim // heads, traditional=True,
             base=10000.0, scale=1.0, offset=mx.array(7)).sum(0).reshape(1, 1, dim),
     }
@@ -495,7 +495,7 @@ def main() -> int:
         t = time.perf_counter()
         try:
             sections[letter]()
-        except Exception as exc:  # keep the other sections' numbers
+        except Exception as exc:  # noqa: BLE001 - printed; keep the other sections' numbers
             print(f"[{letter}] FAILED: {exc!r}", flush=True)
         print(f"--- section {letter} took {time.perf_counter() - t:.1f} s", flush=True)
         mx.clear_cache()

@@ -26,7 +26,7 @@ from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run_device import install_namespace  # noqa: E402
+from run_device import install_namespace
 
 MLX_SETTINGS = ("MLX_USE_CUDA_GRAPHS", "MLX_MAX_OPS_PER_BUFFER", "MLX_MAX_MB_PER_BUFFER",
                 "MLX_CUDA_GRAPH_CACHE_SIZE", "MLX_CUDA_USE_CUDNN_SDPA")
@@ -168,7 +168,7 @@ def main(argv: list[str]) -> int:
         run(args.trace, False, "frame")
         mx.eval = labelled_eval
         try:
-            for i in range(args.trace):
+            for _ in range(args.trace):
                 phase_names = iter(("encode", "temporal", "depformer", "decode"))
                 run(1, True, "frame_phases")
         finally:

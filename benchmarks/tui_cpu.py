@@ -175,7 +175,8 @@ def main() -> int:
     tui_cpu = r["process_cpu_s"] - r["publisher_cpu_s"]
     print(f"terminal {cols}x{rows}, {r['events']} events in {r['wall_s']:.1f} s ({r['events'] / r['wall_s']:.1f}/s)")
     print(f"process CPU {r['process_cpu_s']:.2f} s, publisher thread {r['publisher_cpu_s']:.2f} s")
-    print(f"console CPU {tui_cpu:.2f} s = {100 * tui_cpu / r['wall_s']:.1f}% of one core; terminal output {written / 1024 / (r['wall_s'] + WARMUP_S):.0f} KiB/s")
+    print(f"console CPU {tui_cpu:.2f} s = {100 * tui_cpu / r['wall_s']:.1f}% of one core; "
+          f"terminal output {written / 1024 / (r['wall_s'] + WARMUP_S):.0f} KiB/s")
     return 0
 
 

@@ -14,14 +14,13 @@ PortAudio library becomes an `AudioError` instead of an import-time crash.
 from __future__ import annotations
 
 import sys
-
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from ppchat.errors import AudioError
 from ppchat.engine.ringbuffer import RingBuffer
+from ppchat.errors import AudioError
 
 DEFAULT_BLOCK_SECONDS = 0.08  # one Moshi frame: each callback delivers about one model frame
 NO_DEVICE_HINT = (
@@ -364,7 +363,7 @@ class DuplexAudio:
             stream.abort()
             stream.close()
 
-    def __enter__(self) -> "DuplexAudio":
+    def __enter__(self) -> DuplexAudio:
         return self
 
     def __exit__(self, *exc_info) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import threading
 from dataclasses import dataclass, field
+
 import numpy as np
 
 PHASES = ("encode", "temporal", "depformer", "decode")
@@ -60,7 +61,7 @@ class NoticeEvent:
 class Subscription:
     """A subscriber's private bounded queue. `get` blocks up to `timeout`; `drain` never blocks."""
 
-    def __init__(self, bus: "EventBus", maxlen: int, name: str):
+    def __init__(self, bus: EventBus, maxlen: int, name: str):
         self._bus = bus
         self._queue: collections.deque = collections.deque(maxlen=maxlen)
         self._ready = threading.Condition(threading.Lock())

@@ -196,7 +196,7 @@ class MonitorServer:
 
     # ---- lifecycle -------------------------------------------------------------------------
 
-    def start(self) -> "MonitorServer":
+    def start(self) -> MonitorServer:
         path = self._choose_path()
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -239,7 +239,7 @@ class MonitorServer:
             except OSError:
                 pass
 
-    def __enter__(self) -> "MonitorServer":
+    def __enter__(self) -> MonitorServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -192,7 +192,7 @@ class ModelPipeline:
     # ------------------------------------------------------------------------------------- live
 
     def process(self, pcm: np.ndarray) -> FrameResult:
-        from ppchat.engine.runtime import FrameResult  # noqa: PLC0415 (see the TYPE_CHECKING import)
+        from ppchat.engine.runtime import FrameResult
 
         frame, token, timings = self.run_frame(pcm)
         piece = self.model.tokenizer.piece(token) if token is not None else None

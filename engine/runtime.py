@@ -219,7 +219,7 @@ class DuplexRuntime:
 
     # -- control (any thread) ------------------------------------------------------
 
-    def start(self) -> "DuplexRuntime":
+    def start(self) -> DuplexRuntime:
         self._thread.start()
         return self
 
@@ -244,7 +244,7 @@ class DuplexRuntime:
         """Flag the next published event (`marked=True`). Marks within one frame merge."""
         self._mark_pending = True
 
-    def __enter__(self) -> "DuplexRuntime":
+    def __enter__(self) -> DuplexRuntime:
         return self.start()
 
     def __exit__(self, *exc_info) -> None:

@@ -17,7 +17,7 @@ device); every other backend keeps the plain MLX form, which the parity tests ch
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 import mlx.core as mx
 
@@ -64,7 +64,7 @@ def available() -> bool:
     return mx.default_device() == mx.gpu and mx.cuda.is_available()
 
 
-@lru_cache(maxsize=None)
+@cache
 def _rms_kernel(eps: float):
     # eps is a float, which kernel templates cannot carry: it is written into the source.
     source = f"    constexpr float EPS = {eps!r}f;\n" + _RMS_SOURCE
@@ -334,7 +334,7 @@ def _attention_source(quantized: bool) -> str:
     return source
 
 
-@lru_cache(maxsize=None)
+@cache
 def _attn_kernel(scale: float, quantized: bool):
     source = f"    constexpr float SCALE = {scale!r}f;\n" + _attention_source(quantized)
     ring = ["keys", "key_scales", "values", "value_scales"] if quantized else ["keys", "values"]

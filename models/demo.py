@@ -25,8 +25,8 @@ import numpy as np
 import sentencepiece
 from safetensors.numpy import save_file
 
-from ppchat.errors import CheckpointError
 from ppchat import paths
+from ppchat.errors import CheckpointError
 from ppchat.models import manifest
 from ppchat.models.checkpoint import DEMO_MARKER
 

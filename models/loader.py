@@ -22,9 +22,9 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 from tqdm import tqdm
 
+from ppchat import paths
 from ppchat.atomic import replacing
 from ppchat.errors import CheckpointError
-from ppchat import paths
 from ppchat.models import hub
 from ppchat.models.checkpoint import CheckpointDir, open_checkpoint_dir, read_safetensors
 from ppchat.models.demo import ensure_demo_model

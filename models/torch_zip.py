@@ -88,7 +88,7 @@ _ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
-    def __init__(self, data: bytes, storages: "_StorageReader"):
+    def __init__(self, data: bytes, storages: _StorageReader):
         super().__init__(io.BytesIO(data))
         self._storages = storages
 

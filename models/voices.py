@@ -20,9 +20,9 @@ import numpy as np
 import soundfile
 import soxr
 
+from ppchat import paths
 from ppchat.atomic import replacing
 from ppchat.errors import AudioError, CheckpointError
-from ppchat import paths
 from ppchat.models.checkpoint import read_safetensors
 from ppchat.models.torch_zip import load_torch_zip
 from ppchat.validate import check_sample_rate, unreadable_audio

@@ -24,7 +24,7 @@ class OpusStreamError(ValueError):
 
 
 def _sphn():
-    import sphn  # noqa: PLC0415 - a compiled extension; only the network commands need it
+    import sphn
 
     return sphn
 
@@ -192,7 +192,7 @@ class OggOpusDecoder:
         """The samples that `data` completes; raises OpusStreamError for anything not Ogg/Opus."""
         try:
             pcm = self._reader.append_bytes(bytes(data))
-        except Exception as exc:  # sphn reports malformed streams as ValueError / RuntimeError
+        except Exception as exc:  # noqa: BLE001 - converted to a user error; sphn reports malformed streams as ValueError / RuntimeError
             raise OpusStreamError(f"not a valid Ogg/Opus stream: {exc}") from None
         except BaseException as exc:  # pyo3 turns a Rust panic into PanicException(BaseException)
             if type(exc).__name__ != "PanicException":

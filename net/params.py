@@ -9,8 +9,8 @@ the web UI works unchanged (see IGNORED).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 from urllib.parse import urlencode
 
 from ppchat.engine.prompts import MAX_PROMPT_CHARS
@@ -39,7 +39,7 @@ class ChatParams:
     audio_topk: int | None = None
 
     @classmethod
-    def from_query(cls, query: Mapping[str, str]) -> "ChatParams":
+    def from_query(cls, query: Mapping[str, str]) -> ChatParams:
         """Parse and check; ProtocolError names the parameter and the accepted values."""
         voice = query.get("voice_prompt") or None
         if voice is not None:

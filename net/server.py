@@ -149,7 +149,7 @@ class ChatServer:
             reason = await self._converse(ws, request, client)
         except Refused as exc:
             reason = str(exc)
-        except Exception as exc:  # noqa: BLE001 - one connection's failure must not reach the others
+        except Exception as exc:
             log.exception("conversation with %s failed", client)
             reason = f"internal error: {type(exc).__name__}: {exc}"
         finally:
@@ -366,7 +366,7 @@ class ServerThread:
         self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="ppchat-serve", daemon=True)
 
-    def start(self) -> "ServerThread":
+    def start(self) -> ServerThread:
         self._thread.start()
         self._ready.wait(30)
         if self.error is not None:
@@ -403,12 +403,12 @@ class ServerThread:
         if self._loop.is_running():
             try:
                 asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(15)
-            except Exception:  # noqa: BLE001 - stopping anyway; say why in the log
+            except Exception:
                 log.exception("the server did not shut down cleanly")
             self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(15)
 
-    def __enter__(self) -> "ServerThread":
+    def __enter__(self) -> ServerThread:
         return self.start()
 
     def __exit__(self, *exc_info) -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from ppchat.errors import PPChatError
 from ppchat import paths
+from ppchat.errors import PPChatError
 from ppchat.models import hub
 
 log = logging.getLogger(__name__)

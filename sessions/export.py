@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from ppchat.errors import SessionError
-from ppchat.sessions.files import atomic_write_bytes, describe_write_error
 from ppchat.sessions.dialogue import dialogue, format_dialogue, has_user_side, line_text
+from ppchat.sessions.files import atomic_write_bytes, describe_write_error
 from ppchat.sessions.replay import EPAD_TOKEN, PAD_TOKEN, WORD_START
 from ppchat.sessions.schema import FRAME_SAMPLES, SAMPLE_RATE
 from ppchat.sessions.store import Session

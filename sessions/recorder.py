@@ -38,9 +38,9 @@ from ppchat.sessions.liveness import mark_recording, unmark_recording
 from ppchat.sessions.schema import (
     AGENT_WAV,
     FRAME_SAMPLES,
-    SESSION_FILES,
     FRAME_SECONDS,
     SAMPLE_RATE,
+    SESSION_FILES,
     STEPS_JSONL,
     USER_WAV,
     SessionInfo,

@@ -25,10 +25,10 @@ from ppchat.sessions.schema import (
     AGENT_WAV,
     FRAME_SECONDS,
     SESSION_JSON,
+    SESSION_NAME_TIME,
     STEPS_JSONL,
     USER_WAV,
     SessionInfo,
-    SESSION_NAME_TIME,
     SessionMeta,
     StepLog,
     parse_step_log,
@@ -37,6 +37,7 @@ from ppchat.sessions.schema import (
 )
 from ppchat.sessions.stats import stats_from_log
 from ppchat.sessions.wav_writer import read_wav_layout, repair_wav
+
 
 @dataclass
 class RepairReport:

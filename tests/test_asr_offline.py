@@ -16,16 +16,16 @@ import pytest
 import soundfile as sf
 import soxr
 
-from tests.asr_helpers import BURSTS, SESSION_S, record_session, speech_track
 from ppchat.asr.model_files import AsrModelMissing, resolve_asr_model
 from ppchat.asr.random_model import build_random_asr
 from ppchat.asr.segmenter import Segmenter, SegmenterSettings, split
 from ppchat.asr.transcriber import Transcriber, to_16k, transcribe_track
 from ppchat.cli import main
-from ppchat.errors import CheckpointError, SessionError
+from ppchat.errors import CheckpointError
 from ppchat.sessions.export import export
 from ppchat.sessions.store import load_session
 from ppchat.sessions.user_transcript import USER_TRANSCRIPT, UserLine, read_user_transcript, write_user_transcript
+from tests.asr_helpers import SESSION_S, record_session, speech_track
 
 PAD = 0.2  # SegmenterSettings.pad_s
 # The bursts as the segmenter should report them: padded, the two close ones merged.
@@ -170,7 +170,7 @@ def test_transcribe_command_then_export_and_replay(tiny_asr, transcriber, tmp_pa
     session_dir = record_session(root)
     assert main(["transcribe", "last", "--asr-model", str(tiny_asr), "--sessions-dir", str(root)]) == 0
     out = capsys.readouterr().out
-    assert f"3 utterance(s)" in out and str(session_dir / USER_TRANSCRIPT) in out
+    assert "3 utterance(s)" in out and str(session_dir / USER_TRANSCRIPT) in out
     doc = json.loads((session_dir / USER_TRANSCRIPT).read_text())
     assert doc["source"] == "user.wav" and doc["model"] == str(tiny_asr)
     segments = transcribe_track(sf.read(session_dir / "user.wav", dtype="float32")[0], transcriber)

@@ -11,9 +11,9 @@ import soundfile as sf
 from ppchat.cli import main
 from ppchat.conversation import TalkOptions
 from ppchat.engine.pipeline import SamplingSettings
-from ppchat.respond import read_audio, reference_text_entry, respond
 from ppchat.errors import AudioError
 from ppchat.models.loader import load_model
+from ppchat.respond import read_audio, reference_text_entry, respond
 
 
 @pytest.fixture(scope="module")

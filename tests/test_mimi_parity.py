@@ -28,7 +28,7 @@ from mlx.utils import tree_flatten, tree_map
 from ppchat.models.conv import StreamingConv1d, StreamingConvTranspose1d
 from ppchat.models.mimi import Mimi, MimiConfig
 from ppchat.models.mimi_transformer import MimiTransformer, MimiTransformerConfig
-from tests.conftest import fixtures_root, fixture_params
+from tests.conftest import fixture_params, fixtures_root
 
 MIMI_FIXTURES = fixture_params("mimi")
 

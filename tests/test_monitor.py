@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ppchat.engine import monitor_socket
 from ppchat import paths
+from ppchat.engine import monitor_socket
 from ppchat.engine.events import EventBus, NoticeEvent, StepEvent
 from ppchat.engine.monitor_socket import MonitorServer, MonitorStep, find_server_socket, level_envelope
 from ppchat.errors import PPChatError

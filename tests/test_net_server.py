@@ -11,7 +11,6 @@ import struct
 import time
 import urllib.request
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pytest

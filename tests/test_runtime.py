@@ -177,7 +177,8 @@ def test_stream_resampler_chunks_add_up_to_the_whole(rate_in, rate_out):
 # -- device selection --------------------------------------------------------------------
 
 FAKE_DEVICES = [
-    {"name": "Built-in Microphone", "index": 0, "hostapi": 0, "max_input_channels": 2, "max_output_channels": 0, "default_samplerate": 48000.0},
+    {"name": "Built-in Microphone", "index": 0, "hostapi": 0, "max_input_channels": 2, "max_output_channels": 0,
+     "default_samplerate": 48000.0},
     {"name": "Built-in Output", "index": 1, "hostapi": 0, "max_input_channels": 0, "max_output_channels": 2, "default_samplerate": 48000.0},
     {"name": "USB Headset", "index": 2, "hostapi": 0, "max_input_channels": 1, "max_output_channels": 2, "default_samplerate": 44100.0},
 ]

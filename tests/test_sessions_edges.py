@@ -4,7 +4,6 @@ sessions with nothing in them and `ppchat sessions clean` (issue 16.9, 16.10, 16
 from __future__ import annotations
 
 import errno
-import json
 import os
 import time
 from datetime import datetime

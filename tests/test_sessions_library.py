@@ -17,11 +17,11 @@ import soundfile as sf
 
 from ppchat.cli import main
 from ppchat.engine.events import EventBus, NoticeEvent, StepEvent
+from ppchat.engine.transcript import format_clock
 from ppchat.errors import SessionError
 from ppchat.sessions.export import export, offline_text_frames
 from ppchat.sessions.recorder import start_recording
 from ppchat.sessions.repair import repair_session
-from ppchat.engine.transcript import format_clock
 from ppchat.sessions.replay import Utterance, format_transcript, play, transcript
 from ppchat.sessions.schema import SessionMeta
 from ppchat.sessions.store import (

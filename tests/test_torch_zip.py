@@ -41,7 +41,8 @@ def _tensor(storage_type: str, key: str, numel: int, offset: int, size, stride) 
 
 
 def _dict(entries: dict) -> bytes:
-    return pickle.PROTO + b"\x02" + pickle.EMPTY_DICT + pickle.MARK + b"".join(_str(k) + v for k, v in entries.items()) + pickle.SETITEMS + pickle.STOP
+    items = b"".join(_str(k) + v for k, v in entries.items())
+    return pickle.PROTO + b"\x02" + pickle.EMPTY_DICT + pickle.MARK + items + pickle.SETITEMS + pickle.STOP
 
 
 def _write_pt(path, pkl: bytes, storages: dict, byteorder=b"little"):
@@ -120,7 +121,11 @@ def test_short_storage_entry_is_refused(tmp_path):
 
 @pytest.mark.parametrize(
     "module, name, arg_of",
-    [("os", "system", lambda m: f"touch {m}"), ("posix", "system", lambda m: f"touch {m}"), ("builtins", "eval", lambda m: f"open({str(m)!r}, 'w')")],
+    [
+        ("os", "system", lambda m: f"touch {m}"),
+        ("posix", "system", lambda m: f"touch {m}"),
+        ("builtins", "eval", lambda m: f"open({str(m)!r}, 'w')"),
+    ],
 )
 def test_code_execution_is_refused_and_does_not_happen(tmp_path, module, name, arg_of):
     marker = tmp_path / "pwned"

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 from ppchat.engine.events import StepEvent
+from ppchat.engine.levels import FLOOR_DB, level_db, level_fraction
 from ppchat.tui.widgets.latency import LatencyStats, chart_cells
 from ppchat.tui.widgets.monologue import Transcript, clock
 from ppchat.tui.widgets.statusbar import short_path
 from ppchat.tui.widgets.strips import strip_text
-from ppchat.engine.levels import FLOOR_DB, level_db, level_fraction
 from ppchat.tui.widgets.waveform import FrameLevel, Waveform, column_cells
 
 
@@ -105,7 +105,8 @@ def test_waveform_keeps_only_its_history():
 
 def test_transcript_joins_pieces_and_skips_pad_and_epad():
     t = Transcript(turn_gap_steps=5)
-    events = [step(0, token=3), step(1, token=0), step(2, token=17, piece=" Hello"), step(3, token=3), step(4, token=18, piece=" world"), step(5, token=19, piece="!")]
+    events = [step(0, token=3), step(1, token=0), step(2, token=17, piece=" Hello"),
+              step(3, token=3), step(4, token=18, piece=" world"), step(5, token=19, piece="!")]
     for ev in events:
         t.add(ev)
     assert t.plain_lines() == ["00:00 Hello world!"]

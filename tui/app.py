@@ -23,7 +23,7 @@ from textual.screen import Screen
 from textual.widgets import Footer
 
 from ppchat import logfile
-from ppchat.engine.events import EventBus, NoticeEvent, StepEvent
+from ppchat.engine.events import EventBus, StepEvent
 from ppchat.errors import PPChatError
 from ppchat.tui.lifeline import Lifeline
 from ppchat.tui.live_view import LiveView
@@ -250,7 +250,8 @@ class PPChatApp(App):
         self.half_duplex = not self.half_duplex
         self.conversation.set_half_duplex(self.half_duplex)
         self._update_status()
-        self.notify("Half-duplex gate on: your mic is gated while the agent speaks." if self.half_duplex else "Half-duplex gate off.", timeout=3)
+        gate = "Half-duplex gate on: your mic is gated while the agent speaks." if self.half_duplex else "Half-duplex gate off."
+        self.notify(gate, timeout=3)
 
     def action_mark(self) -> None:
         if not self.conversation.running:

@@ -67,7 +67,7 @@ class Lifeline:
         self._previous: dict[int, object] = {}
         self._thread = threading.Thread(target=self._watch, name="ppchat-lifeline", daemon=True)
 
-    def __enter__(self) -> "Lifeline":
+    def __enter__(self) -> Lifeline:
         if threading.current_thread() is threading.main_thread():
             for sig in WATCHED_SIGNALS:
                 self._previous[sig] = signal.signal(sig, self._on_signal)

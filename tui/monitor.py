@@ -22,8 +22,8 @@ from ppchat.engine import monitor_socket
 from ppchat.engine.events import EventBus, NoticeEvent, StepEvent
 from ppchat.engine.status import StatusLine
 from ppchat.errors import PPChatError
-from ppchat.tui.notices import notify_event
 from ppchat.tui.live_view import LiveView
+from ppchat.tui.notices import notify_event
 from ppchat.tui.widgets.statusbar import StatusBar
 
 
@@ -45,7 +45,7 @@ class MonitorFeed:
         self._sock = None
         self._thread = threading.Thread(target=self._run, name="ppchat-monitor-client", daemon=True)
 
-    def start(self) -> "MonitorFeed":
+    def start(self) -> MonitorFeed:
         self._thread.start()
         return self
 
@@ -145,7 +145,8 @@ def print_status_lines(path: str | Path | None, out: TextIO = sys.stdout, interv
     for msg in monitor_socket.read_messages(sock):
         if isinstance(msg, dict):
             badge = " [DEMO]" if msg.get("is_demo") else ""
-            print(f"attached to {msg.get('model', '?')}{badge} voice {msg.get('voice', '?')} pid {msg.get('pid', '?')}", file=out, flush=True)
+            about = f"{msg.get('model', '?')}{badge} voice {msg.get('voice', '?')} pid {msg.get('pid', '?')}"
+            print(f"attached to {about}", file=out, flush=True)
         elif isinstance(msg, NoticeEvent):
             print(f"{msg.level}: {msg.message}", file=out, flush=True)
         elif isinstance(msg, StepEvent):

@@ -20,8 +20,8 @@ from ppchat.engine.events import EventBus
 from ppchat.sessions.replay import play
 from ppchat.sessions.schema import FRAME_SECONDS
 from ppchat.sessions.store import Session, load_session
-from ppchat.tui.notices import notify_event
 from ppchat.tui.live_view import LiveView
+from ppchat.tui.notices import notify_event
 from ppchat.tui.widgets.monologue import clock
 from ppchat.tui.widgets.statusbar import StatusBar
 

@@ -16,7 +16,9 @@ from ppchat.errors import PPChatError
 from ppchat.sessions.store import SessionSummary, default_sessions_root, list_sessions, load_session
 from ppchat.tui.widgets.monologue import clock
 
-STATUS_STYLES = {"ok": "green", "recovered": "yellow", "partial": "yellow", "live": "cyan", "corrupt": "red", "failed": "red", "empty": "dim"}
+STATUS_STYLES = {
+    "ok": "green", "recovered": "yellow", "partial": "yellow", "live": "cyan", "corrupt": "red", "failed": "red", "empty": "dim",
+}
 
 
 def session_row(s: SessionSummary) -> Text:

@@ -15,7 +15,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "slow the conversation down."
         ),
     )
-    parser.add_argument("--socket", metavar="PATH", help="monitor socket to attach to (default: the running ppchat's, in $XDG_RUNTIME_DIR/ppchat/ or /tmp/ppchat-UID/)")
+    parser.add_argument(
+        "--socket",
+        metavar="PATH",
+        help="monitor socket to attach to (default: the running ppchat's, in $XDG_RUNTIME_DIR/ppchat/ or /tmp/ppchat-UID/)",
+    )
     parser.add_argument("--no-tui", action="store_true", help="print one status line per second instead of the full-screen view")
     parser.set_defaults(func=_run_monitor)
 

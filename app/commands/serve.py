@@ -13,7 +13,7 @@ from ppchat.errors import PPChatError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ppchat.commands.talk import _model_args  # noqa: PLC0415 - the model options of `talk`
+    from ppchat.commands.talk import _model_args
 
     p = sub.add_parser(
         "serve", help="serve the model over the PersonaPlex websocket protocol (NVIDIA's web UI, `ppchat talk --server`)",
@@ -53,7 +53,7 @@ def _loopback(host: str) -> bool:
 def _ssl_context(pair):
     if pair is None:
         return None
-    import ssl  # noqa: PLC0415
+    import ssl
 
     cert, key = pair
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -76,10 +76,10 @@ def _log_connections() -> None:
 
 
 def cmd_serve(args) -> int:
-    from ppchat.commands.talk import _banner, _options  # noqa: PLC0415
-    from ppchat.conversation import Conversation  # noqa: PLC0415
-    from ppchat.net.server import ChatServer, ServeOptions, ServerThread  # noqa: PLC0415
-    from ppchat.net.webui import find_web_ui  # noqa: PLC0415
+    from ppchat.commands.talk import _banner, _options
+    from ppchat.conversation import Conversation
+    from ppchat.net.server import ChatServer, ServeOptions, ServerThread
+    from ppchat.net.webui import find_web_ui
 
     if not 0 <= args.port <= 65535:
         raise PPChatError(f"--port {args.port} is not a port number (0-65535)")

@@ -9,7 +9,6 @@ from pathlib import Path
 
 from ppchat import validate
 from ppchat.commands.transcribe import add_asr_model_argument
-from ppchat.errors import PPChatError
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
@@ -131,8 +130,8 @@ def cmd_prompts(args) -> int:
 
 
 def cmd_voices(args) -> int:
-    from ppchat.conversation import pick_model_source
     from ppchat import paths
+    from ppchat.conversation import pick_model_source
     from ppchat.models.loader import resolve_source, resolve_voices_dir
     from ppchat.models.voices import PRESET_VOICES, available_voices
 

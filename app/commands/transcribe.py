@@ -33,8 +33,8 @@ def cmd_transcribe(args) -> int:
     from ppchat.asr.model_files import DEFAULT_ASR_MODEL, resolve_asr_model
     from ppchat.asr.transcriber import Transcriber, transcribe_track
     from ppchat.errors import SessionError
-    from ppchat.sessions.user_transcript import write_user_transcript
     from ppchat.sessions.store import default_sessions_root, load_session, resolve_session
+    from ppchat.sessions.user_transcript import write_user_transcript
 
     session = load_session(resolve_session(args.session, args.sessions_dir or default_sessions_root()))
     for warning in session.warnings:

@@ -8,7 +8,6 @@ counters since the start, and the mean split between the four phases.
 
 from __future__ import annotations
 
-
 from rich.style import Style
 from textual.strip import Strip
 from textual.widget import Widget
@@ -120,7 +119,8 @@ class LatencyPanel(Widget):
         lines.append(self.phase_bar(means, width))
         split = []
         for p in PHASES:
-            split += [(" " if split else "", None), (PHASE_LABELS[p] + " ", self._phase_styles[p]), (f"{means[p]:.0f}" if s.totals else "–", bold)]
+            mean = f"{means[p]:.0f}" if s.totals else "–"
+            split += [(" " if split else "", None), (PHASE_LABELS[p] + " ", self._phase_styles[p]), (mean, bold)]
         lines.append(split)
         return lines
 

@@ -13,7 +13,6 @@ from rich.segment import Segment
 from rich.style import Style
 from textual.strip import Strip
 
-
 NULL_STYLE = Style()  # Textual's line filters (NO_COLOR) need a style on every segment
 
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 import mlx.core as mx
 import numpy as np
+
 from ppchat.engine.pipeline import (
     SILENCE_FRAMES,
     SamplingSettings,

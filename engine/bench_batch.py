@@ -16,6 +16,7 @@ import time
 import mlx.core as mx
 import numpy as np
 from mlx.utils import tree_flatten
+
 from ppchat.engine.batch import FRAME_MS, BatchPipeline
 from ppchat.engine.bench import (
     BenchOptions,

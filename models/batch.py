@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import mlx.core as mx
 import numpy as np
+
 from ppchat.models.generator import LMGen, StepOutput, fresh_agent_codes, live_call
 from ppchat.models.lm import LM
 from ppchat.models.lm_step import LMStep

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field, replace
 
 import mlx.core as mx
 import numpy as np
+
 from ppchat.models.kv_cache import RingKVCache
 from ppchat.models.lm import LM
 from ppchat.models.lm_step import LMStep, StepArrays

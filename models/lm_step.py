@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import mlx.core as mx
+
 from ppchat.models.kv_cache import RingKVCache
 from ppchat.models.lm import LM
 from ppchat.models.sampling import SamplingParams, sample_rows, split_rows

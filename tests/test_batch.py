@@ -17,11 +17,11 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 import pytest
+
 from ppchat.models.batch import BatchLMGen
 from ppchat.models.generator import LMGen, VoiceEmbeddings
 from ppchat.models.lm import LM, LMConfig
 from ppchat.models.sampling import SamplingParams
-
 from tests.conftest import fixture_params
 
 TEXT = SamplingParams(0.7, 25)
@@ -79,10 +79,10 @@ def test_batch_equals_conversations_run_alone(lm_dir: Path) -> None:
     got = {name: [] for name in plan}
     rows: dict[str, int] = {}
     for step in range(steps):
-        for name, (seed, voice, text, start, stop) in plan.items():
+        for name, (*_, stop) in plan.items():
             if step == stop:
                 batch.leave(rows.pop(name))
-        for name, (seed, voice, text, start, stop) in plan.items():
+        for name, (seed, voice, text, start, _) in plan.items():
             if step == start:
                 rows[name] = batch.join(prepared(lm, config, seed, voice, text))
         codes = np.zeros((3, c.n_q // 2), dtype=np.int32)

@@ -33,8 +33,8 @@ try:
     from ppchat.engine.speechlike import convolve, room_response, speech_like
 except ImportError:  # run from a checkout without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from ppchat.engine.aec import EchoCanceller  # noqa: E402
-    from ppchat.engine.speechlike import convolve, room_response, speech_like  # noqa: E402
+    from ppchat.engine.aec import EchoCanceller
+    from ppchat.engine.speechlike import convolve, room_response, speech_like
 
 RATE = 24000
 SETTLED_S = 2.0

@@ -16,7 +16,7 @@ says so and the conversation goes on without echo cancellation.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -34,7 +34,7 @@ def load_backend() -> ProcessorFactory:
     """pywebrtc-audio's `AudioProcessor` class, or `AecUnavailable`."""
     try:
         from pywebrtc_audio import AudioProcessor
-    except Exception as exc:  # noqa: BLE001 - ImportError, or OSError from a broken wheel
+    except Exception as exc:
         raise AecUnavailable(
             f"echo cancellation is off: pywebrtc-audio cannot be loaded ({type(exc).__name__}: {exc}). "
             "Install it (`pip install pywebrtc-audio`), use headphones, or turn on the half-duplex gate (h)."
@@ -102,7 +102,7 @@ class EchoCanceller:
     def _new_processor(self, stream_delay_ms: int = 0):
         try:
             return self._factory(sample_rate=self.sample_rate, echo_cancellation=True, stream_delay_ms=int(stream_delay_ms))
-        except Exception as exc:  # noqa: BLE001 - a library that loads but will not run is "unavailable" too
+        except Exception as exc:
             raise AecUnavailable(f"echo cancellation is off: the AEC could not be started ({type(exc).__name__}: {exc})") from exc
 
     def _measure_latency(self) -> int:

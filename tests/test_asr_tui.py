@@ -56,7 +56,7 @@ def test_replay_shows_the_users_words_when_each_utterance_ends(tmp_path):
             captions = app.screen.query_one(Captions)
             assert captions.plain_lines() == ["00:01 you › good morning to you", "00:05 you › bye now"]
             assert "00:05 you › bye now" in screen_text(app)
-            app.screen._play_from(4.0, autoplay=False)  # before the second utterance ends
+            app.screen._play_from(50, autoplay=False)  # frame 50 = 4.0 s, before the second utterance ends
             await settle(pilot)
             assert captions.plain_lines() == ["00:01 you › good morning to you"]
 

@@ -92,8 +92,23 @@ class FakeConversation:
 WORDS = [" Hello", " there", ",", " how", " can", " I", " help", "?"]
 
 
+def speech_like(step: int, amplitude: float) -> np.ndarray:
+    """One 80 ms frame of a 180 Hz voice under 4-syllables-a-second envelope; quiet room
+    noise (from a generator seeded by the step) when `amplitude` is 0."""
+    n = step * 1920 + np.arange(1920)
+    if amplitude == 0:
+        return (3e-4 * np.random.default_rng(step).standard_normal(1920)).astype(np.float32)
+    envelope = np.abs(np.sin(np.pi * n / 6000.0)) ** 2
+    return (amplitude * envelope * np.sin(2 * np.pi * 180 * n / 24000)).astype(np.float32)
+
+
+def rms_peak(pcm: np.ndarray) -> tuple[float, float]:
+    return float(np.sqrt(np.mean(np.square(pcm, dtype=np.float64)))), float(np.max(np.abs(pcm)))
+
+
 def scripted_events(n: int = 200) -> list[StepEvent]:
-    """A deterministic conversation: the user speaks for 2 s, then the agent answers in two turns."""
+    """A deterministic conversation: the user speaks for 2 s, then the agent answers in two
+    turns; a late step every 4 s, a mark at 12 s, one agent frame lost (filled) at 8 s."""
     events = []
     for i in range(n):
         user_speaks = i < 25
@@ -103,13 +118,16 @@ def scripted_events(n: int = 200) -> list[StepEvent]:
         if agent_turn and (i - turn_start) % 3 == 0:
             token, piece = 100 + i, WORDS[(i - turn_start) // 3]
         total = 95.0 if i % 50 == 49 else 40.0 + (i % 7)
+        user = speech_like(i, 0.5 if user_speaks else 0.0)
+        agent = speech_like(i + 7, 0.4) if agent_turn else np.zeros(1920, np.float32)
+        (in_rms, in_peak), (out_rms, out_peak) = rms_peak(user), rms_peak(agent)
         events.append(StepEvent(
             step=i, audio_time=i * 0.08, wall_time=time.time() + i * 0.08,
             timings_ms={"encode": 4.0, "temporal": 24.0, "depformer": 9.0, "decode": 3.0, "total": total},
             text_token=token, text_piece=piece,
-            in_rms=0.1 if user_speaks else 0.0003, in_peak=0.4 if user_speaks else 0.001,
-            out_rms=0.08 if agent_turn else 0.0, out_peak=0.3 if agent_turn else 0.0,
-            late=total > 80.0, queue_in=1, queue_out=2,
+            in_rms=in_rms, in_peak=in_peak, out_rms=out_rms, out_peak=out_peak,
+            late=total > 80.0, queue_in=1, queue_out=2, marked=i == 150,
+            filled="agent" if i == 100 else None, user_pcm=user, agent_pcm=agent,
         ))
     return events
 
@@ -144,9 +162,10 @@ def test_autostart_then_events_show_text_latency_and_waveforms():
                 conv.bus.publish(ev)
             await settle(pilot)
             assert app.state == "live"
-            # The user spoke for steps 0-24: loud columns in the mic rows, none in the agent rows.
+            # The user spoke for steps 0-24: the mic's waveform reaches its top and bottom rows
+            # there; the agent's rows hold only the thin centre line (⠒).
             rows = screen_text(app).splitlines()
-            assert "███" in rows[4] and "█" not in "".join(rows[5:8])
+            assert "⣿" in rows[2] and "⣿" in rows[4] and set("".join(row[7:] for row in rows[5:8])) <= {" ", "⠒"}
             for ev in events[30:]:
                 conv.bus.publish(ev)
             await settle(pilot)
@@ -161,7 +180,7 @@ def test_autostart_then_events_show_text_latency_and_waveforms():
             assert "late 4" in text and f"p50 {p50:.1f}" in text and "max 95.0" in text
             assert "● LIVE" in text and "DEMO" in text and "00:16" in text  # 200 steps of 80 ms
             # The agent's second answer (steps 120-143) is in view in the agent rows.
-            assert "███" in text.splitlines()[7]
+            assert "⣿" in text.splitlines()[7]
     run(go())
 
 
@@ -396,7 +415,7 @@ def test_monologue_keeps_the_newest_line_in_view_for_two_minutes():
                     conv.bus.publish(ev)
                     if ev.text_piece:
                         newest = ev.text_piece.strip()
-                app._pump()
+                app.pump()
                 await pilot.pause()
                 if newest:
                     assert f"{newest} " in screen_text(app) or f"{newest}▌" in screen_text(app), f"{newest} not in view"
@@ -408,11 +427,11 @@ def test_monologue_keeps_the_newest_line_in_view_for_two_minutes():
             await pilot.press("home")
             for ev in chatty_events(130.0)[len(events):]:
                 conv.bus.publish(ev)
-            app._pump()
+            app.pump()
             await pilot.pause()
             assert monologue.scroll_y == 0 and "new text ↓ End" in screen_text(app)
             await pilot.press("end")
-            app._pump()
+            app.pump()
             await pilot.pause()
             assert monologue.following and "new text ↓" not in screen_text(app)
     run(go())

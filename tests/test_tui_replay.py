@@ -16,7 +16,7 @@ from ppchat.sessions.recorder import Recorder
 from ppchat.sessions.schema import SessionMeta
 from ppchat.sessions.store import load_session
 from ppchat.tui.app import PPChatApp
-from ppchat.tui.replay import ReplayApp, ReplayScreen
+from ppchat.tui.replay import ReplayApp, ReplayScreen, seek_frame
 from ppchat.tui.session_browser import SessionBrowser
 from ppchat.tui.widgets.latency import LatencyPanel
 from ppchat.tui.widgets.monologue import Monologue
@@ -103,18 +103,36 @@ def test_seek_while_paused_redraws_history_up_to_the_new_position(tmp_path):
             await pilot.press("space")  # pause
             await pilot.pause()
             assert not screen.playing
-            screen._play_from(2.0, autoplay=False)
-            assert screen.query_one(LatencyPanel).stats.steps == 25  # steps 0..24 lie before 2.0 s
-            await pilot.press("right")  # +5 s, still paused
+            screen._play_from(25, autoplay=False)
+            assert screen.query_one(LatencyPanel).stats.steps == 25  # steps 0..24 lie before frame 25 (2.0 s)
+            await pilot.press("right")  # to the 5 s mark, still paused
             await settle(pilot)
-            # 7.0 s falls inside step 87 (6.96-7.04 s): the view snaps to the next frame, step 88.
-            assert not screen.playing and screen.position == pytest.approx(88 * 0.08)
-            assert screen.query_one(LatencyPanel).stats.steps == 88
-            await pilot.press("left", "left")  # 7.04 - 10 clamps at the start
+            # 5.0 s falls inside step 62 (4.96-5.04 s): the view snaps to the next frame, step 63.
+            assert not screen.playing and screen.frame == 63
+            assert screen.query_one(LatencyPanel).stats.steps == 63
+            await pilot.press("left", "left")  # back to 0 s, then clamped at the start
             await settle(pilot)
             assert screen.position == 0.0 and screen.query_one(LatencyPanel).stats.steps == 0
 
     asyncio.run(go())
+
+
+def test_seeks_land_on_the_5_second_marks_without_drifting():
+    # Frame k holds 5 s x n when it is the first frame starting at or after it: ceil(62.5 n).
+    marks = [0, 63, 125, 188, 250, 313, 375]
+    frame, forward = 0, []
+    for _ in range(6):
+        frame = seek_frame(frame, 1)
+        forward.append(frame)
+    assert forward == marks[1:]
+    back = []
+    for _ in range(6):
+        frame = seek_frame(frame, -1)
+        back.append(frame)
+    assert back == marks[-2::-1]
+    # From between the marks: forward to the next one, back to the one before.
+    assert seek_frame(100, 1) == 125 and seek_frame(100, -1) == 63 and seek_frame(0, -1) == 0
+    assert all(int(f * 0.08) % 5 == 0 for f in marks)  # the clock shows 00:05, 00:10, ...
 
 
 def test_speed_keys_step_through_the_speed_ladder(tmp_path):

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from rich.style import Style
 
 from ppchat.engine.events import StepEvent
-from ppchat.engine.levels import FLOOR_DB, level_db, level_fraction
-from ppchat.tui.widgets.latency import LatencyStats, chart_cells
+from ppchat.tui.levels import FLOOR_DB, level_db, level_fraction
+from ppchat.tui.widgets.latency import LatencyStats, chart_cells, chart_top, phase_segment
 from ppchat.tui.widgets.monologue import Transcript, clock
 from ppchat.tui.widgets.statusbar import short_path
 from ppchat.tui.widgets.strips import strip_text
-from ppchat.tui.widgets.waveform import FrameLevel, Waveform, column_cells
+from ppchat.tui.widgets.waveform import FrameShape, Waveform, column_chars, dot_extent
 
 
 def step(n: int, *, token: int | None = 3, piece: str | None = None, total: float = 40.0, **kw) -> StepEvent:
@@ -35,52 +36,85 @@ def test_level_db_is_20_log10():
     assert level_db(float("nan")) == FLOOR_DB
 
 
-def test_column_height_follows_peak_and_body_follows_rms():
-    # peak -20 dB on 3 rows = 16 of 24 eighths: two full bottom rows, empty top row.
-    cells = column_cells(FrameLevel(rms=0.01, peak=0.1), rows=3)
-    assert [c for c, _ in cells] == [" ", "█", "█"]
-    # rms -40 dB = 8 eighths: the bottom row is body, the middle one (RMS..peak) is tip.
-    assert [k for _, k in cells] == ["", "tip", "body"]
+def braille_dots(char: str) -> set[tuple[int, int]]:
+    """The (sub-column, dot row) pairs set in a braille character (Unicode's dot numbering)."""
+    bits = ord(char) - 0x2800 if char != " " else 0
+    layout = {0x01: (0, 0), 0x02: (0, 1), 0x04: (0, 2), 0x40: (0, 3), 0x08: (1, 0), 0x10: (1, 1), 0x20: (1, 2), 0x80: (1, 3)}
+    return {pos for bit, pos in layout.items() if bits & bit}
 
 
-def test_full_scale_peak_fills_the_column_and_flags_clipping():
-    cells = column_cells(FrameLevel(rms=0.5, peak=1.0), rows=2)
-    assert cells == [("█", "clip"), ("█", "body")]
+def column_dots(chars: list[str]) -> dict[int, set[int]]:
+    """Dot rows set per sub-column over a whole column (row 0 = top of the widget)."""
+    out: dict[int, set[int]] = {0: set(), 1: set()}
+    for row, char in enumerate(chars):
+        for sub, dot in braille_dots(char):
+            out[sub].add(4 * row + dot)
+    return out
 
 
-def test_partial_cells_use_eighth_blocks():
-    # peak at -52.5 dB = 1/8 of the scale -> 3 of 24 eighths on 3 rows.
-    cells = column_cells(FrameLevel(rms=0.0, peak=10 ** (-52.5 / 20)), rows=3)
-    assert cells[-1][0] == "▃" and cells[0][0] == cells[1][0] == " "
+def test_dot_extent_is_linear_in_db_from_the_floor_to_full_scale():
+    assert dot_extent(1.0, 6) == 6 and dot_extent(-1.0, 6) == 6
+    assert dot_extent(10 ** (-30 / 20), 6) == 3  # half way up the dB scale
+    assert dot_extent(10 ** (-61 / 20), 6) == 0 and dot_extent(0.0, 6) == 0
 
 
-def test_silence_draws_a_baseline_and_a_missing_frame_a_gap():
-    assert column_cells(FrameLevel(0.0, 0.0), rows=2) == [(" ", ""), ("▁", "base")]
-    assert column_cells(FrameLevel(0.0, 0.0, filled=True), rows=2)[-1] == ("·", "gap")
+def test_silence_is_a_thin_centre_line():
+    # 3 rows = 12 dot rows; the centre lies between dot rows 5 and 6.
+    dots = column_dots(column_chars(FrameShape((0.0, 0.0), (0.0, 0.0), rms=0.0), rows=3))
+    assert dots == {0: {5}, 1: {5}}
+
+
+def test_each_slice_draws_its_max_up_and_its_min_down_from_the_centre():
+    # Slice 0: max -20 dB (2/3 of 6 dots = 4 up), min -40 dB (1/3 = 2 down). Slice 1: full scale both ways.
+    shape = FrameShape(lows=(-0.01, -1.0), highs=(0.1, 1.0), rms=0.1)
+    dots = column_dots(column_chars(shape, rows=3))
+    assert dots[0] == set(range(6 - 4, 6 + 2))
+    assert dots[1] == set(range(0, 12))
+    assert column_chars(shape, rows=3)[0][0] != " "
+
+
+def test_frame_shape_takes_min_and_max_of_each_half_frame():
+    rng = np.random.default_rng(3)
+    pcm = rng.uniform(-0.5, 0.5, 1920).astype(np.float32)
+    shape = FrameShape.from_pcm(pcm, rms=0.2)
+    assert shape.lows == (pcm[:960].min(), pcm[960:].min()) and shape.highs == (pcm[:960].max(), pcm[960:].max())
+    # The monitor's eight 10 ms peaks: each half is drawn as +-(its largest peak).
+    env = FrameShape.from_peaks([0.1, 0.2, 0.05, 0.1, 0.3, 0.0, 0.0, 0.01], rms=0.1)
+    assert env.highs == pytest.approx((0.2, 0.3)) and env.lows == pytest.approx((-0.2, -0.3))
+
+
+def speech_like(n: int, loud: bool) -> np.ndarray:
+    """A 200 Hz tone under a syllable envelope (loud) or faint noise (quiet)."""
+    t = np.arange(n) / 24000
+    if not loud:
+        return (0.0005 * np.sin(2 * np.pi * 50 * t)).astype(np.float32)
+    return (0.3 * np.sin(2 * np.pi * 200 * t) * np.sin(np.pi * t / t[-1])).astype(np.float32)
 
 
 def test_waveform_scrolls_newest_right_and_draws_speech_and_silence_differently():
-    wave = Waveform("mic", speech_color="green")
+    wave = Waveform("mic")
     for _ in range(5):
-        wave.push(FrameLevel(rms=0.1, peak=0.3))  # speech: -20 dB RMS
+        pcm = speech_like(1920, loud=True)
+        wave.push(FrameShape.from_pcm(pcm, rms=float(np.sqrt(np.mean(pcm ** 2)))))
     for _ in range(5):
-        wave.push(FrameLevel(rms=0.0005, peak=0.002))  # room noise: -66 dB RMS
+        pcm = speech_like(1920, loud=False)
+        wave.push(FrameShape.from_pcm(pcm, rms=float(np.sqrt(np.mean(pcm ** 2)))))
+    wave.push(FrameShape.from_level(1.0, rms=0.7))  # a clipped frame
+    wave.push(FrameShape.from_level(0.0, rms=0.0, filled=True))  # a frame the engine filled in
+    styles = {"speech": Style(color="green"), "quiet": Style(color="grey50"), "clip": Style(color="red"), "gap": Style(color="yellow")}
+    wave._style = lambda name: styles.get(name, Style())  # the widget is not mounted: no CSS
     strips = wave.render_strips(rows=3, width=7 + 20)
     assert len(strips) == 3 and all(strip.cell_length == 27 for strip in strips)
     lines = [strip_text(strip) for strip in strips]
-    assert lines[0].startswith("mic")
+    assert lines[0].startswith("mic") and lines[1].startswith(" -60dB")  # the newest frame is the filled one
     chart = [line[7:] for line in lines]
-    # 10 frames right-aligned in 20 columns: first 10 columns blank.
-    assert all(row[:10] == " " * 10 for row in chart)
-    speech_cols, silence_cols = range(10, 15), range(15, 20)
-    assert all(chart[0][c] != " " for c in speech_cols)  # speech reaches the top row
-    assert all(chart[0][c] == " " and chart[1][c] == " " for c in silence_cols)  # noise stays low
-    # peak 0.002 = -54 dB = 0.1 of the scale = 2.4 -> 2 of 24 eighths.
-    assert all(chart[2][c] == "▂" for c in silence_cols)
-    # Colour: speech cells carry the speech colour, silence cells never do.
-    colours = [cell_colour(strips[2], 7 + c) for c in range(20)]
-    assert all(colours[c] == "green" for c in speech_cols)
-    assert all(colours[c] != "green" for c in silence_cols)
+    assert all(row[:8] == " " * 8 for row in chart)  # 12 frames right-aligned in 20 columns
+    speech_cols, quiet_cols = range(8, 13), range(13, 18)
+    assert all(chart[0][c] != " " and chart[2][c] != " " for c in speech_cols)  # speech spans the height
+    assert all(column_dots([row[c] for row in chart]) == {0: {5}, 1: {5}} for c in quiet_cols)  # a thin line
+    assert [row[18] for row in chart] == ["⣿"] * 3 and [row[19] for row in chart] == [" ", "·", " "]
+    colours = [cell_colour(strips[1], 7 + c) for c in range(8, 20)]
+    assert colours == ["green"] * 5 + ["grey50"] * 5 + ["red", "yellow"]
 
 
 def cell_colour(strip, x: int) -> str | None:
@@ -96,8 +130,8 @@ def cell_colour(strip, x: int) -> str | None:
 def test_waveform_keeps_only_its_history():
     wave = Waveform("mic", history=4)
     for i in range(10):
-        wave.push(FrameLevel(rms=i / 10, peak=i / 10))
-    assert [lvl.rms for lvl in wave.levels] == [0.6, 0.7, 0.8, 0.9]
+        wave.push(FrameShape.from_level(i / 10, rms=i / 10))
+    assert [f.rms for f in wave.frames] == [0.6, 0.7, 0.8, 0.9]
 
 
 # ---- monologue -----------------------------------------------------------------------------
@@ -190,6 +224,21 @@ def test_latency_chart_marks_budget_row_and_over_budget_bars():
     assert [row[0] for row in grid] == [(" ", ""), ("┈", "budget"), (" ", ""), ("█", "ok")]
     assert [row[1][0] for row in grid] == [" ", "█", "█", "█"]
     assert grid[3][2] == (" ", "") and grid[0][2] == (" ", "")
+
+
+def test_latency_chart_top_follows_the_steps_but_never_hides_the_budget():
+    assert chart_top([40.0, 38.0, 41.0], 80.0) == 80.0  # 1.5 x 41 = 61.5 < budget
+    assert chart_top([40.0, 70.0], 80.0) == 110.0  # 1.5 x 70 = 105, rounded up to 10 ms
+    assert chart_top([], 80.0) == 80.0
+    # 40 ms steps against a 40 ms budget: top 60, so the bars fill two thirds of 6 rows
+    # (32 of 48 eighths) and the budget line sits on the row above them.
+    grid = chart_cells([40.0] * 3, rows=6, top=chart_top([40.0], 40.0), budget=40.0)
+    assert [row[0][0] for row in grid] == [" ", "┈", "█", "█", "█", "█"]
+
+
+def test_phase_segments_carry_their_names():
+    assert phase_segment("temporal", 8) == "tmp█████"
+    assert phase_segment("encode", 2) == "e▓" and phase_segment("decode", 1) == "d"
 
 
 # ---- status bar ----------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
-from textual.app import App, ComposeResult, SystemCommand
+from textual.app import ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import Footer
@@ -25,16 +25,14 @@ from textual.widgets import Footer
 from ppchat import logfile
 from ppchat.engine.events import EventBus, StepEvent
 from ppchat.errors import PPChatError
+from ppchat.sessions.schema import FRAME_SECONDS
+from ppchat.tui.console import HELP_BINDING, ConsoleApp, LivePump
 from ppchat.tui.lifeline import Lifeline
-from ppchat.tui.live_view import LiveView
-from ppchat.tui.notices import notify_event
 from ppchat.tui.pickers import PromptPicker, VoicePicker
 from ppchat.tui.state import UiState
-from ppchat.tui.widgets.statusbar import StatusBar
 
 log = logging.getLogger(__name__)
 
-FRAME_S = 0.08
 CONVERSATION_ACTIONS = {"toggle_run", "toggle_mute", "toggle_half_duplex", "mark", "pick_voice", "pick_prompt", "sessions"}
 
 
@@ -56,7 +54,7 @@ class ConversationLike(Protocol):
     def prompts(self) -> dict[str, str]: ...
 
 
-class PPChatApp(App):
+class PPChatApp(LivePump, ConsoleApp):
     """The live conversation console.
 
     `conversation` is the controller (see `ConversationLike`); `voice` / `prompt`
@@ -67,18 +65,28 @@ class PPChatApp(App):
     """
 
     TITLE = "ppchat"
-    CSS_PATH = "app.tcss"
-    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (120, "-wide")]
-    VERTICAL_BREAKPOINTS = [(0, "-short"), (34, "-tall"), (48, "-very-tall")]
+    # Most important first: a narrow footer cuts from the right.
     BINDINGS = [
         Binding("space", "toggle_run", "Start/stop"),
-        Binding("m", "toggle_mute", "Mute"),
-        Binding("h", "toggle_half_duplex", "Half-dup"),
-        Binding("k", "mark", "Mark"),
+        Binding("q", "quit", "Quit"),
+        HELP_BINDING,
         Binding("v", "pick_voice", "Voice"),
         Binding("p", "pick_prompt", "Prompt"),
         Binding("s", "sessions", "Sessions"),
-        Binding("q", "quit", "Quit"),
+        Binding("m", "toggle_mute", "Mute"),
+        Binding("h", "toggle_half_duplex", "Half-dup"),
+        Binding("k", "mark", "Mark"),
+    ]
+    HELP_KEYS = [
+        ("space", "start talking, or stop (the recording is saved)"),
+        ("q", "quit (always saves)"),
+        ("v", "voice picker: a preset, or an audio file (restarts the conversation)"),
+        ("p", "role-prompt picker: a preset, or your own text (restarts)"),
+        ("s", "recorded sessions; enter replays one"),
+        ("m", "mute the microphone (the agent hears silence)"),
+        ("h", "half-duplex gate: your mic is muted while the agent speaks"),
+        ("k", "mark this moment in the recording"),
+        ("tab, ↑↓ PgUp PgDn Home End", "move into the monologue and scroll it"),
     ]
 
     def __init__(
@@ -116,44 +124,33 @@ class PPChatApp(App):
     # ---- layout and the redraw loop -------------------------------------------------
 
     def compose(self) -> ComposeResult:
-        # Held by reference: the redraw timer uses them 12 times a second, and a replay
-        # screen on top has a LiveView (same id) of its own.
-        self.status_bar = StatusBar(id="status")
-        self.live = LiveView(id="live")
-        self._footer = Footer(compact=True)
-        yield self.status_bar
-        yield self.live
-        yield self._footer
+        yield from self.compose_live()
 
     def on_resize(self) -> None:
-        # The footer's palette hint would push Sessions/Quit off an 80-column footer;
-        # ctrl+p still opens the palette.
-        self._footer.show_command_palette = self.size.width >= 100
+        # The footer's palette hint would push keys off an 80-column footer; ctrl+p
+        # still opens the palette.
+        self.query_one(Footer).show_command_palette = self.size.width >= 120
 
     def on_mount(self) -> None:
         self._event_loop = asyncio.get_running_loop()
         self._update_status()
-        self.set_interval(1.0 / self.refresh_hz, self._pump)
+        self.start_pump(self._subscription)
         if self.autostart:
             self.action_toggle_run()
 
-    def _pump(self) -> None:
-        """Apply everything the engine published since the last tick, in one redraw."""
+    def select_events(self, events: list) -> list:
         self._ticks += 1
-        events = self._subscription.drain()
-        if self.state is UiState.STARTING:
-            events = self._this_run_only(events)
-        if events:
-            for notice in self.live.apply(events):
-                notify_event(self, notice)
-            if self.state is UiState.STARTING and self.live.last_step is not None and self.conversation.running:
-                self._set_state(UiState.LIVE)
+        return self._this_run_only(events) if self.state is UiState.STARTING else events
+
+    def after_batch(self, events: list) -> None:
+        if events and self.state is UiState.STARTING and self.live.last_step is not None and self.conversation.running:
+            self._set_state(UiState.LIVE)
         if events or self._ticks % max(1, round(self.refresh_hz)) == 0:
             if self.state is UiState.LIVE and not self.conversation.running:
                 self.state = UiState.STOPPED  # the engine ended by itself (device lost, error)
             self._update_status()
         last = self.live.last_step
-        if self.duration is not None and self.state is UiState.LIVE and last and last.audio_time + FRAME_S >= self.duration - 1e-6:
+        if self.duration is not None and self.state is UiState.LIVE and last and last.audio_time + FRAME_SECONDS >= self.duration - 1e-6:
             self.duration = None
             self.run_worker(self.action_quit(), name="duration")
 
@@ -175,7 +172,7 @@ class PPChatApp(App):
         last = self.live.last_step
         self.status_bar.set(
             state=self.state, info=info, muted=self.muted, half_duplex=self.half_duplex,
-            elapsed=last.audio_time + FRAME_S if last else 0.0,
+            elapsed=last.audio_time + FRAME_SECONDS if last else 0.0,
         )
 
     def _set_state(self, state: UiState) -> None:

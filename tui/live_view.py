@@ -16,7 +16,17 @@ from ppchat.engine.events import NoticeEvent, StepEvent
 from ppchat.tui.widgets.captions import Captions
 from ppchat.tui.widgets.latency import LatencyPanel
 from ppchat.tui.widgets.monologue import Monologue
-from ppchat.tui.widgets.waveform import FrameLevel, Waveform
+from ppchat.tui.widgets.waveform import FrameShape, Waveform
+
+
+def frame_shape(pcm, envelope, peak: float, rms: float, filled: bool, marked: bool) -> FrameShape:
+    """What a step tells about one track: its samples (live, replay), else the monitor's
+    10 ms peak envelope, else only its peak."""
+    if pcm is not None and len(pcm):
+        return FrameShape.from_pcm(pcm, rms=rms, filled=filled, marked=marked)
+    if envelope:
+        return FrameShape.from_peaks(envelope, rms=rms, filled=filled, marked=marked)
+    return FrameShape.from_level(peak, rms=rms, filled=filled, marked=marked)
 
 
 class LiveView(Vertical):
@@ -39,8 +49,8 @@ class LiveView(Vertical):
         self.last_step: StepEvent | None = None
 
     def compose(self) -> ComposeResult:
-        yield Waveform("mic", speech_color="green", id="wave-in")
-        yield Waveform("agent", speech_color="cyan", id="wave-out")
+        yield Waveform("mic", id="wave-in")
+        yield Waveform("agent", id="wave-out")
         with Horizontal(id="live-body"):
             with Vertical(id="talk"):
                 yield Monologue(turn_gap_steps=self._turn_gap_steps, id="monologue")
@@ -75,8 +85,9 @@ class LiveView(Vertical):
         for ev in events:
             if isinstance(ev, StepEvent):
                 filled = ev.filled or ""
-                wave_in.push(FrameLevel(ev.in_rms, ev.in_peak, filled in ("user", "both"), ev.marked))
-                wave_out.push(FrameLevel(ev.out_rms, ev.out_peak, filled in ("agent", "both"), ev.marked))
+                user_filled, agent_filled = filled in ("user", "both"), filled in ("agent", "both")
+                wave_in.push(frame_shape(ev.user_pcm, getattr(ev, "env_in", None), ev.in_peak, ev.in_rms, user_filled, ev.marked))
+                wave_out.push(frame_shape(ev.agent_pcm, getattr(ev, "env_out", None), ev.out_peak, ev.out_rms, agent_filled, ev.marked))
                 monologue.add(ev)
                 latency.add(ev)
                 self.last_step = ev

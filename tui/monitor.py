@@ -14,17 +14,16 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from textual.app import App, ComposeResult
+from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.widgets import Footer
 
 from ppchat.engine import monitor_socket
 from ppchat.engine.events import EventBus, NoticeEvent, StepEvent
-from ppchat.engine.status import StatusLine
 from ppchat.errors import PPChatError
-from ppchat.tui.live_view import LiveView
-from ppchat.tui.notices import notify_event
-from ppchat.tui.widgets.statusbar import StatusBar
+from ppchat.sessions.schema import FRAME_SECONDS
+from ppchat.tui.console import HELP_BINDING, ConsoleApp, LivePump
+from ppchat.tui.state import UiState
+from ppchat.tui.status_line import StatusLine
 
 
 class MonitorFeed:
@@ -92,14 +91,12 @@ class MonitorFeed:
             self._closing.wait(self.retry_s)
 
 
-class MonitorApp(App):
+class MonitorApp(LivePump, ConsoleApp):
     """Read-only live view of a running ppchat."""
 
     TITLE = "ppchat monitor"
-    CSS_PATH = "app.tcss"
-    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (120, "-wide")]
-    VERTICAL_BREAKPOINTS = [(0, "-short"), (34, "-tall"), (48, "-very-tall")]
-    BINDINGS = [Binding("q", "quit", "Quit")]
+    BINDINGS = [Binding("q", "quit", "Quit"), HELP_BINDING]
+    HELP_KEYS = [("q", "quit (the conversation goes on)"), ("tab, ↑↓ End", "scroll the monologue")]
 
     def __init__(self, feed: MonitorFeed, *, refresh_hz: float = 12.0) -> None:
         super().__init__()
@@ -108,29 +105,24 @@ class MonitorApp(App):
         self._subscription = feed.bus.subscribe(maxlen=1024, name="monitor-tui")
 
     def compose(self) -> ComposeResult:
-        # Held by reference: the redraw timer uses them 12 times a second.
-        self.status_bar = StatusBar(id="status")
-        self.live = LiveView(id="live")
-        yield self.status_bar
-        yield self.live
-        yield Footer(compact=True)
+        yield from self.compose_live()
 
     def on_mount(self) -> None:
-        self.set_interval(1.0 / self.refresh_hz, self._pump)
-        self._pump()
+        self.start_pump(self._subscription)
+        self.pump()
 
-    def _pump(self) -> None:
-        live = self.live
-        events = self._subscription.drain()
-        if live.last_step is not None and any(isinstance(e, StepEvent) and e.step < live.last_step.step for e in events):
-            live.reset()  # the conversation restarted
-        for notice in live.apply(events):
-            notify_event(self, notice)
-        last = live.last_step
+    def select_events(self, events: list) -> list:
+        last = self.live.last_step
+        if last is not None and any(isinstance(e, StepEvent) and e.step < last.step for e in events):
+            self.live.reset()  # the conversation restarted
+        return events
+
+    def after_batch(self, events: list) -> None:
+        last = self.live.last_step
         self.status_bar.set(
-            state="monitor" if self.feed.connected else "disconnected",
+            state=UiState.MONITOR if self.feed.connected else UiState.DISCONNECTED,
             info=dict(self.feed.info),
-            elapsed=last.audio_time + 0.08 if last else 0.0,
+            elapsed=last.audio_time + FRAME_SECONDS if last else 0.0,
         )
 
     def on_unmount(self) -> None:

@@ -190,9 +190,9 @@ def _run_headless(conv, duration: float | None) -> int:
 
     from ppchat.asr.captions import CaptionEvent
     from ppchat.engine.events import NoticeEvent, StepEvent
-    from ppchat.engine.status import StatusLine
     from ppchat.engine.transcript import format_clock
     from ppchat.sessions.schema import FRAME_SECONDS
+    from ppchat.tui.status_line import StatusLine
 
     stop_reason: list[str] = []
     signalled: list[int] = []

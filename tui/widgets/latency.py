@@ -1,26 +1,39 @@
 """The latency panel: per-step compute time against the 80 ms frame budget.
 
 A bar per step (newest right) with the budget drawn as a line across the chart;
-bars over budget are red. Under it: p50/p95/max of the recent window, the real-time
-factor (compute time / audio time: below 1 keeps up), the late/dropped/underrun/xrun
-counters since the start, and the mean split between the four phases.
+bars over budget are red. The chart's top follows what it shows (1.5 x the largest
+step in view, never below the budget), so 40 ms steps fill two thirds of it, not all
+of it. Under it: p50/p95/max of the recent window, the real-time factor (compute
+time / audio time: below 1 keeps up), the frames waiting in the input and output
+queues, the late/dropped/underrun/xrun counters since the start, and the mean split
+between the four phases, each segment labelled with its name so that it reads
+without colour. Every figure is explained on the help screen (?).
 """
 
 from __future__ import annotations
+
+import math
 
 from rich.style import Style
 from textual.strip import Strip
 from textual.widget import Widget
 
 from ppchat.engine.events import PHASES, StepEvent
-from ppchat.engine.latency_stats import FRAME_MS, LatencyStats
-from ppchat.engine.levels import EIGHTHS
+from ppchat.tui.latency_stats import FRAME_MS, LatencyStats
+from ppchat.tui.levels import EIGHTHS
 from ppchat.tui.widgets.strips import runs_to_strip
 
 PHASE_LABELS = {"encode": "enc", "temporal": "tmp", "depformer": "dep", "decode": "dec"}
+TOP_HEADROOM = 1.5
 PHASE_COLORS = {"encode": "cyan", "temporal": "magenta", "depformer": "yellow", "decode": "blue"}
 # Distinct shades keep the phase bar readable under NO_COLOR.
 PHASE_CHARS = {"encode": "▓", "temporal": "█", "depformer": "▒", "decode": "░"}
+
+
+def chart_top(values: list[float], budget: float) -> float:
+    """The chart's top: 1.5 x the largest value, at least the budget, rounded up to 10 ms."""
+    top = max(budget, TOP_HEADROOM * max(values, default=0.0))
+    return float(math.ceil(top / 10.0 - 1e-9) * 10)
 
 
 def chart_cells(values: list[float], rows: int, top: float, budget: float) -> list[list[tuple[str, str]]]:
@@ -46,6 +59,13 @@ def chart_cells(values: list[float], rows: int, top: float, budget: float) -> li
                 line.append((" ", ""))
         grid.append(line)
     return grid
+
+
+def phase_segment(phase: str, cells: int) -> str:
+    """A phase's part of the split bar: its label (or first letter) where it fits, then its shade."""
+    label = PHASE_LABELS[phase]
+    label = label if cells > len(label) else label[0]
+    return (label + PHASE_CHARS[phase] * cells)[:cells]
 
 
 class LatencyPanel(Widget):
@@ -95,7 +115,7 @@ class LatencyPanel(Widget):
         info_lines = 5
         rows = max(1, height - info_lines - 1)
         values = list(s.totals)[-width:] if width else []
-        top = max(self.budget_ms * 1.5, max(values) if values else 0.0)
+        top = chart_top(values, self.budget_ms)
         lines = [[("step ms ", bold), ("┈", self._styles["budget"]), (f"{self.budget_ms:.0f} budget  top {top:.0f}", dim)]]
         for line in chart_cells(values, rows, top, self.budget_ms):
             lines.append([(" " * (width - len(line)), None)] + [(char, self._styles.get(kind)) for char, kind in line])
@@ -110,7 +130,7 @@ class LatencyPanel(Widget):
         lines.append([("p50 ", dim), flagged(s.percentile(50), False), (" p95 ", dim), flagged(p95, bool(p95 and p95 > self.budget_ms)),
                       (" max ", dim), flagged(s.max(), False)])
         lines.append([("RTF ", dim), ("–" if rtf is None else f"{rtf:.2f}", over if rtf and rtf > 1 else bold),
-                      (" queue ", dim), (f"{s.queue_in}/{s.queue_out}", bold)])
+                      (" queue in ", dim), (str(s.queue_in), bold), (" out ", dim), (str(s.queue_out), bold)])
         counters = []
         for label, value in (("late", s.late), ("drop", s.dropped_in), ("under", s.underruns), ("xrun", s.xruns)):
             counters += [(f" {label} " if counters else f"{label} ", dim), (str(value), over if value else bold)]
@@ -131,7 +151,7 @@ class LatencyPanel(Widget):
         for p in PHASES:
             cells = min(width - used, round(means[p] / self.budget_ms * width))
             if cells > 0:
-                runs.append((PHASE_CHARS[p] * cells, self._phase_styles[p]))
+                runs.append((phase_segment(p, cells), self._phase_styles[p]))
                 used += cells
         runs.append(("·" * (width - used), self._dim))
         return runs

@@ -76,34 +76,107 @@ class StatusBar(Widget):
     def render_text(self, width: int) -> Text:
         st, info = self.status, self.status.info
         dim, bold = Style(dim=True), Style(bold=True)
-        sep = (" │ ", dim)
-        label, style = STATE_STYLES.get(st.state, (st.state.upper(), Style(reverse=True)))
-        line1 = Text(no_wrap=True, overflow="ellipsis")
-        line1.append(f" {label} ", style).append(f" {clock(st.elapsed)}", bold)
+        label, style = STATE_STYLES.get(str(st.state), (str(st.state).upper(), Style(reverse=True)))
+        head = [(f" {label} ", style), (f" {clock(st.elapsed)}", bold)]
         if st.extra:
-            line1.append(" ").append(st.extra, dim)
+            head += [(" ", None), (st.extra, dim)]
         # Mic state first: it is what a person most needs to see at a glance.
         for on, badge in ((st.muted, "MUTED"), (st.half_duplex, "HALF-DUPLEX")):
             if on:
-                line1.append(" ").append(f" {badge} ", Style(color="black", bgcolor="yellow", bold=True))
-        line1.append(*sep).append(str(info.get("model") or "no model"), bold)
-        if info.get("is_demo"):
-            line1.append(" ").append(" DEMO ", Style(color="black", bgcolor="magenta", bold=True))
-        if info.get("quantization"):
-            line1.append(" ").append(str(info["quantization"]), dim)
-        line1.append(*sep).append("voice ", dim).append(str(info.get("voice") or "–"), bold)
-        line1.append(*sep).append("prompt ", dim).append(str(info.get("prompt_name") or "custom"), bold)
-        line2 = Text(no_wrap=True, overflow="ellipsis")
-        line2.append("in ", dim).append(str(info.get("input_device") or "–"))
-        line2.append(" → out ", dim).append(str(info.get("output_device") or "–"))
+                head += [(" ", None), (f" {badge} ", Style(color="black", bgcolor="yellow", bold=True))]
+        model = [(str(info.get("model") or "no model"), bold)]
+        demo = [(" DEMO ", Style(color="black", bgcolor="magenta", bold=True))] if info.get("is_demo") else []
+        quant = [(str(info["quantization"]), dim)] if info.get("quantization") else []
+        voice = [("voice ", dim), (str(info.get("voice") or "–"), bold)]
+        prompt = [("prompt ", dim), (str(info.get("prompt_name") or "custom"), bold)]
+        line1 = fit_items([
+            Item(head, 9),
+            Item(demo + [(" ", None)] + model if demo else model, 3, joined_to_next=bool(quant), keep=demo),
+            Item(quant, 1),
+            Item(voice, 7),
+            Item(prompt, 8, shrink=True),
+        ], width)
+
+        devices = [("in ", dim), (str(info.get("input_device") or "–"), None),
+                   (" → out ", dim), (str(info.get("output_device") or "–"), None)]
         session = info.get("session_dir")
-        line2.append(*sep)
         if session:
-            if st.playback:
-                line2.append("session ", dim)
-            else:
-                line2.append("● rec ", Style(color="red", bold=True))
-            line2.append(short_path(str(session), max(10, width - line2.cell_len - 1)))
+            rec = [("session ", dim)] if st.playback else [("● rec ", Style(color="red", bold=True))]
+            rec[-1] = (rec[-1][0].rstrip(), rec[-1][1])
+            path = short_path(str(session), len(str(session)))  # ~ for the home folder
+            line2 = fit_items([Item(devices, 2), Item(rec, 9, joined_to_next=True), Item([(path, None)], 8, path=True)], width)
         else:
-            line2.append("not recording", dim)
+            line2 = fit_items([Item(devices, 2), Item([("not recording", dim)], 9)], width)
         return Text("\n").join([line1, line2])
+
+
+@dataclass
+class Item:
+    """A part of a status line. When the line is too long, items go lowest `priority`
+    first; a `shrink` item is cut short (with …) before anything goes, a `path` item is
+    elided in the middle, and `keep` runs stay when the rest of the item has to go."""
+
+    runs: list
+    priority: int
+    shrink: bool = False
+    path: bool = False
+    joined_to_next: bool = False  # a space, not a separator, between this item and the next
+    keep: list = field(default_factory=list)
+
+    @property
+    def width(self) -> int:
+        return sum(len(text) for text, _ in self.runs)
+
+
+SEPARATOR = (" │ ", Style(dim=True))
+MIN_SHRUNK = 10  # a shrinking item keeps at least this many cells
+ESSENTIAL = 5  # items at or above this priority go only when nothing else is left to drop
+
+
+def fit_items(items: list[Item], width: int) -> Text:
+    """Lay out `items` on one line of `width` cells, dropping and shortening as needed:
+    first the optional items (priority below `ESSENTIAL`) go, least important first,
+    then the elastic items are shortened, then whatever is still too much goes."""
+    items = [item for item in items if item.runs]
+
+    def overflow() -> int:
+        gaps = sum(len(SEPARATOR[0]) if not p.joined_to_next else 1 for p in items[:-1])
+        return sum(p.width for p in items) + gaps - width
+
+    def drop(candidates: list[Item]) -> None:
+        for item in sorted(candidates, key=lambda i: i.priority):
+            if overflow() <= 0:
+                return
+            if item.keep:
+                item.runs, item.keep, item.joined_to_next = item.keep, [], False
+            else:
+                items.remove(item)
+
+    drop([i for i in items if i.priority < ESSENTIAL])
+    for item in items:
+        if (item.shrink or item.path) and overflow() > 0:
+            _shorten(item, item.width - overflow())
+    drop(list(items))
+    line = Text(no_wrap=True, overflow="ellipsis")
+    for n, item in enumerate(items):
+        for text, style in item.runs:
+            line.append(text, style)
+        if n < len(items) - 1:
+            line.append(" ") if item.joined_to_next else line.append(*SEPARATOR)
+    line.truncate(width, overflow="ellipsis")
+    return line
+
+
+def _shorten(item: Item, target: int) -> int:
+    """Cut `item`'s last run so that the item is about `target` cells wide; returns the cells saved."""
+    text, style = item.runs[-1]
+    fixed = item.width - len(text)
+    room = max(MIN_SHRUNK, target) - fixed
+    if room >= len(text):
+        return 0
+    if item.path:
+        new = short_path(text, max(5, room))
+    else:
+        new = text[: max(1, room - 1)].rstrip() + "…"
+    item.runs[-1] = (new, style)
+    return len(text) - len(new)

@@ -1,75 +1,118 @@
-"""A scrolling level meter: one column per 80 ms frame, dB-scaled, drawn with block characters.
+"""A scrolling waveform: the real samples' envelope, drawn symmetric about a centre line.
 
-Each column's height is the frame's peak level on a dB scale; the part below the RMS
-level is drawn solid and the part between RMS and peak in a lighter shade, so
-speech (high RMS, dense columns) and silence (flat, grey) read differently even
-without colour.
+Each cell column is one 80 ms frame, split into two 40 ms slices drawn with braille
+dots (2 dots wide, 4 high per cell). For each slice the highest and lowest sample
+are drawn up and down from the centre on a perceptual (dB) amplitude scale: -60 dBFS
+and below sit on the centre line, full scale reaches the top and bottom rows. So
+silence is a thin line, speech has the shape of its syllables, and a loud clap fills
+the height. A frame that touched full scale is drawn in the clip colour; a frame the
+engine had to fill with silence is marked as a gap; marked frames (k) get a
+background. The current level (dBFS of the newest frame's RMS) is shown as a number.
 """
 
 from __future__ import annotations
 
 import collections
+import math
 from dataclasses import dataclass
 
+import numpy as np
 from rich.style import Style
 from textual.strip import Strip
 from textual.widget import Widget
 
-from ppchat.engine.levels import EIGHTHS, level_db, level_fraction
+from ppchat.tui.levels import level_db, level_fraction
 from ppchat.tui.widgets.strips import runs_to_strip
 
 SPEECH_DB = -42.0  # frames whose RMS is above this are drawn as speech
 CLIP_PEAK = 0.999
 GUTTER = 7  # label column left of the chart
+SLICES = 2  # sub-columns per frame (braille cells are two dots wide)
+BRAILLE = 0x2800
+# Dot bits of a braille cell by (sub-column, dot row from the top).
+DOT_BITS = ((0x01, 0x02, 0x04, 0x40), (0x08, 0x10, 0x20, 0x80))
 
 
 @dataclass(frozen=True)
-class FrameLevel:
+class FrameShape:
+    """One frame as the waveform draws it: per slice the lowest and highest sample."""
+
+    lows: tuple[float, ...]
+    highs: tuple[float, ...]
     rms: float
-    peak: float
     filled: bool = False  # silence stood in for a missing frame
     marked: bool = False
 
+    @property
+    def peak(self) -> float:
+        return max(max(self.highs, default=0.0), -min(self.lows, default=0.0))
 
-def column_cells(level: FrameLevel, rows: int) -> list[tuple[str, str]]:
-    """One column, top row first: (character, kind) per cell.
+    @classmethod
+    def from_pcm(cls, pcm: np.ndarray, *, rms: float, filled: bool = False, marked: bool = False) -> FrameShape:
+        """The min and max of each of `SLICES` equal slices of the frame's samples."""
+        parts = np.array_split(np.asarray(pcm, dtype=np.float32).reshape(-1), SLICES)
+        lows = tuple(float(p.min()) if p.size else 0.0 for p in parts)
+        highs = tuple(float(p.max()) if p.size else 0.0 for p in parts)
+        return cls(lows, highs, rms, filled, marked)
 
-    kind is "body" (below RMS), "tip" (between RMS and peak), "clip", "base" (a silent
-    frame's baseline, so a quiet stream still visibly scrolls), "gap" (a missing frame)
-    or "" (empty).
+    @classmethod
+    def from_peaks(cls, peaks: list[float], *, rms: float, filled: bool = False, marked: bool = False) -> FrameShape:
+        """From |sample| peaks over equal slices (the monitor's envelope): drawn as ±peak."""
+        parts = np.array_split(np.asarray(peaks or [0.0], dtype=np.float32), SLICES)
+        highs = tuple(float(p.max()) if p.size else 0.0 for p in parts)
+        return cls(tuple(-h for h in highs), highs, rms, filled, marked)
+
+    @classmethod
+    def from_level(cls, peak: float, *, rms: float, filled: bool = False, marked: bool = False) -> FrameShape:
+        """When only the frame's peak is known (old logs): a flat ±peak."""
+        return cls((-peak,) * SLICES, (peak,) * SLICES, rms, filled, marked)
+
+
+def dot_extent(amplitude: float, half_dots: int) -> int:
+    """How many dots an amplitude reaches from the centre line, 0..half_dots, on the dB scale."""
+    return math.ceil(level_fraction(abs(amplitude)) * half_dots - 1e-9)
+
+
+def column_chars(shape: FrameShape, rows: int) -> list[str]:
+    """The frame's braille characters, top row first.
+
+    The centre line lies between dot rows `2 * rows - 1` and `2 * rows` (of `4 * rows`);
+    the slice's maximum draws upwards from it, its minimum downwards. Every slice keeps
+    at least the dot just above the centre, so silence is a continuous thin line.
     """
-    total = rows * 8
-    peak = round(level_fraction(level.peak) * total)
-    rms = round(level_fraction(level.rms) * total)
-    cells = []
-    for row in range(rows):
-        base = (rows - 1 - row) * 8
-        fill = min(8, max(0, peak - base))
-        if fill == 0:
-            cells.append((" ", ""))
-            continue
-        if row == 0 and level.peak >= CLIP_PEAK:
-            kind = "clip"
-        else:
-            kind = "body" if rms > base else "tip"
-        cells.append((EIGHTHS[fill], kind))
-    if cells[-1][1] == "":
-        cells[-1] = ("·", "gap") if level.filled else ("▁", "base")
-    return cells
+    half = 2 * rows
+    bits = [0] * rows
+    for sub in range(SLICES):
+        up = max(1, dot_extent(max(0.0, shape.highs[sub]), half))
+        down = dot_extent(min(0.0, shape.lows[sub]), half)
+        for dot_row in range(half - up, half + down):
+            bits[dot_row // 4] |= DOT_BITS[sub][dot_row % 4]
+    return [chr(BRAILLE + b) if b else " " for b in bits]
 
 
 class Waveform(Widget):
-    """A live, right-to-left scrolling level history of one audio stream."""
+    """A live, right-to-left scrolling waveform of one audio stream."""
 
     DEFAULT_CSS = """
     Waveform { height: 3; width: 1fr; text-wrap: nowrap; text-overflow: clip; }
+    Waveform > .waveform--label { text-style: bold; }
+    Waveform > .waveform--readout { text-style: dim; }
+    Waveform > .waveform--badge { color: $warning; text-style: bold reverse; }
+    Waveform > .waveform--speech { color: green; text-style: bold; }
+    Waveform > .waveform--quiet { color: $text-muted; }
+    Waveform > .waveform--clip { color: $error; text-style: bold; }
+    Waveform > .waveform--gap { color: $error; }
+    Waveform > .waveform--mark { background: magenta; }
     """
+    COMPONENT_CLASSES = {
+        "waveform--label", "waveform--readout", "waveform--badge",
+        "waveform--speech", "waveform--quiet", "waveform--clip", "waveform--gap", "waveform--mark",
+    }
 
     def __init__(
         self,
         label: str,
         *,
-        speech_color: str = "green",
         history: int = 1024,
         name: str | None = None,
         id: str | None = None,
@@ -78,41 +121,31 @@ class Waveform(Widget):
         super().__init__(name=name, id=id, classes=classes)
         self.label = label
         self.badge = ""  # e.g. "MUTED", shown under the level readout
-        self._levels: collections.deque[FrameLevel] = collections.deque(maxlen=history)
-        self._styles = {
-            ("body", True): Style(color=speech_color, bold=True),
-            ("tip", True): Style(color=speech_color, dim=True),
-            ("body", False): Style(color="grey50"),
-            ("tip", False): Style(color="grey35"),
-            ("clip", True): Style(color="red", bold=True),
-            ("clip", False): Style(color="red", bold=True),
-            ("gap", True): Style(color="red"),
-            ("gap", False): Style(color="red"),
-            ("base", False): Style(color="grey23"),
-        }
-        self._mark_style = Style(bgcolor="magenta")
-        self._mark_styles: dict[Style | None, Style] = {}
+        self._frames: collections.deque[FrameShape] = collections.deque(maxlen=history)
+        self._chars: dict[tuple[FrameShape, int], list[str]] = {}  # (frame, rows) -> its column
         self._strips: list[Strip] | None = None
         self._strips_size = (0, 0)
-        self._label_style = Style(bold=True)
-        self._readout_style = Style(dim=True)
-        self._badge_style = Style(color="yellow", bold=True, reverse=True)
 
-    def push(self, level: FrameLevel) -> None:
+    def push(self, shape: FrameShape) -> None:
         """Append one frame; call `refresh()` once after a batch."""
-        self._levels.append(level)
+        self._frames.append(shape)
 
     def clear(self) -> None:
-        self._levels.clear()
+        self._frames.clear()
+        self._chars.clear()
         self.refresh()
 
     @property
-    def levels(self) -> list[FrameLevel]:
-        return list(self._levels)
+    def frames(self) -> list[FrameShape]:
+        return list(self._frames)
 
     def refresh(self, *args, **kwargs):
         self._strips = None
         return super().refresh(*args, **kwargs)
+
+    def notify_style_update(self) -> None:
+        super().notify_style_update()
+        self._strips = None  # the theme or a breakpoint changed the component styles
 
     def render_line(self, y: int) -> Strip:
         rows, width = self.size.height, self.size.width
@@ -121,29 +154,50 @@ class Waveform(Widget):
             self._strips_size = (rows, width)
         return self._strips[y] if 0 <= y < len(self._strips) else Strip.blank(width)
 
+    def _style(self, name: str) -> Style:
+        return self.get_component_rich_style(f"waveform--{name}", partial=True)
+
     def render_strips(self, rows: int, width: int) -> list[Strip]:
         """The chart as `rows` strips of `width` cells: label gutter, then newest frame at the right."""
         chart_width = max(0, width - GUTTER)
-        visible = list(self._levels)[-chart_width:] if chart_width else []
-        pad = " " * (chart_width - len(visible))
-        columns = [column_cells(lvl, rows) for lvl in visible]
-        speech = [level_db(lvl.rms) > SPEECH_DB for lvl in visible]
+        visible = list(self._frames)[-chart_width:] if chart_width else []
+        columns = [self._column(frame, rows) for frame in visible]
+        styles = [self._frame_style(frame) for frame in visible]
         last = visible[-1] if visible else None
         gutter = [
-            (self.label, self._label_style),
-            (f"{level_db(last.rms):4.0f}dB" if last else "", self._readout_style),
-            (self.badge, self._badge_style),
+            (self.label, self._style("label")),
+            (f"{level_db(last.rms):4.0f}dB" if last else "", self._style("readout")),
+            (self.badge, self._style("badge")),
         ]
+        pad = " " * (chart_width - len(visible))
         strips = []
         for row in range(rows):
             label, label_style = gutter[row] if row < len(gutter) else ("", None)
             label = label[: GUTTER - 1]
             runs: list[tuple[str, Style | None]] = [(label, label_style), (" " * (GUTTER - len(label)), None), (pad, None)]
-            for col, cells in enumerate(columns):
-                char, kind = cells[row]
-                style = self._styles.get((kind, speech[col])) if kind else None
-                if visible[col].marked:
-                    style = self._mark_styles.setdefault(style, self._mark_style + style if style else self._mark_style)
-                runs.append((char, style))
+            runs += [(column[row], style) for column, style in zip(columns, styles)]
             strips.append(runs_to_strip(runs, width))
+        if len(self._chars) > 4 * (self._frames.maxlen or 1024):
+            self._chars.clear()  # shapes that scrolled away; equal frames share one entry
         return strips
+
+    def _column(self, frame: FrameShape, rows: int) -> list[str]:
+        key = (frame, rows)
+        chars = self._chars.get(key)
+        if chars is None:
+            if frame.filled:  # a gap mark on the centre line instead of made-up audio
+                chars = [" "] * rows
+                chars[(rows - 1) // 2] = "·"
+            else:
+                chars = column_chars(frame, rows)
+            self._chars[key] = chars
+        return chars
+
+    def _frame_style(self, frame: FrameShape) -> Style:
+        if frame.filled:
+            style = self._style("gap")
+        elif frame.peak >= CLIP_PEAK:
+            style = self._style("clip")
+        else:
+            style = self._style("speech" if level_db(frame.rms) > SPEECH_DB else "quiet")
+        return style + self._style("mark") if frame.marked else style

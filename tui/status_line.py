@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from ppchat.engine.events import StepEvent
-from ppchat.engine.latency_stats import LatencyStats
-from ppchat.engine.levels import envelope_bar, level_db
 from ppchat.engine.transcript import format_clock
+from ppchat.tui.latency_stats import LatencyStats
+from ppchat.tui.levels import envelope_bar, level_db
 
 
 class StatusLine:

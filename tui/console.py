@@ -1,0 +1,82 @@
+"""What the three console apps share (the live console, `ppchat replay`, `ppchat monitor`).
+
+`ConsoleApp` carries the stylesheet, the size breakpoints and the help key. `LivePump`
+is the redraw loop of a screen or app that shows a `LiveView`: a timer (12 Hz by
+default) drains the host's bus subscription, `select_events` filters the batch,
+`LiveView.apply` feeds every widget and redraws each once, engine notices become
+toasts, and `after_batch` updates the status bar.
+"""
+
+from __future__ import annotations
+
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.widgets import Footer
+
+from ppchat.engine.events import Subscription
+from ppchat.tui.help import HelpScreen
+from ppchat.tui.live_view import LiveView
+from ppchat.tui.notices import notify_event
+from ppchat.tui.widgets.statusbar import StatusBar
+
+HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (120, "-wide")]
+VERTICAL_BREAKPOINTS = [(0, "-short"), (34, "-tall"), (48, "-very-tall")]
+
+
+class ConsoleApp(App):
+    """Base of the console apps: one stylesheet (app.tcss), one set of breakpoints, `?` help."""
+
+    CSS_PATH = "app.tcss"
+    HORIZONTAL_BREAKPOINTS = HORIZONTAL_BREAKPOINTS
+    VERTICAL_BREAKPOINTS = VERTICAL_BREAKPOINTS
+    HELP_KEYS: list[tuple[str, str]] = []  # (key, what it does) for the help screen
+
+    def action_help(self) -> None:
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen(self.help_keys()))
+
+    def help_keys(self) -> list[tuple[str, str]]:
+        """The keys of what is on screen now, for the help screen."""
+        keys = getattr(self.screen, "HELP_KEYS", None) or self.HELP_KEYS
+        return list(keys) + [("?", "this help"), ("ctrl+p", "command palette")]
+
+
+HELP_BINDING = Binding("question_mark", "app.help", "Help", key_display="?")
+
+
+class LivePump:
+    """Mixin for an App or Screen showing a LiveView: the drain → apply → status loop.
+
+    The host composes with `compose_live()`, calls `start_pump(subscription)` when
+    mounted, and may override `select_events` and `after_batch`.
+    """
+
+    refresh_hz: float = 12.0
+    live: LiveView
+    status_bar: StatusBar
+
+    def compose_live(self) -> ComposeResult:
+        # Held by reference: the redraw timer uses them 12 times a second.
+        self.status_bar = StatusBar(id="status")
+        self.live = LiveView(id="live")
+        yield self.status_bar
+        yield self.live
+        yield Footer(compact=True)
+
+    def start_pump(self, subscription: Subscription) -> None:
+        self._feed = subscription
+        self.set_interval(1.0 / self.refresh_hz, self.pump)
+
+    def pump(self) -> None:
+        """Apply everything published since the last tick, in one redraw."""
+        events = self.select_events(self._feed.drain())
+        if events:
+            for notice in self.live.apply(events):
+                notify_event(self.app, notice)
+        self.after_batch(events)
+
+    def select_events(self, events: list) -> list:
+        return events
+
+    def after_batch(self, events: list) -> None:
+        pass

@@ -208,6 +208,14 @@ def test_latency_window_slides_but_counters_do_not():
     assert s.max() == 10.0 and s.late == 50
 
 
+def test_frames_skipped_to_catch_up_count_but_do_not_pull_the_percentiles_down():
+    s = LatencyStats()
+    for n in range(10):
+        s.add(step(n, total=50.0))
+        s.add(StepEvent(100 + n, 0.0, 0.0, {}, filled="agent"))  # dropped: no compute
+    assert s.percentile(50) == 50.0 and s.steps == 20 and s.filled == 10
+
+
 def test_latency_total_falls_back_to_the_sum_of_phases():
     s = LatencyStats()
     s.add(StepEvent(0, 0.0, 0.0, {"encode": 1.0, "temporal": 20.0, "depformer": 8.0, "decode": 2.0}))

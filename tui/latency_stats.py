@@ -37,9 +37,12 @@ class LatencyStats:
         total = ms.get("total")
         if total is None:
             total = sum(ms.get(p, 0.0) for p in PHASES)
-        self.totals.append(float(total))
-        for p in PHASES:
-            self.phases[p].append(float(ms.get(p, 0.0)))
+        # A frame the engine skipped to catch up (filled with silence) took no compute:
+        # counted below, but a 0 ms "step" would pull the percentiles down.
+        if total or ev.filled not in ("agent", "both"):
+            self.totals.append(float(total))
+            for p in PHASES:
+                self.phases[p].append(float(ms.get(p, 0.0)))
         self.steps += 1
         self.late += bool(ev.late)
         self.dropped_in += ev.dropped_in

@@ -215,30 +215,33 @@ class DuplexRuntime:
         self._seen_xruns = 0
         self._seen_lost = {"microphone": 0, "speaker": 0}
         self._stop = threading.Event()
+        # Set by the step thread as its very last act. Waiting on it rather than Thread.join: a
+        # Ctrl-C that lands inside join(timeout) makes CPython < 3.13 mark a running thread as
+        # stopped, and the process would then exit while a step is inside MLX (std::terminate).
+        self._done = threading.Event()
+        self._started = False
         self._thread = threading.Thread(target=self._run, name="ppchat-step", daemon=True)
 
     # -- control (any thread) ------------------------------------------------------
 
     def start(self) -> DuplexRuntime:
+        self._started = True
         self._thread.start()
         return self
 
     def stop(self, timeout: float = 5.0) -> None:
         """Ask the step thread to finish, wait for it, and make sure the endpoint is closed."""
         self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout)
-        if not self._thread.is_alive():
+        if not self._started or self._done.wait(timeout):
             self.audio.close()
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait for the thread to end (finite input, error or stop); True if it has."""
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
+        return self._done.wait(timeout) if self._started else True
 
     @property
     def running(self) -> bool:
-        return self._thread.is_alive()
+        return self._started and not self._done.is_set()
 
     def mark(self) -> None:
         """Flag the next published event (`marked=True`). Marks within one frame merge."""
@@ -268,6 +271,7 @@ class DuplexRuntime:
             except Exception as exc:
                 log.exception("closing the audio device failed")
                 self.bus.publish(NoticeEvent("warning", f"closing the audio device failed: {exc}", time.time()))
+            self._done.set()
 
     def _loop(self) -> bool:
         """Step until stopped (False) or the input ran out (True)."""

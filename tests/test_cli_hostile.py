@@ -232,3 +232,42 @@ def test_interrupted_respond_is_stopped_with_the_reason_and_exits_with_the_signa
     assert info["status"] == "stopped" and reason in info["stop_reason"] and info["kind"] == "respond"
     assert info["stats"]["steps"] > 0
     assert (session / "user.wav").stat().st_size == (session / "agent.wav").stat().st_size
+
+
+def test_ctrl_c_while_waiting_for_the_step_thread_does_not_lose_track_of_it():
+    """CPython < 3.13 marks a thread as stopped when Ctrl-C lands inside Thread.join(timeout);
+    `respond` then exited while a step was inside MLX and died of std::terminate (SIGABRT)
+    instead of exiting 130. The runtime waits on its own event instead."""
+    import signal
+    import threading
+
+    from ppchat.engine.events import EventBus
+    from ppchat.engine.runtime import DuplexRuntime, FrameResult
+    from ppchat.engine.virtual_io import ArrayAudio
+
+    release = threading.Event()
+
+    class Stuck:
+        frame_size, sample_rate = 1920, 24000
+
+        def process(self, pcm):
+            release.wait(10)  # a step that takes a while
+            return FrameResult(pcm=pcm, text_token=None, text_piece=None, timings_ms={})
+
+    runtime = DuplexRuntime(Stuck(), ArrayAudio(np.zeros(1920 * 4, np.float32), 24000, realtime=False), EventBus())
+    runtime.start()
+
+    def ctrl_c(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, ctrl_c)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.2)
+        with pytest.raises(KeyboardInterrupt):
+            runtime.join(timeout=5)
+        assert runtime.running  # still inside its step
+    finally:
+        signal.signal(signal.SIGALRM, previous)
+        release.set()
+    runtime.stop()
+    assert not runtime.running and runtime._thread.join(5) is None and not runtime._thread.is_alive()

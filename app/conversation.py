@@ -19,7 +19,7 @@ from ppchat import paths
 from ppchat.engine.events import EventBus, NoticeEvent
 from ppchat.engine.pipeline import ModelPipeline, PrefillReport, SamplingSettings
 from ppchat.engine.prompts import PRESETS, named_prompt, resolve_prompt
-from ppchat.engine.runtime import AudioEndpoint, DuplexRuntime, RuntimePolicy
+from ppchat.engine.runtime import AudioEndpoint, DuplexRuntime, FrameProcessor, RuntimePolicy
 from ppchat.errors import PPChatError
 from ppchat.models.loader import LoadedModel, load_model, resolve_source
 from ppchat.models.voices import DEFAULT_VOICE, PRESET_VOICES, VoicePrompt, available_voices, load_voice
@@ -75,9 +75,7 @@ class Conversation:
         self.options = options
         self.prompt_name, self.prompt_text = resolve_prompt(options.prompt)  # a bad prompt fails before the model loads
         self.bus = EventBus()
-        self.model = model or load_model(pick_model_source(options.model), quantize=options.quantize, depformer_steps=8)
-        self.pipeline = ModelPipeline(self.model, options.sampling)
-        self._warm_up()
+        self._load(model)
         self._audio_factory = audio_factory or self._open_device
         self._lock = threading.RLock()  # one start/stop/restart at a time
         # Guards the fields `info` reports, which other threads read while start/stop change them.
@@ -86,7 +84,8 @@ class Conversation:
         self.recorder: Recorder | None = None
         self.last_session_dir: Path | None = None  # the most recent finished recording
         self.prefill: PrefillReport | None = None
-        self.voice_name = options.voice or (DEFAULT_VOICE if self.model.voices_dir else NO_VOICE)
+        self.sampling = options.sampling  # of the current (or last) conversation
+        self.voice_name = options.voice or self._default_voice()
         self._devices: dict[str, Any] = {}
         self._custom_voices: list[str] = []
         self.started_at: float | None = None
@@ -101,15 +100,13 @@ class Conversation:
     @property
     def info(self) -> dict[str, Any]:
         """A consistent snapshot; safe from any thread (the monitor socket reads it on its own)."""
-        m = self.model.info
+        model = self._model_info()
         with self._state_lock:
             recorder, runtime, devices = self.recorder, self.runtime, dict(self._devices)
             voice, prompt, prompt_name, started_at = self.voice_name, self.prompt_text, self.prompt_name, self.started_at
             captions = self.captions
         return {
-            "model": "demo (random weights)" if m.is_demo else m.source,
-            "is_demo": m.is_demo,
-            "quantization": m.quantization,
+            **model,
             "input_device": devices.get("input", ""),
             "output_device": devices.get("output", ""),
             "voice": voice,
@@ -161,15 +158,13 @@ class Conversation:
                     self.voice_name = voice
                 if named is not None:
                     self.prompt_name, self.prompt_text = named
-            voice_prompt = self._load_voice(self.voice_name)
-            self.pipeline.set_sampling(sampling or self.options.sampling)
-            self._notice("info", f"conditioning: voice {self.voice_name}, prompt '{self.prompt_name}'")
-            self.prefill = self.pipeline.start(voice_prompt, self.prompt_text)
+            self.sampling = sampling or self.options.sampling
+            processor = self._condition(self.sampling)
             if audio is None:
                 audio = self._audio_factory()
             recorder = self._start_recorder(client) if self.options.record else None
             runtime = DuplexRuntime(
-                self.pipeline,
+                processor,
                 audio,
                 self.bus,
                 RuntimePolicy(max_backlog_frames=self.options.max_backlog_frames, half_duplex_gate=self.options.half_duplex),
@@ -231,6 +226,44 @@ class Conversation:
     def __exit__(self, *exc_info) -> None:
         self.close()
 
+    # ------------------------------------------------- the model side (a subclass may put it elsewhere)
+
+    def _load(self, model: LoadedModel | None) -> None:
+        self.model = model or load_model(pick_model_source(self.options.model), quantize=self.options.quantize, depformer_steps=8)
+        self.pipeline = ModelPipeline(self.model, self.options.sampling)
+        self._warm_up()
+
+    def _default_voice(self) -> str:
+        return DEFAULT_VOICE if self.model.voices_dir else NO_VOICE
+
+    def _model_info(self) -> dict[str, Any]:
+        """What `info` and the recording say about the model."""
+        m = self.model.info
+        return {"model": "demo (random weights)" if m.is_demo else m.source, "model_id": "demo" if m.is_demo else m.source,
+                "is_demo": m.is_demo, "quantization": m.quantization}
+
+    def _condition(self, sampling: SamplingSettings) -> FrameProcessor:
+        """Make the model ready for a new conversation with the current voice and prompt (sets
+        `prefill`); returns what the step thread steps."""
+        voice_prompt = self._load_voice(self.voice_name)
+        self.pipeline.set_sampling(sampling)
+        self._notice("info", f"conditioning: voice {self.voice_name}, prompt '{self.prompt_name}'")
+        self.prefill = self.pipeline.start(voice_prompt, self.prompt_text)
+        return self.pipeline
+
+    def _session_meta(self, client: str | None) -> SessionMeta:
+        model = self._model_info()
+        return SessionMeta(
+            kind=self.options.session_kind if client is None else "served",
+            client=client,
+            model_id=model["model_id"],
+            quantization=model["quantization"],
+            voice=self.voice_name,
+            role_prompt=self.prompt_text,
+            sampling=self.sampling.to_json(),
+            devices=dict(self._devices),
+        )
+
     # ------------------------------------------------------------------------------ helpers
 
     def _warm_up(self, frames: int = 4) -> None:
@@ -260,17 +293,7 @@ class Conversation:
         return audio
 
     def _start_recorder(self, client: str | None) -> Recorder | None:
-        sampling = self.pipeline.sampling
-        meta = SessionMeta(
-            kind=self.options.session_kind if client is None else "served",
-            client=client,
-            model_id="demo" if self.model.info.is_demo else self.model.info.source,
-            quantization=self.model.info.quantization,
-            voice=self.voice_name,
-            role_prompt=self.prompt_text,
-            sampling=sampling.to_json(),
-            devices=dict(self._devices),
-        )
+        meta = self._session_meta(client)
         root = self.options.sessions_dir or default_sessions_root()
         try:
             return start_recording(self.bus, Path(root), meta)

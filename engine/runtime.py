@@ -35,7 +35,8 @@ the whole input is backlog by design.
 
 On the output side nothing is dropped by the runtime; a step that is late leaves the
 speaker without audio, which the endpoint counts as an underrun (StepEvent.underruns:
-underruns since the previous event; xruns likewise for PortAudio status flags).
+underruns since the previous event, plus one for a step whose processor had no audio ready,
+`FrameResult.missing`, as a remote model's late network audio; xruns likewise for PortAudio status flags).
 
 Microphone policies
 -------------------
@@ -80,6 +81,10 @@ class FrameResult:
     text_token: int | None = None
     text_piece: str | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)  # per phase; the runtime sets "total"
+    # A step computed elsewhere (a server) reports that step's time here; the runtime then
+    # gives it as "total" and judges lateness by it instead of by the time `process` took.
+    compute_ms: float | None = None
+    missing: bool = False  # no agent audio had arrived for this frame: silence stands in (an underrun)
 
 
 class FrameProcessor(Protocol):
@@ -344,7 +349,7 @@ class DuplexRuntime:
             self.error = exc
             self.bus.publish(NoticeEvent("error", f"model step {self.steps} failed: {type(exc).__name__}: {exc}", time.time()))
             return False
-        total_ms = (time.perf_counter() - started) * 1000.0
+        total_ms = (time.perf_counter() - started) * 1000.0 if result.compute_ms is None else float(result.compute_ms)
         self._playback.write(agent)
         self._recent_out_rms.append(_rms(agent))
         timings = {k: float(v) for k, v in result.timings_ms.items()}
@@ -359,12 +364,13 @@ class DuplexRuntime:
             late=total_ms > self._frame_seconds * 1000.0,
             dropped_in=dropped,
             queue_in=queue_in,
+            missing=result.missing,
         )
         return True
 
     def _publish(self, *, timings_ms: dict[str, float], user: np.ndarray, agent: np.ndarray, filled: str | None,
                  text_token: int | None = None, text_piece: str | None = None, late: bool = False,
-                 dropped_in: int = 0, queue_in: int = 0) -> None:
+                 dropped_in: int = 0, queue_in: int = 0, missing: bool = False) -> None:
         buffers = self.audio.buffers
         underruns, xruns = buffers.underruns, buffers.xruns
         marked, self._mark_pending = self._mark_pending, False
@@ -383,7 +389,7 @@ class DuplexRuntime:
             queue_out=self._playback.frames_queued(),
             late=late,
             dropped_in=dropped_in,
-            underruns=underruns - self._seen_underruns,
+            underruns=underruns - self._seen_underruns + int(missing),
             xruns=xruns - self._seen_xruns,
             filled=filled,
             marked=marked,

@@ -110,6 +110,7 @@ class ChatServer:
             "quantization": info.quantization,
             "version": __version__,
             "conversations": {"running": self.running, "allowed": self.options.max_conversations},
+            "voices": self.conversation.voices(),
             "served": self.served,
         }
 

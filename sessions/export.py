@@ -83,7 +83,7 @@ def offline_text_frames(session: Session) -> list[str]:
     for event in session.steps:
         if event.text_token == EPAD_TOKEN:
             frames[event.step] = "EPAD"
-        elif event.text_token is not None and event.text_token != PAD_TOKEN:
+        elif (event.text_token is not None or event.text_piece) and event.text_token != PAD_TOKEN:
             frames[event.step] = (event.text_piece or "").replace(WORD_START, " ")
     return frames
 

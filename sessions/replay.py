@@ -32,8 +32,8 @@ class Utterance(NamedTuple):
 
 
 def piece_text(event: StepEvent) -> str | None:
-    """The text a step adds to the transcript (`▁` as a space), or None for PAD/EPAD/no token."""
-    if event.text_token is None or event.text_token in (EPAD_TOKEN, PAD_TOKEN) or not event.text_piece:
+    """The text a step adds to the transcript (`▁` as a space), or None for PAD/EPAD/no text."""
+    if event.text_token in (EPAD_TOKEN, PAD_TOKEN) or not event.text_piece:
         return None
     return event.text_piece.replace(WORD_START, " ")
 

@@ -50,7 +50,9 @@ SESSION_JSON = "session.json"
 SESSION_NAME_TIME = "%Y-%m-%dT%H-%M-%S"  # folder names: this, "_", four hex digits
 
 STATUSES = ("recording", "complete", "stopped", "recovered")
-KINDS = ("talk", "respond", "served")  # what produced it: a live conversation, `ppchat respond`, `ppchat serve`
+# What produced it: a live conversation, `ppchat respond`, `ppchat serve` (a network client's
+# conversation), `ppchat talk --server` (this console, the model on a server).
+KINDS = ("talk", "respond", "served", "remote")
 FILLED = ("user", "agent", "both")
 
 
@@ -220,6 +222,7 @@ SESSION_FIELDS: dict[str, Field] = {
     "devices": Field(_object_of(_scalar), dict, "the audio devices' names"),
     "ppchat_version": Field(_string, "", "the version that recorded it"),
     "client": Field(_optional(_string), None, "kind served: the network client's address"),
+    "server": Field(_optional(_string), None, "kind remote: the server's websocket address"),
     "started": Field(_timestamp, REQUIRED, "local start time, ISO 8601"),
     "pid": Field(_optional(_integer(minimum=1)), None, "the recording process"),
     "sample_rate": Field(_exactly(SAMPLE_RATE), SAMPLE_RATE, "of every track"),
@@ -242,6 +245,7 @@ class SessionMeta:
     devices: dict[str, Any] = field(default_factory=dict)
     ppchat_version: str = __version__
     client: str | None = None  # kind "served": the network client's address
+    server: str | None = None  # kind "remote": the server's websocket address
 
 
 @dataclass
@@ -372,7 +376,8 @@ def step_record(event: StepEvent) -> dict[str, Any]:
     for key, (attr, _, optional) in STEP_FIELDS.items():
         value = getattr(event, attr)
         if key in ("token", "piece"):
-            if event.text_token is None:
+            # A piece alone: text from a server that sends its pieces but not their token ids.
+            if event.text_token is None and (key == "token" or event.text_piece is None):
                 continue
         elif optional and not value:
             continue

@@ -57,6 +57,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--duration", type=validate.number(0, above=True), default=None, metavar="S",
                    help="stop (and save) after S seconds of conversation, counted from the first live frame")
     p.add_argument("--no-monitor", action="store_true", help="do not open the `ppchat monitor` socket")
+    g = p.add_argument_group("remote model")
+    g.add_argument("--server", default=None, metavar="ws[s]://HOST:PORT",
+                   help="talk to the model on a PersonaPlex server (`ppchat serve`, or NVIDIA's) instead of running it "
+                        "here: --voice, --prompt and the sampling options are sent to it, --model and --quantize "
+                        "are the server's business")
+    g.add_argument("--token", default=None, help="with --server: the server's --token")
     p.add_argument("--captions", action="store_true",
                    help="live captions of what you say (Qwen3-ASR in a separate, lower-priority process; "
                         "needs `ppchat download --asr`)")
@@ -107,7 +113,7 @@ def _options(args, **extra):
 
 
 def _banner(conv) -> None:
-    if conv.model.info.is_demo:
+    if getattr(conv, "model", None) is not None and conv.model.info.is_demo:
         print("ppchat: running the built-in DEMO model (tiny, random weights: it babbles). "
               "For the real PersonaPlex: accept the licence on huggingface.co/nvidia/personaplex-7b-v1, "
               "export HF_TOKEN, run `ppchat download`.", file=sys.stderr)
@@ -165,7 +171,12 @@ def cmd_talk(args) -> int:
         captions=args.captions,
         asr_model=args.asr_model,
     )
-    conv = Conversation(options)
+    if args.server is not None:
+        from ppchat.net.remote import RemoteConversation
+
+        conv = RemoteConversation(args.server, options, token=args.token)
+    else:
+        conv = Conversation(options)
     _banner(conv)
     try:
         if args.no_tui:

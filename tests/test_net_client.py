@@ -237,3 +237,17 @@ def test_the_console_is_a_client_of_a_reference_like_server(tmp_path):
     assert sum(e.text_piece == " la" for e in session.steps) >= 20
     # The agent's audio is the echo of the user's: it arrived and was played.
     assert np.abs(session.agent_audio).max() > 0.05
+
+
+def test_the_latency_panel_shows_the_network_for_a_remote_model():
+    from ppchat.tui.widgets.latency import LatencyPanel
+
+    panel = LatencyPanel()
+    local = StepEvent(step=0, audio_time=0.0, wall_time=0.0, timings_ms={"total": 40.0, "encode": 10.0})
+    panel.add(local)
+    text = ["".join(t for t, _ in line) for line in panel.render_runs(50, 20)]
+    assert not any(line.startswith("rtt") for line in text)
+    panel.add(StepEvent(step=1, audio_time=0.08, wall_time=0.0,
+                        timings_ms={"total": 40.0, "encode": 10.0, "rtt": 47.25, "jitter": 3.5, "buffer": 80.0}))
+    text = ["".join(t for t, _ in line) for line in panel.render_runs(50, 20)]
+    assert "rtt 47.2 jitter 3.5 buf 80" in text and len(text) == 20

@@ -12,6 +12,10 @@ from ppchat.engine.events import PHASES, StepEvent
 FRAME_MS = 80.0
 
 
+# What `ppchat talk --server` measures besides the server's step (see ppchat.net.remote).
+NETWORK_KEYS = ("rtt", "jitter", "buffer")
+
+
 @dataclass
 class LatencyStats:
     """A sliding window of step timings plus counters that only grow."""
@@ -27,6 +31,7 @@ class LatencyStats:
     filled: int = 0
     queue_in: int = 0
     queue_out: int = 0
+    network: dict[str, float] = field(default_factory=dict)  # latest rtt / jitter / buffer (ms) of a remote model
 
     def __post_init__(self) -> None:
         self.totals = collections.deque(maxlen=self.window)
@@ -50,6 +55,7 @@ class LatencyStats:
         self.xruns += ev.xruns
         self.filled += bool(ev.filled)
         self.queue_in, self.queue_out = ev.queue_in, ev.queue_out
+        self.network.update((k, float(ms[k])) for k in NETWORK_KEYS if k in ms)
 
     def percentile(self, q: float) -> float | None:
         if not self.totals:

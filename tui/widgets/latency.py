@@ -112,7 +112,7 @@ class LatencyPanel(Widget):
         """The panel as lines of (text, style) runs: title, chart, statistics, phase split."""
         s = self.stats
         dim, bold, over = self._dim, self._bold, self._styles["over"]
-        info_lines = 5
+        info_lines = 6 if s.network else 5
         rows = max(1, height - info_lines - 1)
         values = list(s.totals)[-width:] if width else []
         top = chart_top(values, self.budget_ms)
@@ -135,6 +135,10 @@ class LatencyPanel(Widget):
         for label, value in (("late", s.late), ("drop", s.dropped_in), ("under", s.underruns), ("xrun", s.xruns)):
             counters += [(f" {label} " if counters else f"{label} ", dim), (str(value), over if value else bold)]
         lines.append(counters)
+        if s.network:  # a remote model: what the client measures of the network
+            net = s.network
+            lines.append([("rtt ", dim), (fmt(net.get("rtt")), bold), (" jitter ", dim), (fmt(net.get("jitter")), bold),
+                          (" buf ", dim), (f"{net.get('buffer', 0):.0f}", bold)])
         means = s.phase_means()
         lines.append(self.phase_bar(means, width))
         split = []

@@ -202,11 +202,16 @@ class StreamBuffers:
         # One counter per callback thread: separate streams run separate threads.
         self.input_xruns = 0
         self.output_xruns = 0
+        # PortAudio raises status flags while a stream starts (priming, a first under/overflow):
+        # they are not glitches of the conversation. Each direction counts from its first clean
+        # callback on.
+        self._input_running = False
+        self._output_running = False
         self.error: BaseException | None = None
 
     @property
     def xruns(self) -> int:
-        """PortAudio status flags (over/underflows) reported to the callbacks so far."""
+        """PortAudio status flags (over/underflows) reported to the callbacks since the stream ran."""
         return self.input_xruns + self.output_xruns
 
     @property
@@ -229,7 +234,9 @@ class StreamBuffers:
 
     def duplex_callback(self, indata, outdata, frames, time, status) -> None:
         try:
-            if status:
+            if not status:
+                self._input_running = True
+            elif self._input_running:
                 self.input_xruns += 1
             self.capture.write(indata[:, 0])
             self.pull_output(outdata[:, 0])
@@ -238,7 +245,9 @@ class StreamBuffers:
 
     def input_callback(self, indata, frames, time, status) -> None:
         try:
-            if status:
+            if not status:
+                self._input_running = True
+            elif self._input_running:
                 self.input_xruns += 1
             self.capture.write(indata[:, 0])
         except BaseException as exc:  # noqa: BLE001
@@ -246,7 +255,9 @@ class StreamBuffers:
 
     def output_callback(self, outdata, frames, time, status) -> None:
         try:
-            if status:
+            if not status:
+                self._output_running = True
+            elif self._output_running:
                 self.output_xruns += 1
             self.pull_output(outdata[:, 0])
         except BaseException as exc:  # noqa: BLE001

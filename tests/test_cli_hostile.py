@@ -271,3 +271,43 @@ def test_ctrl_c_while_waiting_for_the_step_thread_does_not_lose_track_of_it():
         release.set()
     runtime.stop()
     assert not runtime.running and runtime._thread.join(5) is None and not runtime._thread.is_alive()
+
+
+# --- 16.11 start-up status flags, 16.15 no sound device -------------------------------------
+
+
+@pytest.mark.parametrize("callback", ["duplex", "split"])
+def test_status_flags_before_the_stream_runs_are_not_xruns(callback):
+    sd = pytest.importorskip("sounddevice")
+    from ppchat.engine.audio_io import StreamBuffers
+
+    buffers = StreamBuffers(capture_capacity=48000, playback_capacity=48000, prebuffer=0)
+    block = np.zeros((480, 1), np.float32)
+
+    def call(flags: int) -> None:
+        status = sd.CallbackFlags(flags)
+        if callback == "duplex":
+            buffers.duplex_callback(block, block.copy(), 480, None, status)
+        else:
+            buffers.input_callback(block, 480, None, status)
+            buffers.output_callback(block.copy(), 480, None, status)
+
+    for _ in range(125):  # what PortAudio reported while one stream started
+        call(8 | 1)  # priming output, input underflow
+    assert buffers.xruns == 0
+    call(0)  # running
+    call(2)  # a real overflow
+    call(0)
+    assert buffers.xruns == (1 if callback == "duplex" else 2)
+
+
+@pytest.mark.parametrize("argv", [["devices"], ["talk", "--list-devices"], ["--list-devices"]])
+def test_no_audio_devices_is_said_with_what_to_do(argv, monkeypatch, capsys):
+    sd = pytest.importorskip("sounddevice")
+    from ppchat.cli import main
+
+    monkeypatch.setattr(sd, "query_devices", lambda *a, **k: [])
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "no audio devices found" in captured.err and "tools/virtual-audio.sh" in captured.err

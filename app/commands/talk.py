@@ -120,9 +120,13 @@ def _banner(conv) -> None:
 
 
 def cmd_devices(args) -> int:
-    from ppchat.engine.audio_io import list_devices
+    from ppchat.engine.audio_io import NO_DEVICE_HINT, list_devices
+    from ppchat.errors import AudioError
 
-    for d in list_devices():
+    devices = list_devices()
+    if not devices:
+        raise AudioError(f"no audio devices found. {NO_DEVICE_HINT}")
+    for d in devices:
         print(d.describe())
     return 0
 

@@ -109,15 +109,25 @@ class Subscription:
 
 
 class EventBus:
-    """Non-blocking fan-out of events to any number of subscribers."""
+    """Non-blocking fan-out of events to any number of subscribers.
+
+    A notice published while nobody listens (a warning raised while the program sets up,
+    before the console subscribes) is kept, up to `UNHEARD_NOTICES`, and handed to the next
+    subscriber, so that it reaches the user instead of being lost.
+    """
+
+    UNHEARD_NOTICES = 16
 
     def __init__(self) -> None:
         self._subs: tuple[Subscription, ...] = ()
         self._lock = threading.Lock()
+        self._unheard: collections.deque[NoticeEvent] = collections.deque(maxlen=self.UNHEARD_NOTICES)
 
     def subscribe(self, maxlen: int = 256, name: str = "") -> Subscription:
         sub = Subscription(self, maxlen, name)
         with self._lock:
+            while self._unheard:
+                sub._offer(self._unheard.popleft())
             self._subs = self._subs + (sub,)
         return sub
 
@@ -127,7 +137,10 @@ class EventBus:
 
     def publish(self, event: object) -> None:
         # Copy-on-write tuple: publishing never takes the lock.
-        for sub in self._subs:
+        subs = self._subs
+        if not subs and isinstance(event, NoticeEvent):
+            self._unheard.append(event)
+        for sub in subs:
             sub._offer(event)
 
     @property

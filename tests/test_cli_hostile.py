@@ -311,3 +311,37 @@ def test_no_audio_devices_is_said_with_what_to_do(argv, monkeypatch, capsys):
     captured = capsys.readouterr()
     assert captured.out == ""
     assert "no audio devices found" in captured.err and "tools/virtual-audio.sh" in captured.err
+
+
+# --- 16.19 a warning raised before anyone listens ----------------------------------------------
+
+
+def test_a_notice_published_before_anyone_subscribes_reaches_the_first_subscriber():
+    from ppchat.engine.events import EventBus, NoticeEvent, StepEvent
+
+    bus = EventBus()
+    bus.publish(NoticeEvent("warning", "monitor socket unavailable: x"))
+    bus.publish(StepEvent(0, 0.0, 0.0, {}))  # steps are not kept: nobody missed them
+    first = bus.subscribe(name="console")
+    second = bus.subscribe(name="recorder")
+    assert [e.message for e in first.drain()] == ["monitor socket unavailable: x"]
+    assert second.drain() == []
+    first.close()
+    second.close()
+    for i in range(40):
+        bus.publish(NoticeEvent("info", f"n{i}"))
+    assert len(bus.subscribe().drain()) == EventBus.UNHEARD_NOTICES  # bounded
+
+
+def test_the_user_is_told_that_the_monitor_socket_is_off(tmp_path):
+    from ppchat.conversation import Conversation, TalkOptions
+    from ppchat.engine.events import NoticeEvent
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    options = TalkOptions(model="demo", monitor=True, monitor_socket=blocker / "monitor.sock", record=False)
+    with Conversation(options) as conv:
+        assert conv.monitor is None
+        sub = conv.bus.subscribe(name="headless")  # as `talk --no-tui` and the console do, after setting up
+        warnings = [e for e in sub.drain() if isinstance(e, NoticeEvent) and e.level == "warning"]
+    assert len(warnings) == 1 and "monitor socket unavailable" in warnings[0].message

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import tarfile
 import tempfile
+import threading
 import zlib
 from pathlib import Path, PurePosixPath
 
 import huggingface_hub
+import huggingface_hub.constants
 from huggingface_hub.utils import (
     EntryNotFoundError,
     GatedRepoError,
@@ -52,9 +55,10 @@ def _to_checkpoint_error(exc: Exception, repo_id: str, filename: str, token_set:
     if isinstance(exc, RevisionNotFoundError):
         return CheckpointError(f"the requested revision of {repo_id} does not exist; drop --revision or fix it")
     if isinstance(exc, LocalEntryNotFoundError):
+        offline = " (HF_HUB_OFFLINE is set: unset it)" if huggingface_hub.constants.HF_HUB_OFFLINE else ""
         return CheckpointError(
             f"cannot reach huggingface.co and {filename} of {repo_id} is not in the local cache; "
-            "connect to the internet (or unset HF_HUB_OFFLINE) and retry, or pass a local model directory"
+            f"connect to the internet{offline} and retry, or pass a local model directory"
         )
     if isinstance(exc, EntryNotFoundError):
         return CheckpointError(f"{filename} is not in {repo_id}; is this a PersonaPlex repository?")
@@ -66,6 +70,60 @@ def _to_checkpoint_error(exc: Exception, repo_id: str, filename: str, token_set:
     if isinstance(exc, OSError) and not isinstance(exc, _TransportError):
         return CheckpointError(f"cannot write {filename} to the Hugging Face cache ({exc}); free disk space or set HF_HOME")
     return CheckpointError(f"downloading {filename} from {repo_id} failed ({exc}); check your connection and retry")
+
+
+PROBE_SECONDS = 4.0  # how long the reachability check may take, DNS included
+
+
+def _reachability_problem() -> str | None:
+    """None if the hub (or the HTTPS proxy) accepts a TCP connection within `PROBE_SECONDS`,
+    else why not. Checked before a download so that a machine without network gets one
+    message in seconds instead of the hub client's retries."""
+    from urllib.parse import urlsplit
+
+    proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy")
+    url = urlsplit(proxy or huggingface_hub.constants.ENDPOINT)
+    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
+    where = f"the proxy {host}:{port}" if proxy else host
+    outcome: list[str | None] = []
+
+    def probe() -> None:
+        try:
+            socket.create_connection((host, port), timeout=PROBE_SECONDS).close()
+            outcome.append(None)
+        except OSError as exc:
+            outcome.append(f"{where} cannot be reached ({exc.strerror or exc})")
+
+    thread = threading.Thread(target=probe, name="ppchat-hub-probe", daemon=True)
+    thread.start()
+    thread.join(PROBE_SECONDS)
+    return outcome[0] if outcome else f"{where} did not answer within {PROBE_SECONDS:.0f} s"
+
+
+def _preflight(repo_id: str, token: str | None) -> None:
+    """Before downloading: a token and a reachable hub, or one message with the fix for each."""
+    if huggingface_hub.constants.HF_HUB_OFFLINE:
+        raise CheckpointError(
+            f"{repo_id} is not (completely) in the local Hugging Face cache and HF_HUB_OFFLINE is set; "
+            "unset HF_HUB_OFFLINE to download it, or pass a local model folder with --model DIR"
+        )
+    problems, fixes = [], []
+    if not (token or huggingface_hub.get_token()):
+        problems.append("no HF_TOKEN is set")
+        fixes.append(
+            f"accept the licence at https://huggingface.co/{repo_id}, create a read token at "
+            "https://huggingface.co/settings/tokens, then `export HF_TOKEN=hf_...`"
+        )
+    unreachable = _reachability_problem()
+    if unreachable:
+        problems.append(unreachable)
+        fixes.append("connect this machine to the internet (or set HTTPS_PROXY), or download the model "
+                     "elsewhere and pass its folder with --model DIR")  # fmt: skip
+    if problems:
+        steps = "; ".join(f"({i}) {fix}" for i, fix in enumerate(fixes, start=1))
+        raise CheckpointError(
+            f"cannot download {repo_id}: {' and '.join(problems)}. To fix: {steps}; then run `ppchat download` again"
+        )
 
 
 def _fetch_all(repo_id: str, revision: str | None, token: str | None, cache_dir: Path | None, local_only: bool) -> Path:
@@ -110,6 +168,7 @@ def download_model(
     except CheckpointError:
         if offline:
             raise
+    _preflight(repo_id, token)
     return _fetch_all(repo_id, revision, token, cache, local_only=False)
 
 

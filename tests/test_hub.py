@@ -42,7 +42,9 @@ class FakeHub:
 
 @pytest.fixture
 def fake(monkeypatch, tmp_path):
-    monkeypatch.delenv("HF_TOKEN", raising=False)
+    # A token and a reachable hub, as the online errors below need (the pre-checks are tested apart).
+    monkeypatch.setenv("HF_TOKEN", "hf_test")
+    monkeypatch.setattr(hub, "_reachability_problem", lambda: None)
 
     def install(**kwargs):
         fake_hub = FakeHub(tmp_path / "snapshots" / "abc123", **kwargs)
@@ -59,7 +61,8 @@ def test_complete_cache_is_used_without_going_online(fake):
     assert [name for name, _, _ in f.calls] == list(manifest.HUB_FILES)
 
 
-def test_missing_files_are_downloaded_with_the_token(fake):
+def test_missing_files_are_downloaded_with_the_token(fake, monkeypatch):
+    monkeypatch.delenv("HF_TOKEN")
     f = fake(cached=[manifest.TOKENIZER_FILE])
     assert hub.download_model(token="hf_secret") == f.snapshot
     online = [(name, token) for name, local, token in f.calls if not local]
@@ -72,17 +75,19 @@ def test_offline_with_incomplete_cache(fake):
         hub.download_model(offline=True)
 
 
-def test_gated_repo_without_token_explains_licence_and_token(fake):
-    fake(online_error=hf_errors.GatedRepoError("403 gated", response=_response(403)))
+def test_gated_repo_without_token_explains_licence_and_token(fake, monkeypatch):
+    monkeypatch.delenv("HF_TOKEN")
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)  # and no saved login
+    f = fake(online_error=hf_errors.GatedRepoError("403 gated", response=_response(403)))
     with pytest.raises(CheckpointError) as info:
         hub.download_model()
     msg = str(info.value)
     assert "https://huggingface.co/nvidia/personaplex-7b-v1" in msg and "export HF_TOKEN" in msg
     assert "no HF_TOKEN is set" in msg
+    assert all(local for _, local, _ in f.calls)  # found out before going online
 
 
 def test_gated_repo_with_a_token_lacking_access(fake, monkeypatch):
-    monkeypatch.setenv("HF_TOKEN", "hf_nope")
     fake(online_error=hf_errors.GatedRepoError("403 gated", response=_response(403)))
     with pytest.raises(CheckpointError, match="HF_TOKEN has not been granted access.*accept the licence"):
         hub.download_model()
@@ -167,3 +172,75 @@ def test_corrupt_archive(tmp_path):
     archive.write_bytes(archive.read_bytes()[:100])
     with pytest.raises(CheckpointError, match="voices.tgz is corrupt.*ppchat download"):
         hub.extract_voices(archive, tmp_path / "dest")
+
+
+# --- before a download: token and reachability (issue 16.16) ----------------------------------
+
+
+@pytest.fixture
+def unreachable_hub(monkeypatch):
+    """The hub endpoint is a local port nobody listens on: the connection is refused at once."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", f"http://127.0.0.1:{port}")
+    monkeypatch.delenv("HTTPS_PROXY", raising=False)
+    monkeypatch.delenv("https_proxy", raising=False)
+    return port
+
+
+def no_online_download(monkeypatch):
+    calls = []
+
+    def hf_hub_download(repo_id, filename, *, local_files_only=False, **kwargs):
+        calls.append(local_files_only)
+        if not local_files_only:
+            raise AssertionError("went online despite the pre-check")
+        raise hf_errors.LocalEntryNotFoundError("not cached")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", hf_hub_download)
+    return calls
+
+
+def test_no_token_and_no_network_is_one_message_with_both_fixes(monkeypatch, unreachable_hub):
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    calls = no_online_download(monkeypatch)
+    with pytest.raises(CheckpointError) as info:
+        hub.download_model()
+    msg = str(info.value)
+    assert "no HF_TOKEN is set" in msg and "127.0.0.1 cannot be reached" in msg
+    assert "export HF_TOKEN=hf_..." in msg and "https://huggingface.co/settings/tokens" in msg and "--model DIR" in msg
+    assert "HF_HUB_OFFLINE" not in msg  # it was never set
+    assert calls and all(calls)  # only cache look-ups (local_files_only=True), never a download
+
+
+def test_with_a_token_only_the_network_is_named(monkeypatch, unreachable_hub):
+    monkeypatch.setenv("HF_TOKEN", "hf_x")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    no_online_download(monkeypatch)
+    with pytest.raises(CheckpointError, match=r"cannot download .*: 127.0.0.1 cannot be reached") as info:
+        hub.download_model()
+    assert "HF_TOKEN" not in str(info.value)
+
+
+def test_hf_hub_offline_is_named_only_when_set(monkeypatch):
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    no_online_download(monkeypatch)
+    with pytest.raises(CheckpointError, match="HF_HUB_OFFLINE is set; unset HF_HUB_OFFLINE"):
+        hub.download_model()
+
+
+def test_download_command_says_it_in_one_line(monkeypatch, unreachable_hub, capsys, tmp_path):
+    from ppchat.cli import main
+
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    no_online_download(monkeypatch)
+    assert main(["download"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("ppchat: error: cannot download nvidia/personaplex-7b-v1")

@@ -345,3 +345,49 @@ def test_the_user_is_told_that_the_monitor_socket_is_off(tmp_path):
         sub = conv.bus.subscribe(name="headless")  # as `talk --no-tui` and the console do, after setting up
         warnings = [e for e in sub.drain() if isinstance(e, NoticeEvent) and e.level == "warning"]
     assert len(warnings) == 1 and "monitor socket unavailable" in warnings[0].message
+
+
+# --- 16.17 `voices` on a broken model folder, `replay` on a folder that is not a session ---------
+
+
+def test_voices_on_a_broken_model_folder_is_an_error(tmp_path, capsys):
+    from ppchat.cli import main
+    from ppchat.models import manifest
+    from tests.conftest import fixtures_root
+
+    broken = tmp_path / "model"
+    broken.mkdir()
+    (broken / manifest.LM_FILE).write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}")  # an empty safetensors file
+    (broken / manifest.MIMI_FILE).write_bytes(b"truncated")
+    import shutil
+
+    shutil.copy(fixtures_root() / "tokenizer_tiny.model", broken / manifest.TOKENIZER_FILE)
+    assert main(["voices", "--model", str(broken)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "ppchat: error: " in captured.err and str(broken) in captured.err
+
+
+def test_voices_on_a_model_without_presets_says_so(tmp_path, capsys):
+    from ppchat.cli import main
+
+    bundle = tmp_path / "model"
+    from tests.conftest import fixture_dirs, fixtures_root
+    import shutil
+
+    shutil.copytree(fixture_dirs("lm")[0], bundle / "lm")
+    shutil.copytree(fixture_dirs("mimi")[0], bundle / "mimi")
+    shutil.copy(fixtures_root() / "tokenizer_tiny.model", bundle / "tokenizer.model")
+    assert main(["voices", "--model", str(bundle)]) == 2  # a sound model that ships no voices
+    err = capsys.readouterr().err
+    assert "has no preset voices" in err and "--voice PATH.wav" in err
+
+
+def test_replay_of_a_folder_that_is_not_a_session_says_so(tmp_path, capsys):
+    from ppchat.cli import main
+
+    (tmp_path / "holiday.jpg").write_bytes(b"")
+    assert main(["replay", str(tmp_path), "--no-tui"]) == 2
+    err = capsys.readouterr().err
+    assert "is not a ppchat session folder" in err and "repair" not in err
+    assert main(["sessions", "repair", str(tmp_path)]) == 2
+    assert "not a ppchat session" in capsys.readouterr().err

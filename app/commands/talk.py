@@ -143,10 +143,13 @@ def cmd_voices(args) -> int:
     from ppchat import paths
     from ppchat.conversation import pick_model_source
     from ppchat.models.loader import resolve_source, resolve_voices_dir
+    from ppchat.errors import CheckpointError
+    from ppchat.models.manifest import VOICES_ARCHIVE
     from ppchat.models.voices import PRESET_VOICES, available_voices
 
     source = pick_model_source(args.model)
     ckpt = resolve_source(source, paths.cache_dir(), allow_download=False)
+    ckpt.validate_weights()  # headers only: a broken model folder is an error here, not at `talk`
     found = available_voices(resolve_voices_dir(ckpt, paths.cache_dir()))
     if found:
         print("\n".join(found))
@@ -154,7 +157,10 @@ def cmd_voices(args) -> int:
         print("The demo model has no preset voices: use --voice none (default) or --voice PATH.wav.\n"
               f"The real model's presets ({', '.join(PRESET_VOICES)}) come with `ppchat download`.")
     else:
-        print("\n".join(PRESET_VOICES))
+        raise CheckpointError(
+            f"{ckpt.root} has no preset voices (no voices/ folder, no {VOICES_ARCHIVE}); re-run `ppchat download` "
+            "for the presets, or use --voice PATH.wav"
+        )
     print("Any audio file works as a custom voice: --voice path/to/voice.wav (about 10 s of clean speech).")
     return 0
 

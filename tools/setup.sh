@@ -4,9 +4,13 @@
 #   bash tools/setup.sh test     # the app + test dependencies + the virtual audio device's packages
 # On Debian/Ubuntu it installs the system libraries sounddevice/soundfile need (PortAudio,
 # libsndfile) with apt-get (through sudo when not root). On macOS the wheels bundle them.
+# It prints a line per stage; pip's own output goes to a log that is shown only if pip fails.
+# PPCHAT_VENV chooses another virtual environment folder (default .venv).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 want=${1:-app}
+venv=${PPCHAT_VENV:-.venv}
+say() { echo "ppchat setup: $*"; }
 
 apt_packages="libportaudio2 libsndfile1"
 [ "$want" = test ] && apt_packages="$apt_packages pulseaudio pulseaudio-utils"
@@ -16,16 +20,26 @@ if [ "$(uname -s)" = Linux ] && command -v apt-get >/dev/null 2>&1; then
   for p in $apt_packages; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
   if [ -n "$missing" ]; then
     sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
-    echo "ppchat setup: installing system packages:$missing"
+    say "installing system packages:$missing"
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends $missing >/dev/null
   fi
 fi
 
 python=${PYTHON:-python3}
-[ -x .venv/bin/python ] || "$python" -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+if [ ! -x "$venv/bin/python" ]; then
+  say "creating $venv"
+  "$python" -m venv "$venv"
+fi
+log=$(mktemp "${TMPDIR:-/tmp}/ppchat-setup.XXXXXX")
+trap 'rm -f "$log"' EXIT
 extra=""
 [ "$want" = test ] && extra="[test]"
-.venv/bin/python -m pip install -q -e ".$extra" 2>&1 | grep -v -e '^WARNING: Location' -e 'is ignored: it is neither' || true
-.venv/bin/python -c "import ppchat" && echo "ppchat setup: ready (.venv/bin/ppchat)"
+say "installing ppchat$extra and its dependencies into $venv (a few minutes the first time)"
+"$venv/bin/python" -m pip install -q --upgrade pip >>"$log" 2>&1 || true
+if ! "$venv/bin/python" -m pip install -q -e ".$extra" >>"$log" 2>&1; then
+  say "pip failed; the end of its output:"
+  tail -n 40 "$log" >&2
+  exit 1
+fi
+"$venv/bin/python" -c "import ppchat" && say "ready ($venv/bin/ppchat)"

@@ -371,8 +371,9 @@ def test_voices_on_a_model_without_presets_says_so(tmp_path, capsys):
     from ppchat.cli import main
 
     bundle = tmp_path / "model"
-    from tests.conftest import fixture_dirs, fixtures_root
     import shutil
+
+    from tests.conftest import fixture_dirs, fixtures_root
 
     shutil.copytree(fixture_dirs("lm")[0], bundle / "lm")
     shutil.copytree(fixture_dirs("mimi")[0], bundle / "mimi")

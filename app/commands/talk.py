@@ -142,8 +142,8 @@ def cmd_prompts(args) -> int:
 def cmd_voices(args) -> int:
     from ppchat import paths
     from ppchat.conversation import pick_model_source
-    from ppchat.models.loader import resolve_source, resolve_voices_dir
     from ppchat.errors import CheckpointError
+    from ppchat.models.loader import resolve_source, resolve_voices_dir
     from ppchat.models.manifest import VOICES_ARCHIVE
     from ppchat.models.voices import PRESET_VOICES, available_voices
 

@@ -182,3 +182,58 @@ def test_session_browser_lists_sessions_and_opens_a_replay(tmp_path):
             assert len(app.screen_stack) == 1
 
     asyncio.run(go())
+
+
+def silent_step(i: int) -> StepEvent:
+    silence = np.zeros(1920, np.float32)
+    return StepEvent(i, i * 0.08, 0.0, {"total": 30.0}, user_pcm=silence, agent_pcm=silence)
+
+
+def table_rows(lines: list[str]) -> list[str]:
+    """The session browser's rows: the non-empty lines under the header, above the footer."""
+    start = next(i for i, line in enumerate(lines) if "started" in line and "length" in line) + 1
+    return [line for line in lines[start:-1] if line.strip()]
+
+
+def test_session_browser_is_a_table_with_one_line_per_session_and_a_growing_live_row(tmp_path):
+    record_session(tmp_path, "2025-01-01T10-00-00_aaaa", voice="NATM1")
+    long_prompt = "You are a patient teacher who explains everything twice, slowly and kindly.\nSecond line."
+    respond_dir = tmp_path / "2025-01-02T10-00-00_bbbb"
+    respond_dir.mkdir()
+    with Recorder(EventBus(), respond_dir, SessionMeta(model_id="demo", voice="NATF0", role_prompt=long_prompt, kind="respond")):
+        pass
+    live_dir = tmp_path / "2025-01-03T10-00-00_cccc"
+    live_dir.mkdir()
+    bus = EventBus()
+    recorder = Recorder(bus, live_dir, SessionMeta(model_id="demo", voice="VARF1", role_prompt="Live."), flush_interval=0.05)
+    recorder.__enter__()
+    try:
+        async def go():
+            app = PPChatApp(IdleConversation(), autostart=False, sessions_root=tmp_path)
+            async with app.run_test(size=(80, 24)) as pilot:
+                for i in range(25):
+                    bus.publish(silent_step(i))
+                await pilot.pause(0.3)
+                await pilot.press("s")
+                await settle(pilot)
+                text = screen_text(app).splitlines()
+                header = next(line for line in text if "started" in line and "length" in line)
+                assert all(h in header for h in ("length", "kind", "voice", "p95 ms", "status", "prompt"))
+                rows = table_rows(text)
+                assert len(rows) == 3  # one line each, however long the prompt
+                assert "VARF1" in rows[0] and "live" in rows[0] and "00:02" in rows[0]  # 25 frames = 2.0 s so far
+                assert "respond" in rows[1] and "You are a patient" in rows[1] and rows[1].rstrip().endswith("…")
+                assert "talk" in rows[2] and "00:08" in rows[2]
+                for i in range(25, 50):
+                    bus.publish(silent_step(i))
+                await pilot.pause(1.5)  # the recorder flushes; the browser looks once a second
+                rows = table_rows(screen_text(app).splitlines())
+                assert "00:04" in rows[0]  # 50 frames
+                await pilot.press("o")  # sort by length, longest first
+                await settle(pilot)
+                rows = table_rows(screen_text(app).splitlines())
+                assert "NATM1" in rows[0] and "sorted by length ↓" in screen_text(app)
+
+        asyncio.run(go())
+    finally:
+        recorder.close()

@@ -131,6 +131,12 @@ class Conversation:
     def prompts(self) -> dict[str, str]:
         return dict(PRESETS)
 
+    def check_voice(self, voice: str) -> None:
+        """Raise a PPChatError that names the problem and the fix if `voice` cannot be used,
+        with the checks `--voice` makes (the console's voice picker asks before restarting)."""
+        if voice != NO_VOICE:
+            load_voice(voice, self.model.voices_dir, expected_dim=self.model.lm.config.dim)
+
     # ------------------------------------------------------------------------------- control
 
     def start(

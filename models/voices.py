@@ -256,10 +256,15 @@ def load_voice(
     if not path.is_file():
         found = _find_in_dir(str(name_or_path), Path(voices_dir)) if voices_dir and Path(voices_dir).is_dir() else None
         if found is None:
-            names = available_voices(voices_dir) or list(PRESET_VOICES)
-            where = f"in {voices_dir}" if voices_dir else "(no voice folder; the presets come with `ppchat download`)"
+            names = available_voices(voices_dir)
+            if not names:  # the demo model, or a model downloaded without its voices
+                raise CheckpointError(
+                    f"unknown voice '{name_or_path}': this model has no preset voices (the presets "
+                    f"{PRESET_VOICES[0]}-{PRESET_VOICES[-1]} come with the real model, `ppchat download`); "
+                    "pass a path to an audio file (about 10 s of clean speech), or none"
+                )
             raise CheckpointError(
-                f"unknown voice '{name_or_path}' {where}; available voices: {', '.join(names)}, or a path to an audio file"
+                f"unknown voice '{name_or_path}' in {voices_dir}; available voices: {', '.join(names)}, or a path to an audio file"
             )
         path = found
     name = path.stem

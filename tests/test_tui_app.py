@@ -85,6 +85,10 @@ class FakeConversation:
     def voices(self) -> list[str]:
         return list(VOICES)
 
+    def check_voice(self, voice: str) -> None:
+        if voice not in VOICES and not os.path.isfile(voice):
+            raise AudioError(f"cannot read voice audio {voice}: no such file")
+
     def prompts(self) -> dict[str, str]:
         return dict(PROMPTS)
 
@@ -255,6 +259,35 @@ def test_voice_picker_restarts_with_the_chosen_voice():
             await pilot.press("v", "escape")
             await settle(pilot)
             assert conv.lifecycle == [("start", "NATF2", PROMPTS["assistant"]), ("restart", "NATM1", PROMPTS["assistant"])]
+    run(go())
+
+
+def test_voice_picker_on_a_model_without_presets_takes_an_audio_file_checked_on_enter(tmp_path):
+    class DemoConversation(FakeConversation):
+        def voices(self) -> list[str]:
+            return ["none"]
+
+    wav = tmp_path / "me.wav"
+    wav.write_bytes(b"RIFF")  # the fake's check only asks that the file exists
+
+    async def go():
+        conv = DemoConversation()
+        app = PPChatApp(conv)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await settle(pilot)
+            await pilot.press("v")
+            await settle(pilot)
+            assert "No preset voices on this model" in screen_text(app) and "From an audio file…" in screen_text(app)
+            await pilot.press("down", "enter")  # "From an audio file…"
+            await pilot.press(*str(tmp_path / "missing.wav"), "enter")
+            await settle(pilot)
+            assert isinstance(app.screen, VoicePicker) and "no such file" in screen_text(app)  # stays open
+            assert conv.lifecycle == [("start", "NATF2", PROMPTS["assistant"])]
+            app.screen.query_one("#voice-path").value = str(wav)
+            await pilot.press("enter")
+            await settle(pilot)
+            assert conv.lifecycle[-1] == ("restart", str(wav), PROMPTS["assistant"])
+            assert "voice me.wav" in screen_text(app)
     run(go())
 
 

@@ -52,6 +52,7 @@ class ConversationLike(Protocol):
     def mark(self) -> None: ...
     def voices(self) -> list[str]: ...
     def prompts(self) -> dict[str, str]: ...
+    def check_voice(self, voice: str) -> None: ...
 
 
 class PPChatApp(LivePump, ConsoleApp):
@@ -258,7 +259,8 @@ class PPChatApp(LivePump, ConsoleApp):
         self.notify("Marked this moment in the recording.", timeout=2)
 
     def action_pick_voice(self) -> None:
-        self.push_screen(VoicePicker(self.conversation.voices(), self.voice), self._voice_chosen)
+        check = getattr(self.conversation, "check_voice", None)
+        self.push_screen(VoicePicker(self.conversation.voices(), self.voice, check), self._voice_chosen)
 
     def action_pick_prompt(self) -> None:
         self.push_screen(PromptPicker(self.conversation.prompts(), self.prompt, self.prompt_name), self._prompt_chosen)

@@ -87,7 +87,7 @@ class StatusBar(Widget):
         model = [(str(info.get("model") or "no model"), bold)]
         demo = [(" DEMO ", Style(color="black", bgcolor="magenta", bold=True))] if info.get("is_demo") else []
         quant = [(str(info["quantization"]), dim)] if info.get("quantization") else []
-        voice = [("voice ", dim), (str(info.get("voice") or "–"), bold)]
+        voice = [("voice ", dim), (os.path.basename(str(info.get("voice") or "–")) or "–", bold)]  # a file: its name
         prompt = [("prompt ", dim), (str(info.get("prompt_name") or "custom"), bold)]
         line1 = fit_items([
             Item(head, 9),

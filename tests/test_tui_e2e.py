@@ -48,7 +48,7 @@ def test_talk_pick_voice_and_prompt_then_quit_saves(tmp_path):
             await pilot.press("v")
             await _wait_for(pilot, lambda: isinstance(app.screen, VoicePicker))
             await pilot.pause(0.3)  # let the picker mount its list before keys arrive
-            await pilot.press("end", "enter")
+            await pilot.press("end", "up", "enter")  # the last entry is "From an audio file…"
             await _wait_for(pilot, lambda: conv.voice_name == str(voice) and conv.running)
             assert conv.prefill.voice_frames == 13
 

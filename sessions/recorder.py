@@ -94,6 +94,7 @@ class Recorder:
         mark_recording(self.session_dir)
         self._sub = bus.subscribe(queue_events, name="recorder")
         self._stop = threading.Event()
+        self._finished = threading.Event()
         self._thread = threading.Thread(target=self._run, name="ppchat-recorder", daemon=True)
         self._thread.start()
 
@@ -111,8 +112,8 @@ class Recorder:
         if stop_reason is not None and self.stop_reason is None:
             self._cut_short = stop_reason
         self._stop.set()
-        self._thread.join(timeout)
-        if self._thread.is_alive():
+        # An event, not Thread.join: Ctrl-C inside join(timeout) makes CPython < 3.13 forget the thread.
+        if not self._finished.wait(timeout):
             log.warning("the recorder is still writing %s after %.0f s (slow disk?)", self.session_dir, timeout)
 
     def __enter__(self) -> Recorder:
@@ -181,7 +182,10 @@ class Recorder:
             self._stop_recording(f"internal error ({type(exc).__name__}: {exc})")
         finally:
             self._sub.close()
-            self._finish(status)
+            try:
+                self._finish(status)
+            finally:
+                self._finished.set()
 
     def _record(self, event: object) -> None:
         if isinstance(event, StepEvent):

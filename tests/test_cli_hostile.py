@@ -392,3 +392,27 @@ def test_replay_of_a_folder_that_is_not_a_session_says_so(tmp_path, capsys):
     assert "is not a ppchat session folder" in err and "repair" not in err
     assert main(["sessions", "repair", str(tmp_path)]) == 2
     assert "not a ppchat session" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("sig,status", [(2, 130), (15, 143)])
+def test_a_headless_talk_ended_by_a_signal_saves_and_exits_with_the_signal_code(pulse_device, tmp_path, sig, status):
+    import json
+    import signal
+    import time
+
+    sessions = tmp_path / "sessions"
+    proc = subprocess.Popen([sys.executable, "-m", "ppchat", "talk", "--no-tui", "--model", "demo", "--input-device",
+                             "pulse", "--output-device", "pulse", "--no-monitor", "--sessions-dir", str(sessions)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.monotonic() + 120
+    for line in proc.stdout:  # status lines, once a second
+        if " step " in line and int(line.split(" step ")[1].split()[0]) > 10:
+            break
+        assert time.monotonic() < deadline
+    proc.send_signal(signal.Signals(sig))
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == status, err
+    assert "Traceback" not in err
+    [session] = list(sessions.iterdir())
+    info = json.loads((session / "session.json").read_text())
+    assert info["status"] == "complete" and info["kind"] == "talk" and info["stats"]["steps"] > 10

@@ -4,6 +4,7 @@ sessions with nothing in them and `ppchat sessions clean` (issue 16.9, 16.10, 16
 from __future__ import annotations
 
 import errno
+import json
 import os
 import time
 from datetime import datetime
@@ -211,3 +212,37 @@ def test_the_full_disk_notice_reaches_the_user_once(tmp_path, monkeypatch, capfd
     assert len(notices) == 1 and "disk is full" in notices[0].message
     out, err = capfd.readouterr()
     assert "disk is full" not in out + err
+
+
+def test_ctrl_c_while_closing_does_not_lose_track_of_the_recorder(tmp_path, monkeypatch):
+    """CPython < 3.13 marks a thread stopped when Ctrl-C lands inside Thread.join(timeout); a
+    second close() then returned before session.json was final (and the process could exit
+    with the session still 'recording')."""
+    import signal
+
+    from ppchat.sessions import recorder as recorder_module
+
+    real_write = recorder_module.write_session_info
+
+    def slow_write(path, info):
+        if info.status != "recording":
+            time.sleep(0.6)  # a slow disk, at the final write
+        real_write(path, info)
+
+    monkeypatch.setattr(recorder_module, "write_session_info", slow_write)
+    bus = EventBus()
+    recorder = start_recording(bus, tmp_path, META)
+    bus.publish(step(0))
+
+    def ctrl_c(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, ctrl_c)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.2)
+        with pytest.raises(KeyboardInterrupt):
+            recorder.close()
+    finally:
+        signal.signal(signal.SIGALRM, previous)
+    recorder.close()  # the program's own clean-up after the interrupt
+    assert json.loads((recorder.session_dir / "session.json").read_text())["status"] == "complete"

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ppchat import paths
+from ppchat.constants import DEPFORMER_STEPS, MAX_BACKLOG_FRAMES, REPO_ID
 from ppchat.engine.events import EventBus, NoticeEvent
 from ppchat.engine.pipeline import ModelPipeline, PrefillReport, SamplingSettings
 from ppchat.engine.prompts import PRESETS, named_prompt, resolve_prompt
@@ -27,7 +28,6 @@ from ppchat.sessions.recorder import Recorder, start_recording
 from ppchat.sessions.schema import SessionMeta
 from ppchat.sessions.store import default_sessions_root
 
-DEFAULT_REPO = "nvidia/personaplex-7b-v1"
 NO_VOICE = "none"
 
 
@@ -36,8 +36,8 @@ def pick_model_source(requested: str | None) -> str:
     if requested and requested != "auto":
         return requested
     try:
-        resolve_source(DEFAULT_REPO, paths.cache_dir(), allow_download=False)
-        return DEFAULT_REPO
+        resolve_source(REPO_ID, paths.cache_dir(), allow_download=False)
+        return REPO_ID
     except PPChatError:
         return "demo"
 
@@ -53,7 +53,7 @@ class TalkOptions:
     output_device: str | int | None = None
     samplerate: int | None = None
     half_duplex: bool = False
-    max_backlog_frames: int = 3
+    max_backlog_frames: int = MAX_BACKLOG_FRAMES
     sessions_dir: Path | None = None
     record: bool = True
     monitor: bool = True
@@ -235,7 +235,7 @@ class Conversation:
     # ------------------------------------------------- the model side (a subclass may put it elsewhere)
 
     def _load(self, model: LoadedModel | None) -> None:
-        self.model = model or load_model(pick_model_source(self.options.model), quantize=self.options.quantize, depformer_steps=8)
+        self.model = model or load_model(pick_model_source(self.options.model), quantize=self.options.quantize, depformer_steps=DEPFORMER_STEPS)
         self.pipeline = ModelPipeline(self.model, self.options.sampling)
         self._warm_up()
 

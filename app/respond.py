@@ -19,11 +19,10 @@ import soundfile as sf
 
 from ppchat import logfile
 from ppchat.atomic import replacing
+from ppchat.constants import SAMPLE_RATE
 from ppchat.engine.events import NoticeEvent, StepEvent
 from ppchat.errors import AudioError, PPChatError, interruption
 from ppchat.validate import check_sample_rate, unreadable_audio
-
-SAMPLE_RATE = 24000
 
 
 def read_audio(path: Path) -> tuple[np.ndarray, list[str]]:

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import struct
 
-FRAME_SAMPLES = 1920
-SAMPLE_RATE = 24000
+from ppchat.constants import FRAME_SAMPLES
+
 HEADER = struct.Struct("<q")
 FRAME_BYTES = FRAME_SAMPLES * 4
 RESET = -1

@@ -19,8 +19,9 @@ import time
 
 import numpy as np
 
-from ppchat.asr.caption_protocol import FRAME_BYTES, FRAME_SAMPLES, HEADER, RESET, SAMPLE_RATE
+from ppchat.asr.caption_protocol import FRAME_BYTES, HEADER, RESET
 from ppchat.asr.segmenter import RATE, Segmenter
+from ppchat.constants import FRAME_SAMPLES, SAMPLE_RATE
 
 BACKLOG_FRAMES = 30 * SAMPLE_RATE // FRAME_SAMPLES  # 30 s
 PARTIAL_EVERY_S = 1.5

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ppchat.asr.caption_protocol import FRAME_SAMPLES, frame_message, reset_message
+from ppchat.asr.caption_protocol import frame_message, reset_message
+from ppchat.constants import FRAME_SAMPLES
 from ppchat.engine.events import EventBus, NoticeEvent, StepEvent
 
 log = logging.getLogger(__name__)

@@ -14,8 +14,9 @@ from typing import NamedTuple
 import numpy as np
 
 from ppchat.asr.segmenter import RATE, SegmenterSettings, Span, split
+from ppchat.constants import SAMPLE_RATE
 
-TRACK_RATE = 24000
+TRACK_RATE = SAMPLE_RATE
 
 
 class Segment(NamedTuple):

@@ -19,10 +19,11 @@ from typing import Any
 
 import numpy as np
 
+from ppchat.constants import FRAME_SECONDS
 from ppchat.engine.ringbuffer import RingBuffer
 from ppchat.errors import AudioError
 
-DEFAULT_BLOCK_SECONDS = 0.08  # one Moshi frame: each callback delivers about one model frame
+DEFAULT_BLOCK_SECONDS = FRAME_SECONDS  # each callback delivers about one model frame
 NO_DEVICE_HINT = (
     "Connect a microphone/speaker, pick another one with --input-device / --output-device "
     "(see `ppchat --list-devices`), or on a machine without a sound card start the virtual "

@@ -26,6 +26,7 @@ import mlx.nn as nn
 import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 
+from ppchat.constants import DEPFORMER_STEPS
 from ppchat.engine.pipeline import ModelPipeline, SamplingSettings
 from ppchat.engine.prompts import resolve_prompt
 from ppchat.models.generator import VoiceEmbeddings
@@ -161,7 +162,7 @@ def build_model(options: BenchOptions) -> LoadedModel:
         )
     model = load_model(options.model, quantize=options.quantize, group_size=options.group_size,
                        kv_bits=options.kv_bits, cache_root=options.cache_root,
-                       depformer_steps=8, show_progress=False)
+                       depformer_steps=DEPFORMER_STEPS, show_progress=False)
     if options.compile is not None:
         model.mimi.compile_streaming = options.compile
     return model

@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING
 import mlx.core as mx
 import numpy as np
 
+from ppchat.constants import SILENCE_TOKENS, SINE_TOKENS
 from ppchat.errors import PPChatError
-from ppchat.models.generator import SILENCE_TOKENS, SINE_TOKENS, LMGen, VoiceEmbeddings
+from ppchat.models.generator import LMGen, VoiceEmbeddings
 from ppchat.models.loader import LoadedModel
 from ppchat.models.mimi import Mimi
 from ppchat.models.sampling import SamplingParams

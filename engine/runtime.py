@@ -65,6 +65,7 @@ from typing import Protocol
 
 import numpy as np
 
+from ppchat.constants import MAX_BACKLOG_FRAMES
 from ppchat.engine.audio_io import StreamBuffers
 from ppchat.engine.events import EventBus, NoticeEvent, StepEvent
 from ppchat.engine.resample import StreamResampler
@@ -124,7 +125,7 @@ class RuntimePolicy:
     """Tunable behaviour; fields may be changed while running (read once per step),
     except `gate_hold_frames`, which is read when the runtime is created."""
 
-    max_backlog_frames: int = 3
+    max_backlog_frames: int = MAX_BACKLOG_FRAMES
     half_duplex_gate: bool = False
     gate_threshold_rms: float = 0.02
     gate_hold_frames: int = 2

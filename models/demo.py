@@ -26,6 +26,7 @@ import sentencepiece
 from safetensors.numpy import save_file
 
 from ppchat import paths
+from ppchat.constants import SILENCE_TOKENS, SINE_TOKENS
 from ppchat.errors import CheckpointError
 from ppchat.models import manifest
 from ppchat.models.checkpoint import DEMO_MARKER
@@ -55,8 +56,8 @@ DEMO_LM_CONFIG: dict[str, Any] = {
     "zero_text_code": 3,
     "audio_silence_frame_cnt": 6,
     # The real special audio tokens do not fit a 128-entry codebook; like the fixtures, reduce them modulo card.
-    "silence_tokens": [t % CARD for t in manifest.SILENCE_TOKENS],
-    "sine_tokens": [t % CARD for t in manifest.SINE_TOKENS],
+    "silence_tokens": [t % CARD for t in SILENCE_TOKENS],
+    "sine_tokens": [t % CARD for t in SINE_TOKENS],
 }
 
 DEMO_MIMI_CONFIG: dict[str, Any] = {

@@ -29,16 +29,13 @@ from dataclasses import dataclass, field, replace
 import mlx.core as mx
 import numpy as np
 
+from ppchat.constants import SILENCE_TOKENS, SINE_TOKENS
 from ppchat.models.kv_cache import RingKVCache
 from ppchat.models.lm import LM
 from ppchat.models.lm_step import LMStep, StepArrays
 from ppchat.models.sampling import AUDIO_DEFAULTS, TEXT_DEFAULTS, SamplingParams
 from ppchat.models.token_ring import CallColumns, TokenRing
 
-SILENCE_TOKENS = (948, 243, 1178, 546, 1736, 1030, 1978, 2008)
-"""Mimi codes of a silent frame: the agent stream during silence and text-prompt phases."""
-SINE_TOKENS = (430, 1268, 381, 1611, 1095, 1495, 56, 472)
-"""Mimi codes of a 440 Hz sine: the user stream during every prompt phase."""
 PREFILL_CHUNK = 256
 
 

@@ -27,6 +27,7 @@ from huggingface_hub.utils import (
     RevisionNotFoundError,
 )
 
+from ppchat.constants import REPO_ID
 from ppchat.errors import CheckpointError
 from ppchat.models import manifest
 
@@ -149,7 +150,7 @@ def _fetch_all(repo_id: str, revision: str | None, token: str | None, cache_dir:
 
 
 def download_model(
-    repo_id: str = manifest.REPO_ID,
+    repo_id: str = REPO_ID,
     *,
     revision: str | None = None,
     token: str | None = None,
@@ -188,7 +189,7 @@ def _safe_members(archive: tarfile.TarFile, source: Path) -> list[tarfile.TarInf
 WEB_UI_ARCHIVE = "dist.tgz"  # NVIDIA's web UI, built, in the model repo (the reference server serves it)
 
 
-def download_web_ui(repo_id: str = manifest.REPO_ID, *, revision: str | None = None, offline: bool = False) -> Path | None:
+def download_web_ui(repo_id: str = REPO_ID, *, revision: str | None = None, offline: bool = False) -> Path | None:
     """The web UI archive from the model repo (cache first), or None where it cannot be had.
 
     It is optional: the console and `ppchat serve` work without it."""

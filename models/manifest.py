@@ -10,20 +10,16 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from ppchat.constants import FRAME_RATE, FRAME_SAMPLES, SAMPLE_RATE, SILENCE_TOKENS, SINE_TOKENS
 from ppchat.errors import CheckpointError
 
 Shape = tuple[int, ...]
 
-REPO_ID = "nvidia/personaplex-7b-v1"
 LM_FILE = "model.safetensors"
 MIMI_FILE = "tokenizer-e351c8d8-checkpoint125.safetensors"
 TOKENIZER_FILE = "tokenizer_spm_32k_3.model"
 VOICES_ARCHIVE = "voices.tgz"
 HUB_FILES = (LM_FILE, MIMI_FILE, TOKENIZER_FILE, VOICES_ARCHIVE)
-
-# Mimi codes of a silent frame and of a 440 Hz sine (spec §2.5).
-SILENCE_TOKENS = (948, 243, 1178, 546, 1736, 1030, 1978, 2008)
-SINE_TOKENS = (430, 1268, 381, 1611, 1095, 1495, 56, 472)
 
 # The real model in the same config.json layout as the fixture / demo directories, so
 # every consumer reads one format. Values are the hard-coded ones of the reference
@@ -105,9 +101,9 @@ _PERSONAPLEX_MIMI_CONFIG: dict[str, Any] = {
         "input_dimension": 512,
         "output_dimensions": [512],
     },
-    "sample_rate": 24000,
-    "frame_rate": 12.5,
-    "frame_size": 1920,
+    "sample_rate": SAMPLE_RATE,
+    "frame_rate": FRAME_RATE,
+    "frame_size": FRAME_SAMPLES,
     "num_codebooks": 8,
     "resample_method": "conv",
     "upsample_channel_wise_bug": True,

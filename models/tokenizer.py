@@ -6,12 +6,10 @@ from pathlib import Path
 
 import sentencepiece
 
+from ppchat.constants import NO_TEXT_IDS, WORD_START
 from ppchat.errors import CheckpointError, PPChatError
 
 SYSTEM_TAG = "<system>"
-EPAD_ID = 0  # end-of-padding: marks the step before a word starts
-PAD_ID = 3  # "no text in this frame"
-_NON_TEXT_IDS = frozenset({EPAD_ID, PAD_ID})
 
 
 def wrap_system_prompt(text: str) -> str:
@@ -58,6 +56,6 @@ class TextTokenizer:
 
     def piece(self, token_id: int) -> str | None:
         """Display text of one sampled token; None for padding ids and ids outside the vocabulary."""
-        if token_id in _NON_TEXT_IDS or not 0 <= token_id < self.vocab_size:
+        if token_id in NO_TEXT_IDS or not 0 <= token_id < self.vocab_size:
             return None
-        return self._sp.IdToPiece(int(token_id)).replace("\u2581", " ")
+        return self._sp.IdToPiece(int(token_id)).replace(WORD_START, " ")

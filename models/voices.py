@@ -22,6 +22,7 @@ import soxr
 
 from ppchat import paths
 from ppchat.atomic import replacing
+from ppchat.constants import FRAME_SAMPLES, SAMPLE_RATE
 from ppchat.errors import AudioError, CheckpointError
 from ppchat.models.checkpoint import read_safetensors
 from ppchat.models.torch_zip import load_torch_zip
@@ -32,8 +33,6 @@ log = logging.getLogger(__name__)
 PRESET_VOICES = tuple(f"NAT{g}{i}" for g in "FM" for i in range(4)) + tuple(f"VAR{g}{i}" for g in "FM" for i in range(5))
 DEFAULT_VOICE = "NATF0"
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff")
-SAMPLE_RATE = 24000
-FRAME_SIZE = 1920
 TARGET_LUFS = -24.0
 _CONVERTED_FORMAT = "ppchat-voice-v1"
 
@@ -70,7 +69,7 @@ class VoicePrompt:
             return self.embeddings.shape[0] + 1
         if self.kind == "codes":
             return self.codes.shape[-1]
-        return math.ceil(len(self.pcm) / FRAME_SIZE)
+        return math.ceil(len(self.pcm) / FRAME_SAMPLES)
 
 
 # --- ITU-R BS.1770 loudness ---------------------------------------------------------------

@@ -143,7 +143,7 @@ class ChatClient:
             self._loop.close()
 
     async def _session(self) -> None:
-        import aiohttp  # noqa: PLC0415 - only the network commands need it
+        import aiohttp
 
         self._outbox = asyncio.Queue()
         query = self.params.to_query()
@@ -171,7 +171,7 @@ class ChatClient:
             await ws.send_bytes(protocol.audio(page))
 
     async def _receive_loop(self, ws) -> None:
-        import aiohttp  # noqa: PLC0415
+        import aiohttp
 
         async for msg in ws:
             if msg.type != aiohttp.WSMsgType.BINARY:

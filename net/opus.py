@@ -13,9 +13,9 @@ import random
 
 import numpy as np
 
+from ppchat.constants import SAMPLE_RATE
 from ppchat.net import ogg
 
-SAMPLE_RATE = 24000
 GRANULE_RATE = 48000  # Ogg Opus granule positions always count 48 kHz samples
 
 

@@ -30,6 +30,7 @@ from pathlib import Path
 from aiohttp import WSMsgType, web
 
 from ppchat import __version__
+from ppchat.constants import NO_TEXT_IDS
 from ppchat.conversation import Conversation
 from ppchat.engine.events import NoticeEvent, StepEvent
 from ppchat.engine.pipeline import SamplingSettings
@@ -47,7 +48,6 @@ log = logging.getLogger(__name__)
 DEFAULT_PORT = 8998
 CHAT_PATH = "/api/chat"
 HEALTH_PATH = "/health"
-PAD_TOKENS = (0, 3)  # EPAD and PAD: never sent as text, as the reference does
 
 
 @dataclass
@@ -265,7 +265,7 @@ class ChatServer:
             for frame in audio.take_frames():
                 for page in encoder.encode(frame):
                     await send(protocol.audio(page))
-            if event.text_piece and event.text_token not in PAD_TOKENS:
+            if event.text_piece and event.text_token not in NO_TEXT_IDS:  # never sent as text, as the reference does
                 await send(protocol.text(event.text_piece))
             await send(protocol.metadata({"type": "step", **step_record(event)}))
 

@@ -31,15 +31,13 @@ from pathlib import Path
 
 import numpy as np
 
+from ppchat.constants import FRAME_SAMPLES, FRAME_SECONDS, SAMPLE_RATE
 from ppchat.engine.events import EventBus, NoticeEvent, StepEvent
 from ppchat.sessions.files import RecordingStopped
 from ppchat.sessions.jsonl import JsonlWriter
 from ppchat.sessions.liveness import mark_recording, unmark_recording
 from ppchat.sessions.schema import (
     AGENT_WAV,
-    FRAME_SAMPLES,
-    FRAME_SECONDS,
-    SAMPLE_RATE,
     SESSION_FILES,
     STEPS_JSONL,
     USER_WAV,

@@ -18,12 +18,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+from ppchat.constants import FRAME_SECONDS
 from ppchat.errors import SessionError
 from ppchat.sessions.jsonl import read_jsonl
 from ppchat.sessions.liveness import is_recording_live
 from ppchat.sessions.schema import (
     AGENT_WAV,
-    FRAME_SECONDS,
     SESSION_JSON,
     SESSION_NAME_TIME,
     STEPS_JSONL,

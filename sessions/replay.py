@@ -15,14 +15,10 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import NamedTuple
 
+from ppchat.constants import FRAME_SECONDS, NO_TEXT_IDS, WORD_START
 from ppchat.engine.events import NoticeEvent, StepEvent
 from ppchat.engine.transcript import format_clock
-from ppchat.sessions.schema import FRAME_SECONDS
 from ppchat.sessions.store import Session
-
-EPAD_TOKEN = 0
-PAD_TOKEN = 3
-WORD_START = "\u2581"  # SentencePiece's "▁"
 
 
 class Utterance(NamedTuple):
@@ -33,7 +29,7 @@ class Utterance(NamedTuple):
 
 def piece_text(event: StepEvent) -> str | None:
     """The text a step adds to the transcript (`▁` as a space), or None for PAD/EPAD/no text."""
-    if event.text_token in (EPAD_TOKEN, PAD_TOKEN) or not event.text_piece:
+    if event.text_token in NO_TEXT_IDS or not event.text_piece:
         return None
     return event.text_piece.replace(WORD_START, " ")
 

@@ -33,15 +33,13 @@ from pathlib import Path
 from typing import Any
 
 from ppchat import __version__
+from ppchat.constants import FRAME_SAMPLES, SAMPLE_RATE
 from ppchat.engine.events import NoticeEvent, StepEvent
 from ppchat.errors import SessionError
 from ppchat.sessions.files import atomic_write_bytes
 from ppchat.sessions.user_transcript import USER_TRANSCRIPT
 
 FORMAT_VERSION = 1
-SAMPLE_RATE = 24000
-FRAME_SAMPLES = 1920
-FRAME_SECONDS = FRAME_SAMPLES / SAMPLE_RATE
 
 USER_WAV = "user.wav"
 AGENT_WAV = "agent.wav"

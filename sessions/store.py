@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from ppchat.constants import FRAME_SAMPLES, FRAME_SECONDS, SAMPLE_RATE
 from ppchat.engine.events import NoticeEvent, StepEvent
 from ppchat.errors import SessionError
 from ppchat.paths import data_dir
@@ -25,9 +26,6 @@ from ppchat.sessions.liveness import is_recording_live
 from ppchat.sessions.repair import repair_session
 from ppchat.sessions.schema import (
     AGENT_WAV,
-    FRAME_SAMPLES,
-    FRAME_SECONDS,
-    SAMPLE_RATE,
     SESSION_FILES,
     SESSION_NAME_TIME,
     STEPS_JSONL,

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ppchat.constants import SAMPLE_RATE
 from ppchat.errors import SessionError
 from ppchat.sessions.files import BufferedAppender, RecordingStopped, describe_write_error
 
@@ -57,7 +58,7 @@ class WavWriter(BufferedAppender):
     the file then still holds every sample of the last successful flush.
     """
 
-    def __init__(self, path: Path, channels: int = 1, sample_rate: int = 24000):
+    def __init__(self, path: Path, channels: int = 1, sample_rate: int = SAMPLE_RATE):
         super().__init__(path)
         self.channels = channels
         try:

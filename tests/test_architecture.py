@@ -25,7 +25,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("asr", ("ppchat.asr",)),
     ("engine", ("ppchat.engine",)),
     ("models", ("ppchat.models",)),
-    ("base", ("ppchat", "ppchat.errors", "ppchat.atomic", "ppchat.paths", "ppchat.logfile", "ppchat.validate")),
+    ("base", ("ppchat", "ppchat.errors", "ppchat.atomic", "ppchat.paths", "ppchat.logfile", "ppchat.constants", "ppchat.validate")),
 ]
 
 

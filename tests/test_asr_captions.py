@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 import soxr
 
-from ppchat.asr.caption_protocol import FRAME_SAMPLES
 from ppchat.asr.caption_worker import Captioner
 from ppchat.asr.captions import CaptionEvent, CaptionSettings, LiveCaptions
 from ppchat.asr.random_model import build_random_asr
+from ppchat.constants import FRAME_SAMPLES
 from ppchat.conversation import Conversation, TalkOptions
 from ppchat.engine.events import EventBus, NoticeEvent, StepEvent
 from ppchat.engine.virtual_io import ArrayAudio

@@ -1,8 +1,8 @@
 """The built-in random demo model: deterministic, valid reference layout, self-healing cache."""
-
 import numpy as np
 import pytest
 
+from ppchat.constants import SILENCE_TOKENS, SINE_TOKENS
 from ppchat.models import demo, manifest
 from ppchat.models.checkpoint import open_checkpoint_dir, read_safetensors
 from ppchat.models.tokenizer import TextTokenizer
@@ -42,8 +42,8 @@ def test_keeps_the_personaplex_structure(demo_dir):
     assert kw["existing_text_padding_id"] == 3 and lm["zero_text_code"] == 3
     assert mimi["seanet"]["ratios"] == [8, 6, 5, 4] and mimi["sample_rate"] == 24000
     assert mimi["quantizer"]["bins"] == kw["card"] and mimi["num_codebooks"] == 8
-    assert lm["silence_tokens"] == [t % kw["card"] for t in manifest.SILENCE_TOKENS]
-    assert lm["sine_tokens"] == [t % kw["card"] for t in manifest.SINE_TOKENS]
+    assert lm["silence_tokens"] == [t % kw["card"] for t in SILENCE_TOKENS]
+    assert lm["sine_tokens"] == [t % kw["card"] for t in SINE_TOKENS]
 
 
 def test_tokenizer_matches_the_lm_text_vocabulary(demo_dir):

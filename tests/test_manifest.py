@@ -5,6 +5,7 @@ import json
 import pytest
 from safetensors import safe_open
 
+from ppchat.constants import REPO_ID
 from ppchat.errors import CheckpointError
 from ppchat.models import manifest
 from tests.conftest import fixture_params, fixtures_root
@@ -54,7 +55,7 @@ def test_builtin_7b_configs_match_the_reference_manifest():
     mimi = manifest.personaplex_mimi_config()
     for section in ("seanet", "quantizer", "transformer"):
         assert mimi[section] == m["mimi"][section]
-    assert (manifest.LM_FILE, manifest.MIMI_FILE, manifest.TOKENIZER_FILE, manifest.REPO_ID) == (
+    assert (manifest.LM_FILE, manifest.MIMI_FILE, manifest.TOKENIZER_FILE, REPO_ID) == (
         m["lm"]["file"], m["mimi"]["file"], m["tokenizer"], m["repo"]
     )
 

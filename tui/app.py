@@ -23,6 +23,7 @@ from textual.screen import Screen
 from textual.widgets import Footer
 
 from ppchat import logfile
+from ppchat.constants import FRAME_SECONDS
 from ppchat.engine.events import EventBus, StepEvent
 from ppchat.errors import PPChatError
 from ppchat.sessions.schema import FRAME_SECONDS

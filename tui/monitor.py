@@ -17,6 +17,7 @@ from typing import Any, TextIO
 from textual.app import ComposeResult
 from textual.binding import Binding
 
+from ppchat.constants import FRAME_SECONDS
 from ppchat.engine import monitor_socket
 from ppchat.engine.events import EventBus, NoticeEvent, StepEvent
 from ppchat.errors import PPChatError

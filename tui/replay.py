@@ -14,9 +14,9 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
 
+from ppchat.constants import FRAME_SAMPLES, FRAME_SECONDS, SAMPLE_RATE
 from ppchat.engine.events import EventBus
 from ppchat.sessions.replay import play
-from ppchat.sessions.schema import FRAME_SAMPLES, FRAME_SECONDS, SAMPLE_RATE
 from ppchat.sessions.store import Session, load_session
 from ppchat.tui.console import HELP_BINDING, ConsoleApp, LivePump
 from ppchat.tui.state import UiState

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import argparse
 
+from ppchat.constants import DEPFORMER_STEPS, REPO_ID
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "download",
         help="download PersonaPlex 7B from Hugging Face (needs HF_TOKEN)",
-        description="Download nvidia/personaplex-7b-v1 (gated: accept the licence on its Hugging Face page "
+        description=f"Download {REPO_ID} (gated: accept the licence on its Hugging Face page "
                     "and export HF_TOKEN) into the Hugging Face cache, with progress bars. Files already in "
                     "the cache are not fetched again. With --quantize, also convert the LM once so that the "
                     "first `ppchat --quantize N` starts fast.",
     )
-    p.add_argument("--repo", default=None, help="Hugging Face repo id (default nvidia/personaplex-7b-v1)")
+    p.add_argument("--repo", default=None, help=f"Hugging Face repo id (default {REPO_ID})")
     p.add_argument("--revision", default=None, help="branch, tag or commit of the repo")
     p.add_argument("--quantize", choices=("4", "8"), default=None, help="also build the 4- or 8-bit LM cache")
     p.add_argument("--group-size", type=int, default=None, help="quantisation group size (default 32 for 4 bit, 64 for 8 bit)")
@@ -37,11 +39,11 @@ def cmd_download(args) -> int:
     if args.asr or args.asr_model:
         return _download_asr(args)
     from ppchat import paths
-    from ppchat.models import hub, manifest
+    from ppchat.models import hub
     from ppchat.models.checkpoint import open_checkpoint_dir
     from ppchat.models.loader import load_model, resolve_voices_dir
 
-    repo = args.repo or manifest.REPO_ID
+    repo = args.repo or REPO_ID
     snapshot = hub.download_model(repo, revision=args.revision)
     ckpt = open_checkpoint_dir(snapshot)
     ckpt.validate_weights()
@@ -51,7 +53,7 @@ def cmd_download(args) -> int:
     print(f"ppchat: NVIDIA's web UI for `ppchat serve`: {web_ui}" if web_ui else
           f"ppchat: {repo} has no {hub.WEB_UI_ARCHIVE} (NVIDIA's web UI); `ppchat serve --static DIR` can serve one")
     if args.quantize:
-        model = load_model(snapshot, quantize=int(args.quantize), group_size=args.group_size, depformer_steps=8)
+        model = load_model(snapshot, quantize=int(args.quantize), group_size=args.group_size, depformer_steps=DEPFORMER_STEPS)
         where = model.info.quantized_cache
         print(f"ppchat: {model.info.quantization} weights cached in {where}")
     print("ppchat: start talking with `ppchat" + (f" --quantize {args.quantize}`" if args.quantize else "`"))

@@ -9,6 +9,7 @@ import socket
 import sys
 from pathlib import Path
 
+from ppchat.constants import FRAME_SECONDS, MAX_BACKLOG_FRAMES
 from ppchat.errors import PPChatError
 
 
@@ -36,8 +37,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="serve this folder at / (NVIDIA's web UI; default: its dist.tgz from the model download)")
     g.add_argument("--idle-timeout", type=float, default=10.0, metavar="S",
                    help="close a live connection that sent nothing for S seconds (default 10)")
-    g.add_argument("--max-backlog", type=int, default=3, metavar="FRAMES",
-                   help="when the model falls behind, drop incoming frames beyond this backlog (default 3 = 240 ms)")
+    g.add_argument("--max-backlog", type=int, default=MAX_BACKLOG_FRAMES, metavar="FRAMES",
+                   help="when the model falls behind, drop incoming frames beyond this backlog "
+                        f"(default {MAX_BACKLOG_FRAMES} = {MAX_BACKLOG_FRAMES * FRAME_SECONDS * 1000:.0f} ms)")
     p.add_argument("--no-monitor", action="store_true", help="do not open the `ppchat monitor` socket")
     p.set_defaults(func=cmd_serve)
 

@@ -9,13 +9,14 @@ from pathlib import Path
 
 from ppchat import validate
 from ppchat.commands.transcribe import add_asr_model_argument
+from ppchat.constants import FRAME_SECONDS, MAX_BACKLOG_FRAMES, REPO_ID
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--model", default="auto",
                    help="'auto' (default: the real model if downloaded, else the demo), 'demo', a model "
-                        "directory, or a Hugging Face repo id such as nvidia/personaplex-7b-v1")
+                        f"directory, or a Hugging Face repo id such as {REPO_ID}")
     g.add_argument("--quantize", choices=("4", "8", "none"), default="none",
                    help="quantise the LM to 4 or 8 bit (converted once, then cached); default: none")
     g.add_argument("--voice", default=None,
@@ -43,8 +44,9 @@ def _device_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--list-devices", action="store_true", help="list audio devices and exit")
     g.add_argument("--half-duplex", action="store_true",
                    help="mute the microphone while the agent speaks (for loudspeakers without headphones)")
-    g.add_argument("--max-backlog", type=validate.whole(0), default=3, metavar="FRAMES",
-                   help="when the model falls behind, drop microphone frames beyond this backlog (default 3 = 240 ms)")
+    g.add_argument("--max-backlog", type=validate.whole(0), default=MAX_BACKLOG_FRAMES, metavar="FRAMES",
+                   help="when the model falls behind, drop microphone frames beyond this backlog "
+                        f"(default {MAX_BACKLOG_FRAMES} = {MAX_BACKLOG_FRAMES * FRAME_SECONDS * 1000:.0f} ms)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -115,7 +117,7 @@ def _options(args, **extra):
 def _banner(conv) -> None:
     if getattr(conv, "model", None) is not None and conv.model.info.is_demo:
         print("ppchat: running the built-in DEMO model (tiny, random weights: it babbles). "
-              "For the real PersonaPlex: accept the licence on huggingface.co/nvidia/personaplex-7b-v1, "
+              f"For the real PersonaPlex: accept the licence on huggingface.co/{REPO_ID}, "
               "export HF_TOKEN, run `ppchat download`.", file=sys.stderr)
 
 
@@ -210,9 +212,9 @@ def _run_headless(conv, duration: float | None) -> int:
     import signal
 
     from ppchat.asr.captions import CaptionEvent
+    from ppchat.constants import FRAME_SECONDS
     from ppchat.engine.events import NoticeEvent, StepEvent
     from ppchat.engine.transcript import format_clock
-    from ppchat.sessions.schema import FRAME_SECONDS
     from ppchat.tui.status_line import StatusLine
 
     stop_reason: list[str] = []

@@ -15,11 +15,10 @@ from textual.geometry import Size
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
+from ppchat.constants import NO_TEXT_IDS, WORD_START
 from ppchat.engine.events import StepEvent
 from ppchat.tui.widgets.strips import runs_to_strip
 
-NO_TEXT_TOKENS = (0, 3)  # EPAD and PAD: "nothing new this frame"
-WORD_START = "\u2581"  # SentencePiece's "▁"; the engine replaces it, old logs may not have
 CURSOR = "▌"
 NEWER_HINT = " new text ↓ End "
 
@@ -63,7 +62,7 @@ class Transcript:
         if ev.marked:
             self._append(Entry(ev.audio_time, kind="mark"))
             changed = True
-        piece = ev.text_piece.replace(WORD_START, " ") if ev.text_piece and ev.text_token not in NO_TEXT_TOKENS else None
+        piece = ev.text_piece.replace(WORD_START, " ") if ev.text_piece and ev.text_token not in NO_TEXT_IDS else None
         if piece:
             if self.speaking:
                 self.entries[-1].text += piece

@@ -26,7 +26,6 @@ from ppchat import logfile
 from ppchat.constants import FRAME_SECONDS
 from ppchat.engine.events import EventBus, StepEvent
 from ppchat.errors import PPChatError
-from ppchat.sessions.schema import FRAME_SECONDS
 from ppchat.tui.console import HELP_BINDING, ConsoleApp, LivePump
 from ppchat.tui.lifeline import Lifeline
 from ppchat.tui.pickers import PromptPicker, VoicePicker

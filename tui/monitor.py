@@ -21,7 +21,6 @@ from ppchat.constants import FRAME_SECONDS
 from ppchat.engine import monitor_socket
 from ppchat.engine.events import EventBus, NoticeEvent, StepEvent
 from ppchat.errors import PPChatError
-from ppchat.sessions.schema import FRAME_SECONDS
 from ppchat.tui.console import HELP_BINDING, ConsoleApp, LivePump
 from ppchat.tui.state import UiState
 from ppchat.tui.status_line import StatusLine

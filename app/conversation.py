@@ -235,7 +235,9 @@ class Conversation:
     # ------------------------------------------------- the model side (a subclass may put it elsewhere)
 
     def _load(self, model: LoadedModel | None) -> None:
-        self.model = model or load_model(pick_model_source(self.options.model), quantize=self.options.quantize, depformer_steps=DEPFORMER_STEPS)
+        self.model = model or load_model(
+            pick_model_source(self.options.model), quantize=self.options.quantize, depformer_steps=DEPFORMER_STEPS
+        )
         self.pipeline = ModelPipeline(self.model, self.options.sampling)
         self._warm_up()
 

@@ -20,6 +20,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from ppchat.constants import SAMPLE_RATE
+
 SUBFRAME_SECONDS = 0.01  # AEC3 works on 10 ms frames
 
 
@@ -91,7 +93,7 @@ class EchoCanceller:
     far end as given and its echo in the microphone); it may be changed while running.
     """
 
-    def __init__(self, sample_rate: int = 24000, *, stream_delay_ms: int = 0, factory: ProcessorFactory | None = None) -> None:
+    def __init__(self, sample_rate: int = SAMPLE_RATE, *, stream_delay_ms: int = 0, factory: ProcessorFactory | None = None) -> None:
         self.sample_rate = int(sample_rate)
         self.subframe = int(round(self.sample_rate * SUBFRAME_SECONDS))
         self._factory = factory or load_backend()

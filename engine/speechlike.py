@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from ppchat.constants import SAMPLE_RATE
 
-def speech_like(seconds: float, sample_rate: int = 24000, *, seed: int = 0, pitch_hz: tuple[float, float] = (90.0, 160.0),
+
+def speech_like(seconds: float, sample_rate: int = SAMPLE_RATE, *, seed: int = 0, pitch_hz: tuple[float, float] = (90.0, 160.0),
                 rms: float = 0.05, pause_fraction: float = 0.2) -> np.ndarray:
     """A float32 speech-like signal with active-segment RMS `rms` (pauses are silent)."""
     rng = np.random.default_rng(seed)
@@ -47,7 +49,7 @@ def speech_like(seconds: float, sample_rate: int = 24000, *, seed: int = 0, pitc
     return out.astype(np.float32)
 
 
-def room_response(sample_rate: int = 24000, *, delay_s: float = 0.04, tail_s: float = 0.2, gain: float = 0.5,
+def room_response(sample_rate: int = SAMPLE_RATE, *, delay_s: float = 0.04, tail_s: float = 0.2, gain: float = 0.5,
                   seed: int = 0) -> np.ndarray:
     """A loudspeaker-to-microphone impulse response: a direct path after `delay_s`, then a
     reverberant tail decaying by 60 dB over `tail_s`. `gain` is the response's L2 norm (the

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
+from ppchat.constants import FRAME_SAMPLES, SAMPLE_RATE
 from ppchat.errors import PPChatError
 from ppchat.net import protocol
 from ppchat.net.jitter import JitterBuffer
@@ -48,8 +49,8 @@ def http_url(chat: str, path: str) -> str:
 
 
 class ChatClient:
-    def __init__(self, url: str, params: ChatParams, token: str | None = None, *, frame_size: int = 1920,
-                 sample_rate: int = 24000, connect_timeout: float = 10.0, handshake_timeout: float = 300.0,
+    def __init__(self, url: str, params: ChatParams, token: str | None = None, *, frame_size: int = FRAME_SAMPLES,
+                 sample_rate: int = SAMPLE_RATE, connect_timeout: float = 10.0, handshake_timeout: float = 300.0,
                  jitter: JitterBuffer | None = None) -> None:
         self.url = chat_url(url)
         self.params = params

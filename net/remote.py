@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from ppchat.constants import FRAME_SAMPLES, SAMPLE_RATE
 from ppchat.conversation import Conversation, TalkOptions
 from ppchat.engine.pipeline import PrefillReport, SamplingSettings
 from ppchat.engine.runtime import FrameResult
@@ -29,14 +30,12 @@ from ppchat.net.params import ChatParams
 from ppchat.sessions.schema import SessionMeta
 
 SERVER_DEFAULT = "default"  # no voice_prompt: the server's own default voice
-FRAME_SIZE = 1920
-SAMPLE_RATE = 24000
 
 
 class RemoteProcessor:
     """A `FrameProcessor` whose model runs on the other end of a `ChatClient`."""
 
-    frame_size = FRAME_SIZE
+    frame_size = FRAME_SAMPLES
     sample_rate = SAMPLE_RATE
     # How long a step waits for its own frame's answer: most of a frame, leaving the step
     # thread time to resample and queue the audio within the 80 ms.

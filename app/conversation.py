@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +116,9 @@ class Conversation:
             "running": runtime is not None and runtime.running,
             "started_at": started_at,
             "captions": captions.state if captions is not None else "off",
+            # The whole session's step statistics (the monitor shows them; they are the
+            # recorder's, so none when not recording).
+            "session_stats": asdict(recorder.stats) if recorder else None,
         }
 
     @property

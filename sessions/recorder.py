@@ -43,6 +43,7 @@ from ppchat.sessions.schema import (
     USER_WAV,
     SessionInfo,
     SessionMeta,
+    StepStats,
     gap_record,
     notice_record,
     step_record,
@@ -100,6 +101,11 @@ class Recorder:
     def status(self) -> str:
         """"recording", then "complete" or "stopped" (see `stop_reason`)."""
         return self._info.status
+
+    @property
+    def stats(self) -> StepStats:
+        """The session's statistics as of the last flush (about once a second), from any thread."""
+        return self._safe_stats
 
     def close(self, timeout: float = 10.0, stop_reason: str | None = None) -> None:
         """Record what was published so far, finalise the files and `session.json`. Never raises.

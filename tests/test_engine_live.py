@@ -103,3 +103,20 @@ def test_custom_wav_voice_conditions_the_model(demo_model, tmp_path):
     conv.close()
     assert report.voice_frames == 13  # 1 s at 24 kHz in 1920-sample chunks, last one padded
     assert str(voice) in conv.voices()
+
+
+def test_info_carries_the_sessions_own_statistics_for_the_monitor(demo_model, tmp_path):
+    mic = np.zeros(1920 * 40, np.float32)
+    conv = Conversation(TalkOptions(model="demo", sessions_dir=tmp_path, monitor=False), model=demo_model,
+                        audio_factory=lambda: ArrayAudio(mic, 24000, realtime=False))
+    assert conv.info["session_stats"] is None  # nothing recorded yet
+    conv.start(prompt="casual")
+    conv.runtime.join(timeout=60)
+    deadline = time.monotonic() + 10
+    while conv.info["session_stats"]["steps"] < 40 and time.monotonic() < deadline:
+        time.sleep(0.1)  # the recorder publishes its figures at each flush (1 s)
+    stats = conv.info["session_stats"]
+    conv.close()
+    saved = load_session(list_sessions(tmp_path)[0].path).info.stats
+    assert stats["steps"] == saved.steps == 40
+    assert stats["total_ms"]["p95"] == pytest.approx(saved.total_ms["p95"]) and stats["total_ms"]["max"] == saved.total_ms["max"]

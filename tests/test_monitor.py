@@ -7,6 +7,7 @@ import dataclasses
 import json
 import os
 import queue
+import re
 import socket
 import stat
 import subprocess
@@ -139,9 +140,10 @@ def test_subprocess_monitor_prints_status_lines(runtime):
         n = 0
         half_scale = np.full(1920, 0.5, np.float32)
         try:
-            while not any(" step " in line and "Hello" in line for line in seen):
+            # Every 5 s the agent says "Hello" three times, then is silent: each turn ends and is printed.
+            while not (any("Hello Hello Hello" in line for line in seen) and any(" p50 " in line for line in seen)):
                 assert time.monotonic() < end, f"no status line from the monitor: {seen}"
-                bus.publish(step(n, " Hello" if n % 10 == 3 else None, pcm=half_scale))
+                bus.publish(step(n, " Hello" if n % 60 in (3, 13, 23) else None, pcm=half_scale))
                 n += 1
                 time.sleep(0.02)
                 while not lines.empty():
@@ -154,9 +156,12 @@ def test_subprocess_monitor_prints_status_lines(runtime):
     while not lines.empty():
         seen.append(lines.get())
     assert seen[0].startswith("attached to PersonaPlex 7B [DEMO] voice NATF2")
-    status = next(line for line in seen if " step " in line)
+    assert sum(line.startswith("attached to") for line in seen) == 1
+    assert any(re.fullmatch(r"agent \d\d:\d\d\.\d  Hello Hello Hello\n", line) for line in seen)
+    header = seen.index(next(line for line in seen if " p50 " in line))
+    status = seen[header + 1].split()
     # peak 0.5 = -6 dBFS, 0.9 of the meter: 7 of 8 eighths in each 10 ms slice of the envelope.
-    assert "p50 30.0" in status and "in   -6dB ▇▇▇▇▇▇▇▇" in status
+    assert status[2:4] == ["-6", "▇▇▇▇▇▇▇▇"] and status[6:8] == ["30.0", "30.0"]
     assert seen[-1].strip() == "ppchat closed the monitor connection"
 
 
@@ -216,6 +221,50 @@ def test_explicit_path_in_use_is_a_user_error(runtime):
             MonitorServer(EventBus(), INFO, server.path).start()
 
 
+def screen_text(app) -> str:
+    import io
+
+    from rich.console import Console
+
+    console = Console(width=app.size.width, height=app.size.height, file=io.StringIO(), record=True, color_system=None)
+    console.print(app.screen._compositor.render_update(full=True))
+    return console.export_text()
+
+
+def test_monitor_shows_the_sessions_own_statistics_sent_by_the_engine(runtime):
+    from ppchat.tui.monitor import MonitorApp, MonitorFeed
+    from ppchat.tui.widgets.latency import LatencyPanel
+
+    bus = EventBus()
+    session = {"steps": 900, "total_ms": {"mean": 45.0, "p50": 44.0, "p95": 61.3, "p99": 70.0, "max": 71.9},
+               "late_frames": 3, "dropped_frames": 1, "underruns": 2, "xruns": 0}
+    server = MonitorServer(bus, dict(INFO, session_stats=session)).start()
+    feed = MonitorFeed(None, retry_s=0.05).start()
+
+    async def go():
+        app = MonitorApp(feed)
+        async with app.run_test(size=(80, 24)) as pilot:
+            end = time.monotonic() + DEADLINE_S
+            while not (feed.connected and feed.info):
+                assert time.monotonic() < end
+                await pilot.pause(0.02)
+            for n in range(3):  # attached late: this monitor sees 3 steps of 30 ms
+                bus.publish(step(900 + n))
+            while app.query_one(LatencyPanel).stats.steps < 3:
+                assert time.monotonic() < end
+                await pilot.pause(0.05)
+            await pilot.pause(0.2)
+            text = screen_text(app)
+            assert "session p50 44.0 p95 61.3 max 71.9" in text and "late 3 drop 1 under 2 xrun 0" in text
+            assert "step ms since attach" in text  # the chart is what this monitor saw
+
+    try:
+        asyncio.run(go())
+    finally:
+        feed.close()
+        server.close()
+
+
 def test_monitor_app_shows_the_remote_conversation(runtime):
     from ppchat.tui.monitor import MonitorApp, MonitorFeed
     from ppchat.tui.widgets.latency import LatencyPanel
@@ -240,6 +289,9 @@ def test_monitor_app_shows_the_remote_conversation(runtime):
                 await pilot.pause(0.05)
             await pilot.pause(0.2)
             assert app.query_one(Monologue).transcript.plain_lines() == ["00:00 Hi there"]
+            text = screen_text(app)
+            # No session statistics from this server: the figures say they are this monitor's own.
+            assert "step ms since attach" in text and "attach p50 30.0 p95 30.0 max 30.0" in text
             status = app.query_one(StatusBar).status
             assert status.state == "monitor" and status.info["model"] == "PersonaPlex 7B"
             server.close()

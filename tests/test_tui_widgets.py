@@ -258,3 +258,39 @@ def test_short_path_elides_the_middle(monkeypatch):
     long = "/data/" + "a" * 50 + "/2025-01-01T10-00-00_ab12"
     out = short_path(long, 30)
     assert len(out) == 30 and "…" in out and out.endswith("00_ab12") and out.startswith("/data")
+
+
+# ---- headless status lines ------------------------------------------------------------------
+
+
+def test_status_lines_have_fixed_columns_within_100_characters():
+    from ppchat.tui.status_line import HEADER, StatusLine
+
+    status = StatusLine()
+    assert status.line() == "waiting for audio…"
+    widths, lines = set(), []
+    for n in (0, 9, 12_345, 999_999):  # up to 22 hours of steps
+        slow = 1234.5 if n == 12_345 else 41.0
+        status.add(StepEvent(n, n * 0.08, 0.0, {"total": slow}, in_peak=0.07, out_peak=1.0, late=slow > 80,
+                             user_pcm=np.full(1920, 0.07, np.float32), agent_pcm=None))
+        for line in status.line().splitlines():
+            lines.append(line)
+            widths.add(len(line))
+    # Every line as long as the header, whatever the numbers: the columns stay put.
+    assert lines[0] == HEADER and widths == {len(HEADER)} and len(HEADER) <= 100
+    assert lines[1].split()[:4] == ["00:00.0", "0", "-23", "▅▅▅▅▅▅▅▅"]  # -23 dB, from the frame's own samples
+    assert lines[-1].split()[:2] == ["22:13:19.9", "999999"]
+
+
+def test_status_line_prints_each_agent_turn_once_when_it_ends():
+    from ppchat.tui.status_line import StatusLine
+
+    status = StatusLine()
+    pieces = {3: " Hello", 6: " there", 40: " Second", 43: " turn"}
+    printed = []
+    for n in range(50):
+        status.add(step(n, token=100 + n if n in pieces else 3, piece=pieces.get(n)))
+        printed += status.finished_turns()
+    assert printed == ["agent 00:00.2  Hello there"]  # the first turn ended (20 silent steps); the second is open
+    assert status.finished_turns(final=True) == ["agent 00:03.2  Second turn"]
+    assert status.finished_turns(final=True) == []

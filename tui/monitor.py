@@ -108,6 +108,7 @@ class MonitorApp(LivePump, ConsoleApp):
         yield from self.compose_live()
 
     def on_mount(self) -> None:
+        self.live.latency.window_label = "attach"  # what this monitor saw, not the session
         self.start_pump(self._subscription)
         self.pump()
 
@@ -118,6 +119,11 @@ class MonitorApp(LivePump, ConsoleApp):
         return events
 
     def after_batch(self, events: list) -> None:
+        latency = self.live.latency
+        session = self.feed.info.get("session_stats")
+        if session != latency.session_stats:
+            latency.session_stats = session
+            latency.refresh()
         last = self.live.last_step
         self.status_bar.set(
             state=UiState.MONITOR if self.feed.connected else UiState.DISCONNECTED,
@@ -134,18 +140,27 @@ def print_status_lines(path: str | Path | None, out: TextIO = sys.stdout, interv
     sock = monitor_socket.connect(path)
     status = StatusLine()
     next_print = time.monotonic() + interval_s
+    attached = None
     for msg in monitor_socket.read_messages(sock):
         if isinstance(msg, dict):
+            # Info comes on connect and whenever it changes (the session's figures change
+            # every second): say who we are attached to once, and again only if that changes.
             badge = " [DEMO]" if msg.get("is_demo") else ""
             about = f"{msg.get('model', '?')}{badge} voice {msg.get('voice', '?')} pid {msg.get('pid', '?')}"
-            print(f"attached to {about}", file=out, flush=True)
+            if about != attached:
+                print(f"attached to {about}", file=out, flush=True)
+                attached = about
         elif isinstance(msg, NoticeEvent):
             print(f"{msg.level}: {msg.message}", file=out, flush=True)
         elif isinstance(msg, StepEvent):
             status.add(msg)
+            for line in status.finished_turns():
+                print(line, file=out, flush=True)
         if status.last is not None and time.monotonic() >= next_print:
             next_print = time.monotonic() + interval_s
             print(status.line(), file=out, flush=True)
+    for line in status.finished_turns(final=True):
+        print(line, file=out, flush=True)
     print("ppchat closed the monitor connection", file=out, flush=True)
     return 0
 

@@ -243,6 +243,8 @@ def _run_headless(conv, duration: float | None) -> int:
                 print(f"[{ev.level}] {ev.message}", file=sys.stderr, flush=True)
             elif isinstance(ev, CaptionEvent) and ev.kind == "final" and ev.text:
                 print(f"[user {format_clock(ev.start)}] {ev.text}", flush=True)
+            for line in status.finished_turns():
+                print(line, flush=True)
             step = status.last.step if status.last is not None else None
             if time.monotonic() - last_print >= 1.0 and step != printed:  # each line once
                 print(status.line(), flush=True)
@@ -258,6 +260,10 @@ def _run_headless(conv, duration: float | None) -> int:
             for ev in sub.drain():
                 if isinstance(ev, NoticeEvent):
                     print(f"[{ev.level}] {ev.message}", file=sys.stderr)
+                elif isinstance(ev, StepEvent):
+                    status.add(ev)
+            for line in status.finished_turns(final=True):
+                print(line, flush=True)
         except OSError:
             pass
         sub.close()

@@ -79,6 +79,11 @@ class LatencyPanel(Widget):
         super().__init__(name=name, id=id, classes=classes)
         self.budget_ms = budget_ms
         self.stats = LatencyStats()
+        # The whole session's figures when someone else has them (the monitor: sent by the
+        # engine); otherwise p50/p95/max cover the recent window and the counters what this
+        # view has seen.
+        self.session_stats: dict | None = None
+        self.window_label = "20 s"  # what the recent window is called ("attach" in a monitor)
         self._styles = {
             "ok": Style(color="green"),
             "over": Style(color="red", bold=True),
@@ -116,7 +121,10 @@ class LatencyPanel(Widget):
         rows = max(1, height - info_lines - 1)
         values = list(s.totals)[-width:] if width else []
         top = chart_top(values, self.budget_ms)
-        lines = [[("step ms ", bold), ("┈", self._styles["budget"]), (f"{self.budget_ms:.0f} budget  top {top:.0f}", dim)]]
+        attached = self.window_label == "attach"
+        title = [("step ms ", bold)] + ([("since attach ", dim)] if attached else [])
+        budget = f"{self.budget_ms:.0f}" + ("" if attached else " budget")
+        lines = [title + [("┈", self._styles["budget"]), (f"{budget}  top {top:.0f}", dim)]]
         for line in chart_cells(values, rows, top, self.budget_ms):
             lines.append([(" " * (width - len(line)), None)] + [(char, self._styles.get(kind)) for char, kind in line])
 
@@ -126,13 +134,21 @@ class LatencyPanel(Widget):
         def flagged(v: float | None, bad: bool) -> tuple[str, Style]:
             return fmt(v), over if bad else bold
 
-        p95, rtf = s.percentile(95), s.real_time_factor(self.budget_ms)
-        lines.append([("p50 ", dim), flagged(s.percentile(50), False), (" p95 ", dim), flagged(p95, bool(p95 and p95 > self.budget_ms)),
-                      (" max ", dim), flagged(s.max(), False)])
+        session = self.session_stats
+        if session and session.get("total_ms"):
+            scope, total = "session ", session["total_ms"]
+            p50, p95, top_ms = total.get("p50"), total.get("p95"), total.get("max")
+            counts = (session.get("late_frames", 0), session.get("dropped_frames", 0), session.get("underruns", 0), session.get("xruns", 0))
+        else:
+            scope, p50, p95, top_ms = self.window_label + " ", s.percentile(50), s.percentile(95), s.max()
+            counts = (s.late, s.dropped_in, s.underruns, s.xruns)
+        rtf = s.real_time_factor(self.budget_ms)
+        lines.append([(scope, dim), ("p50 ", dim), flagged(p50, False), (" p95 ", dim), flagged(p95, bool(p95 and p95 > self.budget_ms)),
+                      (" max ", dim), flagged(top_ms, False)])
         lines.append([("RTF ", dim), ("–" if rtf is None else f"{rtf:.2f}", over if rtf and rtf > 1 else bold),
                       (" queue in ", dim), (str(s.queue_in), bold), (" out ", dim), (str(s.queue_out), bold)])
         counters = []
-        for label, value in (("late", s.late), ("drop", s.dropped_in), ("under", s.underruns), ("xrun", s.xruns)):
+        for label, value in zip(("late", "drop", "under", "xrun"), counts):
             counters += [(f" {label} " if counters else f"{label} ", dim), (str(value), over if value else bold)]
         lines.append(counters)
         if s.network:  # a remote model: what the client measures of the network

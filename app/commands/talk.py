@@ -212,7 +212,6 @@ def _run_headless(conv, duration: float | None) -> int:
     import signal
 
     from ppchat.asr.captions import CaptionEvent
-    from ppchat.constants import FRAME_SECONDS
     from ppchat.engine.events import NoticeEvent, StepEvent
     from ppchat.engine.transcript import format_clock
     from ppchat.tui.status_line import StatusLine

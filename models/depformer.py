@@ -19,17 +19,17 @@ from dataclasses import dataclass, field
 import mlx.core as mx
 import mlx.nn as nn
 
-from ppchat.models.layers import GatedFFN, RMSNorm, embed_tokens, merge_heads, split_qkv
+from ppchat.models.layers import GatedFFN, RMSNorm, embed_tokens, merge_heads, pick
 
 
 @dataclass
 class DepformerKV:
-    """Keys/values of the steps already run in the current column: per layer, a [B, H, steps, D]
-    buffer that step `s` fills at index `s` (allocated by the first step). Writing into a buffer is
-    one copy kernel per step; growing by concatenation was one per piece, two per step."""
+    """Keys and values of the steps already run in the current column: per layer, one
+    [2, B, H, steps, D] buffer (keys, then values) that step `s` fills at index `s` (allocated by
+    the first step). A step's key and value sit side by side in its fused projection's output, so
+    they go in with one copy; growing by concatenation was one copy per piece, two per step."""
 
-    keys: list[mx.array | None] = field(default_factory=list)
-    values: list[mx.array | None] = field(default_factory=list)
+    kv: list[mx.array | None] = field(default_factory=list)
     steps: int = 0
 
 
@@ -45,17 +45,20 @@ class StepwiseAttention(nn.Module):
         self.out_proj = [nn.Linear(dim, dim, bias=False) for _ in range(steps)]
 
     def __call__(self, x: mx.array, step: int, kv: DepformerKV, layer: int) -> mx.array:
-        q, k, v = split_qkv(self.in_proj[step](x), self.num_heads)
-        if kv.keys[layer] is None:
-            shape = (k.shape[0], k.shape[1], kv.steps, k.shape[3])
-            kv.keys[layer], kv.values[layer] = mx.zeros(shape, k.dtype), mx.zeros(shape, v.dtype)
-        kv.keys[layer][:, :, step : step + 1] = k
-        kv.values[layer][:, :, step : step + 1] = v
+        b, t, _ = x.shape
+        qkv = self.in_proj[step](x).reshape(b, t, 3, self.num_heads, -1).transpose(2, 0, 3, 1, 4)
+        if step == 0:
+            # The column's first query sees its own key only: softmax weight exactly 1, out = v.
+            out = pick(qkv, 2)
+            if kv.steps > 1:
+                kv.kv[layer] = mx.zeros((2, *out.shape[:2], kv.steps, out.shape[3]), out.dtype)
+                kv.kv[layer][:, :, :, :1] = qkv[1:]
+            return self.out_proj[step](merge_heads(out))
+        kv.kv[layer][:, :, :, step : step + 1] = qkv[1:]
         # One query after the earlier steps of this column: every key in the window is visible.
         first = max(0, step + 1 - self.window)
-        keys = kv.keys[layer][:, :, first : step + 1]
-        values = kv.values[layer][:, :, first : step + 1]
-        out = mx.fast.scaled_dot_product_attention(q, keys, values, scale=self.scale)
+        window = kv.kv[layer][:, :, :, first : step + 1]
+        out = mx.fast.scaled_dot_product_attention(pick(qkv, 0), pick(window, 0), pick(window, 1), scale=self.scale)
         return self.out_proj[step](merge_heads(out))
 
 
@@ -94,7 +97,10 @@ class Depformer(nn.Module):
     ):
         super().__init__()
         self.steps = steps
-        self.input_projs = [nn.Linear(in_dim, dim, bias=False) for _ in range(steps)]
+        self.dim = dim
+        # The steps' input projections (`depformer_in.s`) as one [steps * dim, in_dim] matrix: every
+        # one reads the same h, so a column projects it once (one mat-vec instead of `steps`).
+        self.input_proj = nn.Linear(in_dim, steps * dim, bias=False)
         self.text_emb = nn.Embedding(text_card + 1, dim)
         self.audio_embs = [nn.Embedding(card + 1, dim) for _ in range(steps - 1)]
         self.layers = [DepformerLayer(dim, num_heads, hidden, steps, kv_capacity, norm_eps) for _ in range(num_layers)]
@@ -103,14 +109,14 @@ class Depformer(nn.Module):
     def make_cache(self, steps: int | None = None) -> DepformerKV:
         """An empty per-column cache for `steps` steps (the reference restarts depformer streaming
         every column)."""
-        n = len(self.layers)
-        return DepformerKV([None] * n, [None] * n, self.steps if steps is None else steps)
+        return DepformerKV([None] * len(self.layers), self.steps if steps is None else steps)
 
-    def step_logits(self, step: int, h: mx.array, prev_token: mx.array, kv: DepformerKV) -> mx.array:
-        """Logits [B, card] of step `step`, given the out_norm-ed main output h [B, 1, in_dim] and
-        the previous stream's chosen token [B] (the text token for step 0)."""
+    def step_logits(self, step: int, projected: mx.array, prev_token: mx.array, kv: DepformerKV) -> mx.array:
+        """Logits [B, card] of step `step`, given the column's input projection
+        (`input_proj(h)` of the out_norm-ed main output h, [B, 1, steps * dim]) and the previous
+        stream's chosen token [B] (the text token for step 0)."""
         table = self.text_emb if step == 0 else self.audio_embs[step - 1]
-        x = self.input_projs[step](h) + embed_tokens(table, prev_token)[:, None, :]
+        x = projected[..., step * self.dim : (step + 1) * self.dim] + embed_tokens(table, prev_token)[:, None, :]
         for index, layer in enumerate(self.layers):
             x = layer(x, step, kv, index)
         return self.heads[step](x)[:, 0, :]
@@ -135,10 +141,11 @@ class Depformer(nn.Module):
         if not 0 < num_steps <= self.steps:
             raise ValueError(f"num_steps must be in 1..{self.steps}, got {num_steps}")
         kv = self.make_cache(num_steps)
+        projected = self.input_proj(h)
         prev = text_token
         sampled, logits = [], []
         for step in range(num_steps):
-            step_logits = self.step_logits(step, h, prev, kv).astype(mx.float32)
+            step_logits = self.step_logits(step, projected, prev, kv).astype(mx.float32)
             token = sample(step_logits)
             sampled.append(token)
             logits.append(step_logits)

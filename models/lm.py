@@ -225,11 +225,13 @@ class LM(nn.Module):
         """Map reference state-dict keys (spec §3.1) to this module's parameters (spec §3.3).
 
         Alphas [1,1,D] become norm weights [D]; the depformer's fused per-step projections are
-        split `dep_q`-way, step-major; steps beyond the built `depformer.steps` are dropped.
+        split `dep_q`-way, step-major, and its per-step input projections joined into one;
+        steps beyond the built `depformer.steps` are dropped.
         """
         steps_in_file = self.config.dep_q
         built = self.depformer.steps
         out: dict[str, mx.array] = {}
+        input_projs: dict[int, mx.array] = {}
         for key, value in weights.items():
             parts = key.split(".")
             if key.endswith(".alpha"):
@@ -246,7 +248,7 @@ class LM(nn.Module):
                 out[".".join(parts[:4]) + ".in_proj.weight"] = value
             elif parts[0] == "depformer_in":
                 if int(parts[1]) < built:
-                    out[f"depformer.input_projs.{parts[1]}.weight"] = value
+                    input_projs[int(parts[1])] = value
             elif parts[0] == "linears":
                 if int(parts[1]) < built:
                     out[f"depformer.heads.{parts[1]}.weight"] = value
@@ -257,6 +259,8 @@ class LM(nn.Module):
                 out["depformer.text_emb.weight"] = value
             else:
                 out[key] = value
+        if input_projs:  # one [steps * depformer_dim, dim] matrix, step-major (`Depformer.input_proj`)
+            out["depformer.input_proj.weight"] = mx.concatenate([input_projs[s] for s in sorted(input_projs)], axis=0)
         return out
 
     def load_reference_weights(self, weights: Mapping[str, mx.array], source: str = "LM checkpoint") -> None:

@@ -74,7 +74,14 @@ def test_depformer_column_gathers_only_its_embeddings() -> None:
     )
     counts = primitives(audio, logits)
     assert counts["Gather"] == steps, counts  # the previous token's embedding, once per step
-    # Keys/values go into a per-column buffer (one static SliceUpdate each), not grown by concatenation.
+    # Each step's key and value go into a per-column buffer together (one static SliceUpdate), not
+    # grown by concatenation.
     layers = config.depformer_num_layers
     # (The two Concatenates are the column's outputs: the stacked tokens and logits.)
-    assert counts["SliceUpdate"] == 2 * layers * steps and counts["Concatenate"] == 2, counts
+    assert counts["SliceUpdate"] == layers * steps and counts["Concatenate"] == 2, counts
+    # Step 0 attends to its own key only (its output is its value): no attention op; the steps'
+    # input projections are one mat-vec.
+    assert counts["ScaledDotProductAttention"] + counts["Softmax"] == layers * (steps - 1), counts
+    matmuls = 1 + steps * (1 + 4 * layers)  # the input projection; per step: head, and per layer 4
+    attention = 2 * counts["Softmax"]  # on the CPU, attention falls back to scores, softmax, values
+    assert counts["Matmul"] == matmuls + attention, counts

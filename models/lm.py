@@ -191,8 +191,9 @@ class LM(nn.Module):
         self.dtype = dtype
         # 8 for 8-bit KV rings (`RingKVCache`); the loader sets it for quantised models.
         self.kv_bits: int | None = None
-        self.emb = [nn.Embedding(config.card + 1, config.dim) for _ in range(config.n_q)]
-        self.text_emb = nn.Embedding(config.text_card + 1, config.dim)
+        # The 17 input tables (`text_emb`, then `emb.0..15`) stacked in one, so that a column's 17
+        # tokens are looked up by one gather (four ops for a quantised table) instead of 17.
+        self.input_emb = nn.Embedding(config.text_card + 1 + config.n_q * (config.card + 1), config.dim)
         self.transformer = Transformer(
             config.dim,
             config.num_heads,
@@ -225,13 +226,15 @@ class LM(nn.Module):
         """Map reference state-dict keys (spec §3.1) to this module's parameters (spec §3.3).
 
         Alphas [1,1,D] become norm weights [D]; the depformer's fused per-step projections are
-        split `dep_q`-way, step-major, and its per-step input projections joined into one;
+        split `dep_q`-way, step-major, and its per-step input projections joined into one, as are the
+        17 input embedding tables;
         steps beyond the built `depformer.steps` are dropped.
         """
         steps_in_file = self.config.dep_q
         built = self.depformer.steps
         out: dict[str, mx.array] = {}
         input_projs: dict[int, mx.array] = {}
+        tables: dict[int, mx.array] = {}  # stream -> input embedding table (0: text)
         for key, value in weights.items():
             parts = key.split(".")
             if key.endswith(".alpha"):
@@ -246,6 +249,10 @@ class LM(nn.Module):
                     out[key] = value
             elif key.startswith("transformer.layers.") and parts[4] == "in_proj_weight":
                 out[".".join(parts[:4]) + ".in_proj.weight"] = value
+            elif parts[0] == "emb":
+                tables[1 + int(parts[1])] = value
+            elif parts[0] == "text_emb":
+                tables[0] = value
             elif parts[0] == "depformer_in":
                 if int(parts[1]) < built:
                     input_projs[int(parts[1])] = value
@@ -259,6 +266,8 @@ class LM(nn.Module):
                 out["depformer.text_emb.weight"] = value
             else:
                 out[key] = value
+        if tables:  # one table, text then audio 0..15 (`LM.input_emb`)
+            out["input_emb.weight"] = mx.concatenate([tables[s] for s in sorted(tables)], axis=0)
         if input_projs:  # one [steps * depformer_dim, dim] matrix, step-major (`Depformer.input_proj`)
             out["depformer.input_proj.weight"] = mx.concatenate([input_projs[s] for s in sorted(input_projs)], axis=0)
         return out
@@ -316,18 +325,16 @@ class LM(nn.Module):
 
         Summed in the reference order: audio 0..15, then text (spec §4.1); -1 gives a zero row.
         """
+        c = self.config
+        # Stream s's rows start at its table's offset in `input_emb` (text first, as in `tokens`).
+        starts = mx.array([0] + [c.text_card + 1 + q * (c.card + 1) for q in range(c.n_q)], dtype=mx.int32)
         # The -1 handling of `embed_tokens`, done once for all 17 streams rather than per stream.
-        safe = mx.maximum(tokens, 0)
-        valid = (tokens >= 0)[..., None]
-        zero = mx.zeros((), dtype=self.dtype)
-
-        def row(table: nn.Module, stream: int) -> mx.array:
-            return mx.where(pick(valid, stream, axis=1), table(pick(safe, stream, axis=1)), zero)
-
-        x = row(self.emb[0], 1)
-        for index in range(1, self.config.n_q):
-            x = x + row(self.emb[index], index + 1)
-        return x + row(self.text_emb, 0)
+        rows = self.input_emb(mx.maximum(tokens, 0) + starts[:, None])
+        rows = mx.where((tokens >= 0)[..., None], rows, mx.zeros((), dtype=rows.dtype))
+        x = pick(rows, 1, axis=1)
+        for stream in range(2, c.num_codebooks):
+            x = x + pick(rows, stream, axis=1)
+        return x + pick(rows, 0, axis=1)
 
     def forward_embeddings(self, x: mx.array, cache: list[RingKVCache]) -> tuple[mx.array, mx.array]:
         """Run the transformer on x [B, T, dim] at the cache's next positions.

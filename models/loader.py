@@ -35,7 +35,7 @@ from ppchat.models.tokenizer import TextTokenizer
 log = logging.getLogger(__name__)
 
 DEFAULT_GROUP_SIZE = {4: 32, 8: 64}
-_CACHE_FORMAT = "ppchat-quantized-v2"  # v2: one fused depformer input projection
+_CACHE_FORMAT = "ppchat-quantized-v2"  # v2: fused depformer input projection and input tables
 _DTYPES = {"bfloat16": mx.bfloat16, "float16": mx.float16, "float32": mx.float32}
 
 

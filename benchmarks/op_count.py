@@ -46,13 +46,13 @@ def thin_7b():
                                depformer_hidden=256)
 
 
-def count(compiled: bool, conversations: int) -> dict:
+def count(compiled: bool, conversations: int, quantize: int | None = None) -> dict:
     from ppchat.engine.bench import _input_frames, _voice_prompt, build_random_model
     from ppchat.engine.pipeline import ModelPipeline, SamplingSettings
     from ppchat.models.mimi import MimiConfig
 
     mx.set_default_device(mx.cpu)
-    model = build_random_model(thin_7b(), MimiConfig.personaplex(), None, dtype=mx.bfloat16,
+    model = build_random_model(thin_7b(), MimiConfig.personaplex(), quantize, dtype=mx.bfloat16,
                                compile_streaming=compiled)
     voice = _voice_prompt(model.lm, 8, 0)
     frames = _input_frames(model.mimi.frame_size, model.mimi.sample_rate, 4, 0)
@@ -96,6 +96,7 @@ def count(compiled: bool, conversations: int) -> dict:
     return {
         "compiled": compiled,
         "conversations": conversations,
+        "quantize": quantize,
         "ops": {name: sum(c.values()) for name, c in phases.items()},
         "ops_not_views": {name: sum(v for k, v in c.items() if k not in VIEWS) for name, c in phases.items()},
         "by_primitive": dict(whole.most_common()),
@@ -106,16 +107,17 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--compiled", action="store_true", help="count through the mx.compile'd step graphs")
     parser.add_argument("--conversations", type=int, default=0, help="count a batched frame of N conversations")
+    parser.add_argument("--quantize", type=int, choices=(4, 8), help="quantise the LM as `ppchat bench --quantize` does")
     parser.add_argument("--json", type=Path, help="also write the result here")
     args = parser.parse_args(argv)
-    result = count(args.compiled, args.conversations)
+    result = count(args.compiled, args.conversations, args.quantize)
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
     top = ", ".join(f"{k} {v}" for k, v in list(result["by_primitive"].items())[:12])
     for key, label in (("ops", "all ops"), ("ops_not_views", "ops that are not views")):
         o = result[key]
         print(f"{label}: frame {o['frame']} (encode {o['encode']}, LM step {o['lm_step']}, decode {o['decode']})")
-    print(f"compiled={args.compiled} conversations={args.conversations}\n{top}")
+    print(f"compiled={args.compiled} conversations={args.conversations} quantize={args.quantize}\n{top}")
     return 0
 
 

@@ -89,6 +89,7 @@ class BatchPipeline:
             audio_sampling=SamplingParams(self.sampling.temp, self.sampling.topk),
             depformer_steps=self.depformer_steps,
             compile=compile,
+            kv_bits=model.info.kv_bits,
         )
         self.mimi.reset(capacity)
         mx.eval(self.mimi.streaming_state())

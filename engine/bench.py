@@ -129,7 +129,7 @@ def build_random_model(
     if quantize:
         nn.quantize(lm, group, quantize, class_predicate=quantizable(group))
     _materialise(lm)
-    lm.kv_bits = resolve_kv_bits(kv_bits, quantize)
+    kv_bits = resolve_kv_bits(kv_bits, quantize)
     mimi = _random_mimi(mimi_config, compile_streaming, seed)
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "tokenizer.model"
@@ -141,7 +141,7 @@ def build_random_model(
         lm_dtype=str(dtype).split(".")[-1],
         quantization=f"q{quantize}" if quantize else "none",
         group_size=group,
-        kv_bits=lm.kv_bits,
+        kv_bits=kv_bits,
         depformer_steps=lm.depformer.steps,
         quantized_cache=None,
         cache_hit=False,

@@ -76,6 +76,7 @@ def make_generator(model: LoadedModel, sampling: SamplingSettings, depformer_ste
         audio_sampling=SamplingParams(sampling.temp, sampling.topk),
         depformer_steps=min(depformer_steps or lm.depformer.steps, lm.depformer.steps),
         seed=sampling.seed,
+        kv_bits=model.info.kv_bits,
         silence_tokens=_prompt_constant(SILENCE_TOKENS, card),
         sine_tokens=_prompt_constant(SINE_TOKENS, card),
     )

@@ -55,7 +55,9 @@ class BatchLMGen:
         audio_sampling: SamplingParams = AUDIO_DEFAULTS,
         depformer_steps: int = 8,
         compile: bool | None = None,
+        kv_bits: int | None = None,
     ):
+        """`kv_bits`: the temporal KV rings' precision, as the joining conversations' (`LMGen`)."""
         if capacity < 1:
             raise ValueError(f"a batch needs at least one row, got capacity {capacity}")
         self.lm = lm
@@ -72,7 +74,8 @@ class BatchLMGen:
         self.audio_sampling = audio_sampling
         self._step = LMStep(lm, text_sampling, audio_sampling,
                             mx.default_device() == mx.gpu if compile is None else compile)
-        self._cache = lm.make_cache(capacity, per_row=True)
+        self.kv_bits = kv_bits
+        self._cache = lm.make_cache(capacity, per_row=True, bits=kv_bits)
         self._keys = mx.random.split(mx.random.key(0), capacity)
         self.rings: list[TokenRing | None] = [None] * capacity
         self._open = False
@@ -107,10 +110,10 @@ class BatchLMGen:
             raise RuntimeError(f"all {self.capacity} rows hold a conversation: one must leave first")
         if gen.lm is not self.lm:
             raise ValueError("the conversation runs on another model than the batch")
-        if (gen.text_sampling, gen.audio_sampling, gen.depformer_steps) != (
-            self.text_sampling, self.audio_sampling, self.depformer_steps
+        if (gen.text_sampling, gen.audio_sampling, gen.depformer_steps, gen.kv_bits) != (
+            self.text_sampling, self.audio_sampling, self.depformer_steps, self.kv_bits
         ):
-            raise ValueError("the conversation's sampling settings or depformer steps differ from the batch's")
+            raise ValueError("the conversation's sampling settings, depformer steps or KV bits differ from the batch's")
         state = gen.conversation_state()
         if state.keys is None:
             raise ValueError("a conversation joins a batch with its own seed (LMGen(seed=...)), not the global generator")

@@ -132,13 +132,16 @@ class LMGen:
         sine_tokens: Sequence[int] = SINE_TOKENS,
         text_pad: int | None = None,
         compile: bool | None = None,
+        kv_bits: int | None = None,
     ):
         """`depformer_steps`: steps run per live call (default: all the model has; 8 suffices live).
         `seed`: use an explicit `mx.random.key` stream instead of the global MLX generator.
         `silence_tokens`/`sine_tokens`/`text_pad`: prompt-phase constants (defaults: the real ones).
         `compile`: run sampling calls through `mx.compile`d graphs (default: only on a GPU, where it
-        pays; on the CPU backend every fused kernel is first built with the system C++ compiler)."""
+        pays; on the CPU backend every fused kernel is first built with the system C++ compiler).
+        `kv_bits`: 8 for 8-bit temporal KV rings (a loaded model's `ModelInfo.kv_bits`), None: the LM dtype."""
         config = lm.config
+        self.kv_bits = kv_bits
         self.lm = lm
         self.config = config
         self.text_sampling = text_sampling
@@ -183,7 +186,7 @@ class LMGen:
         """Start a new sequence: call counter 0, no provided tokens, fresh KV caches and key."""
         config = self.config
         self.ring = TokenRing(config.delays, np.array([config.text_init_token] + [config.audio_init_token] * config.n_q))
-        self._cache = self.lm.make_cache(1)
+        self._cache = self.lm.make_cache(1, bits=self.kv_bits)
         self._keys = None if self.seed is None else mx.random.key(self.seed)[None]
         self._pending: list[np.ndarray | mx.array] = []
         self._live_open = False

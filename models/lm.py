@@ -189,8 +189,6 @@ class LM(nn.Module):
             raise ValueError(f"depformer_steps must be in 1..{config.dep_q}, got {steps}")
         self.config = config
         self.dtype = dtype
-        # 8 for 8-bit KV rings (`RingKVCache`); the loader sets it for quantised models.
-        self.kv_bits: int | None = None
         # The 17 input tables (`text_emb`, then `emb.0..15`) stacked in one, so that a column's 17
         # tokens are looked up by one gather (four ops for a quantised table) instead of 17.
         self.input_emb = nn.Embedding(config.text_card + 1 + config.n_q * (config.card + 1), config.dim)
@@ -315,10 +313,11 @@ class LM(nn.Module):
 
     # ----------------------------------------------------------------------------------- forward
 
-    def make_cache(self, batch_size: int = 1, per_row: bool = False) -> list[RingKVCache]:
+    def make_cache(self, batch_size: int = 1, per_row: bool = False, bits: int | None = None) -> list[RingKVCache]:
         """Fresh KV caches for the temporal transformer (positions start at 0); `per_row`: one
-        position counter per row, for a batch of conversations (`RingKVCache`)."""
-        return self.transformer.make_cache(batch_size, self.dtype, self.kv_bits, per_row)
+        position counter per row, for a batch of conversations; `bits=8`: 8-bit rings (`RingKVCache`;
+        a loaded model's choice is `ModelInfo.kv_bits`)."""
+        return self.transformer.make_cache(batch_size, self.dtype, bits, per_row)
 
     def embed_codes(self, tokens: mx.array) -> mx.array:
         """tokens [B, 17, T] (text, then audio streams 1..16) -> input embeddings [B, T, dim].

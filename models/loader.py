@@ -221,14 +221,14 @@ def load_model(
     mx.eval(mimi.parameters())
 
     lm, cached, hit = _load_lm(ckpt, root, quantize, group, depformer_steps, show_progress)
-    lm.kv_bits = resolve_kv_bits(kv_bits, quantize)
+    kv_bits = resolve_kv_bits(kv_bits, quantize)
     info = ModelInfo(
         source=str(source),
         is_demo=ckpt.is_demo,
         lm_dtype=ckpt.lm_config.get("dtype", "float32"),
         quantization=f"q{quantize}" if quantize else "none",
         group_size=group,
-        kv_bits=lm.kv_bits,
+        kv_bits=kv_bits,
         depformer_steps=lm.depformer.steps,
         quantized_cache=cached,
         cache_hit=hit,

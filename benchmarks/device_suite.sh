@@ -3,6 +3,7 @@
 # make `ppchat` importable from this checkout, then run what is asked, logging under $OUT.
 #   bash benchmarks/device_suite.sh tests            CUDA kernel tests + GPU parity suite (TF32 off, then on)
 #   bash benchmarks/device_suite.sh bench NAME:ARGS  `ppchat bench` runs (benchmarks/run_device.py)
+#   bash benchmarks/device_suite.sh py SCRIPT ARGS   any script (write its output under /tmp/results)
 # Results (JSON) are packed into $OUT/results.tgz; logs go to $OUT/<what>.log.
 set -u
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -32,6 +33,9 @@ case $what in
     ;;
   bench)
     python3 benchmarks/run_device.py /tmp/results "$@" 2>&1 | tee -a "$OUT/bench.log"
+    ;;
+  py)
+    python3 "$@" 2>&1 | tee -a "$OUT/py.log"
     ;;
 esac
 tar czf "$OUT/results.tgz" -C /tmp results 2>/dev/null

@@ -107,7 +107,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--frames", type=int, default=200)
     parser.add_argument("--trace", type=int, default=10)
     parser.add_argument("--save-trace", action="store_true")
+    parser.add_argument("--conversations", type=int, default=0,
+                        help="trace the batched frame of N conversations (engine.batch; no phase split)")
     args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
     install_namespace()
 
     import mlx.core as mx
@@ -124,30 +127,48 @@ def main(argv: list[str]) -> int:
     t0 = time.perf_counter()
     model = build_model(options)
     load_s = time.perf_counter() - t0
-    pipeline = ModelPipeline(model, SamplingSettings(seed=0), phase_timing=False)
+    batched = args.conversations > 0
+    if batched:
+        from ppchat.engine.batch import BatchPipeline
+
+        pipeline = BatchPipeline(model, args.conversations, SamplingSettings(seed=0))
+    else:
+        pipeline = ModelPipeline(model, SamplingSettings(seed=0), phase_timing=False)
     voice = _voice_prompt(model.lm, 125, 0)
     frames = _input_frames(pipeline.frame_size, pipeline.sample_rate, 64, 0)
     t0 = time.perf_counter()
-    pipeline.start(voice, resolve_prompt("assistant")[1])
+    if batched:
+        for row in range(args.conversations):
+            pipeline.join(voice, resolve_prompt("assistant")[1], seed=row)
+    else:
+        pipeline.start(voice, resolve_prompt("assistant")[1])
     prefill_s = time.perf_counter() - t0
+
+    def one_frame(i: int) -> None:
+        if batched:
+            pipeline.run_frame({row: frames[(i + row) % 64] for row in range(args.conversations)})
+        else:
+            pipeline.run_frame(frames[i % 64])
+
     for i in range(30):
-        pipeline.run_frame(frames[i % 64])
+        one_frame(i)
 
     def run(count: int, phases: bool, label: str | None) -> list[float]:
-        pipeline.phase_timing = pipeline.gen.phase_timing = phases
+        if not batched:
+            pipeline.phase_timing = pipeline.gen.phase_timing = phases
         walls = []
         for i in range(count):
             t = time.perf_counter()
             if label is None:
-                pipeline.run_frame(frames[i % 64])
+                one_frame(i)
             else:
                 with record_function(f"ppchat:{label}"):
-                    pipeline.run_frame(frames[i % 64])
+                    one_frame(i)
             walls.append((time.perf_counter() - t) * 1e3)
         return walls
 
     timed = run(args.frames, False, None)
-    timed_phases = run(max(args.frames // 4, 10), True, None)
+    timed_phases = [] if batched else run(max(args.frames // 4, 10), True, None)
 
     # In phase mode every mx.eval is one phase, in this order.
     phase_names = iter(())
@@ -168,7 +189,7 @@ def main(argv: list[str]) -> int:
         run(args.trace, False, "frame")
         mx.eval = labelled_eval
         try:
-            for _ in range(args.trace):
+            for _ in range(0 if batched else args.trace):
                 phase_names = iter(("encode", "temporal", "depformer", "decode"))
                 run(1, True, "frame_phases")
         finally:
@@ -192,7 +213,8 @@ def main(argv: list[str]) -> int:
         "prefill_cold_s": prefill_s,
         "peak_bytes": mx.get_peak_memory(),
         "one_sync_ms": _stats(timed),
-        "phase_mode_ms": _stats(timed_phases),
+        "conversations": args.conversations,
+        "phase_mode_ms": _stats(timed_phases) if timed_phases else None,
         "trace": summarise(trace),
     }
     args.out.mkdir(parents=True, exist_ok=True)

@@ -72,6 +72,9 @@ class ChatClient:
         self._sent_at = np.full(_SENT_SLOTS, math.nan)
         self._frames_sent = 0
         self._last_arrival: float | None = None
+        # For benchmarks: set to a list to collect ("sent", frame, t), ("audio", samples, t) and
+        # ("step", record, t) in the order they happen (t: time.perf_counter()).
+        self.timeline: list | None = None
         self._handshake = threading.Event()
         self._loop = asyncio.new_event_loop()
         self._outbox: asyncio.Queue | None = None
@@ -101,7 +104,10 @@ class ChatClient:
     def send_frame(self, pcm: np.ndarray) -> None:
         """Encode one frame and queue it; never blocks (the step thread calls it)."""
         pages = self._encoder.encode(pcm)
-        self._sent_at[self._frames_sent % _SENT_SLOTS] = time.perf_counter()
+        now = time.perf_counter()
+        self._sent_at[self._frames_sent % _SENT_SLOTS] = now
+        if self.timeline is not None:
+            self.timeline.append(("sent", self._frames_sent, now))
         self._frames_sent += 1
         if pages and not self.closed:
             self._loop.call_soon_threadsafe(self._enqueue, pages)
@@ -194,6 +200,8 @@ class ChatClient:
             pcm = self._decoder.decode(message.payload)
             if pcm.size:
                 self._arrived(time.perf_counter(), pcm.size)
+                if self.timeline is not None:
+                    self.timeline.append(("audio", pcm.size, time.perf_counter()))
                 self.jitter.write(pcm)
         elif kind == Kind.TEXT:
             self.texts.append(message.text())
@@ -218,6 +226,8 @@ class ChatClient:
             if step < self._frames_sent and not math.isnan(sent) and data.get("ms"):
                 self.rtt_ms = (time.perf_counter() - sent) * 1000.0
             self.records.append(data)
+            if self.timeline is not None:
+                self.timeline.append(("step", data, time.perf_counter()))
 
     def _arrived(self, now: float, samples: int) -> None:
         if self._last_arrival is not None:

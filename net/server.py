@@ -41,7 +41,7 @@ from ppchat.net.endpoint import SocketAudio
 from ppchat.net.opus import OggOpusDecoder, OggOpusEncoder, OpusStreamError
 from ppchat.net.params import ChatParams
 from ppchat.net.protocol import Kind, ProtocolError
-from ppchat.sessions.schema import step_record
+from ppchat.sessions.schema import FRAME_SAMPLES, SAMPLE_RATE, step_record
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +173,7 @@ class ChatServer:
         conv = self.conversation
         voice = self._voice(params.voice_prompt)
         sampling = self._sampling(params)
-        audio = SocketAudio(conv.pipeline.sample_rate, conv.pipeline.frame_size)
+        audio = SocketAudio(SAMPLE_RATE, FRAME_SAMPLES)
         live = asyncio.Event()
         sub = conv.bus.subscribe(maxlen=64, name=f"serve {client}")
         loop = asyncio.get_running_loop()

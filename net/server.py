@@ -102,12 +102,12 @@ class ChatServer:
         )
 
     def health(self) -> dict:
-        info = self.conversation.model.info
+        info = self.conversation.info
         return {
             "status": "busy" if self.running >= self.options.max_conversations else "ok",
-            "model": "demo" if info.is_demo else info.source,
-            "is_demo": info.is_demo,
-            "quantization": info.quantization,
+            "model": info["model_id"],
+            "is_demo": info["is_demo"],
+            "quantization": info["quantization"],
             "version": __version__,
             "conversations": {"running": self.running, "allowed": self.options.max_conversations},
             "voices": self.conversation.voices(),
@@ -283,10 +283,10 @@ class ChatServer:
             raise Refused(f"the client is not reading ({unsent} bytes waiting to be sent)")
 
     def _info_message(self, sampling: SamplingSettings) -> dict:
-        conv = self.conversation
-        return {"type": "info", "version": __version__, "model": self.health()["model"],
-                "is_demo": conv.model.info.is_demo, "quantization": conv.model.info.quantization,
-                "voice": conv.voice_name, "prompt": conv.prompt_text, "sampling": sampling.to_json()}
+        info = self.conversation.info
+        return {"type": "info", "version": __version__, "model": info["model_id"], "is_demo": info["is_demo"],
+                "quantization": info["quantization"], "voice": info["voice"], "prompt": info["prompt"],
+                "sampling": sampling.to_json()}
 
     def _voice(self, requested: str | None) -> str | None:
         """The voice file for a `voice_prompt` name, looked up in the voices folder only."""

@@ -384,3 +384,28 @@ def test_token_and_web_ui(conversation, tmp_path):
         ok = _talk(thread.port, "", _speech(1.0), headers={"Authorization": "Bearer s3cret"})
         assert ok.errors == [] and ok.steps()
         _wait_idle(thread)
+
+
+def test_a_served_conversation_is_visible_to_ppchat_monitor(conversation, tmp_path):
+    import threading
+
+    from ppchat.engine import monitor_socket
+    from ppchat.engine.events import StepEvent
+
+    sock_path = tmp_path / "monitor.sock"
+    options = TalkOptions(model="demo", record=False, monitor=True, monitor_socket=sock_path)
+    with Conversation(options, model=conversation.model) as conv:
+        with ServerThread(ChatServer(conv, ServeOptions(port=0, idle_timeout=60))) as thread:
+            seen: list = []
+            sock = monitor_socket.connect(sock_path)
+
+            def read():
+                for message in monitor_socket.read_messages(sock):
+                    seen.append(message)
+
+            threading.Thread(target=read, daemon=True).start()
+            t = _talk(thread.port, "", _speech(1.5), linger=10.0, until_steps=15)
+            sock.close()
+    assert t.errors == []
+    steps = [m for m in seen if isinstance(m, StepEvent)]
+    assert len(steps) >= 10 and isinstance(seen[0], dict) and seen[0].get("type") == "info"

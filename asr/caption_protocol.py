@@ -6,7 +6,8 @@ means "a new conversation starts: forget the old one".
 
 worker → ppchat (stdout), JSON Lines:
     {"type": "ready"}                                   the model is loaded
-    {"type": "progress", "step": n}                     steps up to n are heard (about once a second)
+    {"type": "progress", "step": n, "received": m}      once a second: steps up to n are transcribed,
+                                                        up to m received (n < m: the recogniser lags)
     {"type": "partial", "start": s, "text": ...}        the utterance being spoken, so far
     {"type": "final", "start": s, "end": s, "text": ...}
     {"type": "error", "message": ...}                   before exiting with status 3

@@ -30,9 +30,14 @@ PROGRESS_EVERY_S = 1.0
 LOWER_PRIORITY = 10
 
 
+_stdout_lock = threading.Lock()
+
+
 def _emit(doc: dict) -> None:
-    sys.stdout.write(json.dumps(doc, ensure_ascii=False) + "\n")
-    sys.stdout.flush()
+    line = json.dumps(doc, ensure_ascii=False) + "\n"
+    with _stdout_lock:
+        sys.stdout.write(line)
+        sys.stdout.flush()
 
 
 class Inbox:
@@ -43,6 +48,7 @@ class Inbox:
         self._queue: collections.deque = collections.deque(maxlen=maxlen)
         self._ready = threading.Condition()
         self.closed = False
+        self.last_step = -1  # the newest step received
         threading.Thread(target=self._read, name="caption-inbox", daemon=True).start()
 
     def _read_exact(self, n: int) -> bytes | None:
@@ -69,6 +75,7 @@ class Inbox:
                     pcm = np.frombuffer(raw, dtype="<f4").astype(np.float32)
                 with self._ready:
                     self._queue.append((step, pcm))
+                    self.last_step = step
                     self._ready.notify()
         finally:
             with self._ready:
@@ -167,7 +174,7 @@ def run(model_dir: str, language: str | None) -> int:
     _emit({"type": "ready"})
     inbox = Inbox(sys.stdin.buffer)
     captioner = Captioner(transcriber.text)
-    last_progress = 0.0
+    threading.Thread(target=_heartbeat, args=(inbox, captioner), name="caption-heartbeat", daemon=True).start()
     while True:
         batch = inbox.take(timeout=PROGRESS_EVERY_S)
         for step, pcm in batch:
@@ -177,12 +184,18 @@ def run(model_dir: str, language: str | None) -> int:
                 captioner.add(step, pcm)
         if batch:
             captioner.maybe_partial()
-        now = time.monotonic()
-        if now - last_progress >= PROGRESS_EVERY_S:
-            _emit({"type": "progress", "step": captioner.heard_step})
-            last_progress = now
         if inbox.closed and not batch:
             return 0
+
+
+def _heartbeat(inbox: Inbox, captioner: Captioner) -> None:
+    """Once a second, from its own thread: alive, and how far behind the transcription is.
+
+    A transcription can take long (a slow machine, a big model); ppchat tells "slow"
+    (heartbeats, a growing lag) from "frozen" (no heartbeats) by this."""
+    while True:
+        time.sleep(PROGRESS_EVERY_S)
+        _emit({"type": "progress", "step": captioner.heard_step, "received": inbox.last_step})
 
 
 def main(argv: list[str] | None = None) -> int:

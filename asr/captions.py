@@ -6,7 +6,9 @@ step's user audio down a pipe to `caption_worker`, and publishes what comes back
 never waits for a subscriber, the pipe is written without blocking (a frame that does
 not fit is dropped and counted), and the worker is another process. When the worker
 dies, stalls or never loads, it is killed and started again with a notice; after
-`max_restarts` the captions switch off with a notice and the conversation goes on.
+`max_restarts` the captions switch off with a notice and the conversation goes on. A
+worker that is alive but slower than speech (it says how far it has got once a second)
+is not restarted: it gets a notice, and is switched off if it stays far behind.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from ppchat.asr.caption_protocol import frame_message, reset_message
-from ppchat.constants import FRAME_SAMPLES
+from ppchat.constants import FRAME_SAMPLES, SAMPLE_RATE
 from ppchat.engine.events import EventBus, NoticeEvent, StepEvent
 
 log = logging.getLogger(__name__)
@@ -48,10 +50,14 @@ class CaptionEvent:
 class CaptionSettings:
     model_dir: Path
     language: str | None = None
-    stall_s: float = 30.0  # no progress for this long while audio is waiting: stalled
+    stall_s: float = 20.0  # not a word from the worker for this long (it says something every second): stalled
+    lag_notice_s: float = 10.0  # captions this far behind the conversation: say so, once
+    max_lag_s: float = 30.0  # this far behind (its backlog is full: speech is being skipped) ...
+    lag_grace_s: float = 30.0  # ... for this long: switch off
     load_timeout_s: float = 300.0  # the model must load within this
     max_restarts: int = 3
     log_path: Path | None = None  # the worker's stderr (tracebacks); None = discarded
+    command: list[str] | None = None  # the worker's command line; None = `caption_worker` on model_dir
 
 
 class LiveCaptions:
@@ -68,7 +74,10 @@ class LiveCaptions:
         self._pending = b""  # the unsent tail of a message (a pipe write can be partial)
         self._last_step = -1
         self._spawned_at = 0.0
-        self._progress_at = 0.0  # when the worker last said it was keeping up
+        self._progress_at = 0.0  # when the worker last said anything
+        self._lag_s = 0.0  # how far the transcription is behind what the worker has received
+        self._lagging_since: float | None = None  # when the lag went past max_lag_s
+        self._lag_told = False
         self._sent_at = 0.0  # when audio was last sent
         self._worker_error: str | None = None
 
@@ -93,8 +102,8 @@ class LiveCaptions:
     # ------------------------------------------------------------------------------ process
 
     def _spawn(self) -> None:
-        command = [sys.executable, "-m", "ppchat.asr.caption_worker", str(self.settings.model_dir)]
-        if self.settings.language:
+        command = self.settings.command or [sys.executable, "-m", "ppchat.asr.caption_worker", str(self.settings.model_dir)]
+        if self.settings.language and self.settings.command is None:
             command += ["--language", self.settings.language]
         stderr = subprocess.DEVNULL
         if self.settings.log_path is not None:
@@ -121,6 +130,7 @@ class LiveCaptions:
         self._spawned_at = self._progress_at = time.monotonic()
         self._sent_at = 0.0
         self._worker_error = None
+        self._lag_s, self._lagging_since, self._lag_told = 0.0, None, False
         threading.Thread(target=self._read_loop, args=(self.process,), name="captions-read", daemon=True).start()
 
     def _end_process(self, graceful: bool) -> None:
@@ -213,6 +223,20 @@ class LiveCaptions:
             self._restart(f"the ASR model did not load within {self.settings.load_timeout_s:.0f} s")
         elif self.state == "on" and self._sent_at > self._progress_at and now - self._progress_at > self.settings.stall_s:
             self._restart(f"the caption process stalled (nothing heard back for {now - self._progress_at:.0f} s)")
+        elif self.state == "on":
+            self._watch_lag(now)
+
+    def _watch_lag(self, now: float) -> None:
+        lag = self._lag_s
+        if lag > self.settings.lag_notice_s and not self._lag_told:
+            self._lag_told = True
+            self._notice("warning", f"captions are {lag:.0f} s behind: the recogniser is slower than speech on this machine")
+        if lag <= self.settings.max_lag_s:
+            self._lagging_since = None
+        elif self._lagging_since is None:
+            self._lagging_since = now
+        elif now - self._lagging_since > self.settings.lag_grace_s:
+            self._switch_off(f"the recogniser cannot keep up with speech on this machine ({lag:.0f} s behind)")
 
     # ------------------------------------------------------------------------------ reading
 
@@ -231,6 +255,8 @@ class LiveCaptions:
                 self._notice("info", "captions on")
             elif kind == "progress":
                 self._progress_at = time.monotonic()
+                with contextlib.suppress(KeyError, TypeError, ValueError):
+                    self._lag_s = max(0, int(doc["received"]) - int(doc["step"])) * FRAME_SAMPLES / SAMPLE_RATE
             elif kind in ("partial", "final"):
                 self._progress_at = time.monotonic()
                 end = doc.get("end")

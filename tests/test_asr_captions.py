@@ -264,3 +264,35 @@ def test_captions_without_a_model_are_a_notice_and_the_conversation_runs(demo_mo
                for e in events)  # fmt: skip
     assert len([e for e in events if isinstance(e, StepEvent)]) == -(-24000 // FRAME_SAMPLES)  # the last frame zero-padded
     assert conv.captions is None
+
+
+SLOW_WORKER = r"""
+import json, sys, threading, time
+received = [-1]
+def read():  # drains stdin like the real worker's inbox, so ppchat's writes always fit
+    while sys.stdin.buffer.read(8 + 7680):
+        received[0] += 1
+threading.Thread(target=read, daemon=True).start()
+print(json.dumps({"type": "ready"}), flush=True)
+while True:  # alive, but it never gets past step 0: a recogniser far slower than speech
+    time.sleep(0.2)
+    print(json.dumps({"type": "progress", "step": 0, "received": received[0]}), flush=True)
+"""
+
+
+def test_a_worker_slower_than_speech_is_told_then_switched_off_not_restarted(tmp_path):
+    import sys
+
+    bus = EventBus()
+    settings = CaptionSettings(tmp_path, command=[sys.executable, "-c", SLOW_WORKER], lag_notice_s=1.0, max_lag_s=2.0,
+                               lag_grace_s=1.0, stall_s=5.0)  # fmt: skip
+    captions = LiveCaptions(bus, settings)
+    try:
+        sub = run_captions(bus, captions, np.zeros(FRAME_SAMPLES * 100, np.float32), speed=8.0)  # 8 s of audio in 1 s
+        seen = wait_for(sub, lambda ev: captions.state == "off", timeout=20)
+    finally:
+        captions.close()
+    notices = [e.message for e in seen if isinstance(e, NoticeEvent) and e.level != "info"]
+    assert notices[0].startswith("captions are ") and notices[0].endswith("s behind: the recogniser is slower than speech on this machine")
+    assert notices[1].startswith("captions switched off: the recogniser cannot keep up with speech on this machine")
+    assert captions.restarts == 0 and len(notices) == 2

@@ -63,12 +63,26 @@ def summary(totals: list[float]) -> dict:
             "late": int(sum(t > 80.0 for t in totals))}  # fmt: skip
 
 
+def cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU time of a process so far (Linux /proc), None elsewhere or once it is gone."""
+    if pid is None:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def one_run(conv: Conversation, track: np.ndarray) -> dict:
     sub = conv.bus.subscribe(maxlen=100_000, name="bench")
     load_before = os.getloadavg()[0]
+    worker = conv.captions.process.pid if conv.captions and conv.captions.process else None
+    worker_cpu, own_cpu, wall = cpu_seconds(worker), time.process_time(), time.monotonic()
     conv.start(prompt="casual")
     conv.runtime.join(timeout=len(track) / 24000 * 3 + 30)
     conv.stop()
+    worker_cpu_after, own_cpu_after, wall = cpu_seconds(worker), time.process_time(), time.monotonic() - wall
     time.sleep(1.0)  # the last captions
     events = sub.drain()
     sub.close()
@@ -81,6 +95,9 @@ def one_run(conv: Conversation, track: np.ndarray) -> dict:
         "captions_partial": sum(c.kind == "partial" for c in captions),
         "notices": [n.message for n in events if isinstance(n, NoticeEvent) and n.level != "info"],
         "loadavg_1min_before": round(load_before, 2),
+        "wall_s": round(wall, 2),
+        "engine_process_cpu_s": round(own_cpu_after - own_cpu, 2),
+        "caption_process_cpu_s": None if worker_cpu is None or worker_cpu_after is None else round(worker_cpu_after - worker_cpu, 2),
         "totals_ms": [round(e.timings_ms["total"], 2) for e in steps],
     }
 
@@ -120,7 +137,8 @@ def main() -> int:
                 runs[mode].append(result)
                 print(f"run {i + 1} captions {mode:3}: p50 {result['p50']:.1f}  p95 {result['p95']:.1f}  max {result['max']:.1f} ms"
                       f"  late {result['late']}  dropped {result['dropped_in']}  finals {result['captions_final']}"
-                      f"  load {result['loadavg_1min_before']}", flush=True)  # fmt: skip
+                      f"  load {result['loadavg_1min_before']}  cpu s: engine {result['engine_process_cpu_s']}"
+                      f" captions {result['caption_process_cpu_s']}", flush=True)  # fmt: skip
         restarts = on.captions.restarts if on.captions else None
     finally:
         off.close()

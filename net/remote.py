@@ -27,7 +27,7 @@ from ppchat.errors import PPChatError
 from ppchat.models.voices import PRESET_VOICES
 from ppchat.net.client import ChatClient, chat_url, http_url
 from ppchat.net.params import ChatParams
-from ppchat.sessions.schema import FRAME_SAMPLES, SAMPLE_RATE, SessionMeta
+from ppchat.sessions.schema import SessionMeta
 
 SERVER_DEFAULT = "default"  # no voice_prompt: the server's own default voice
 

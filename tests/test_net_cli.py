@@ -13,10 +13,10 @@ import pytest
 
 pytest.importorskip("aiohttp")
 
-from ppchat.cli import main  # noqa: E402
-from ppchat.commands.serve import _loopback, _ssl_context  # noqa: E402
-from ppchat.errors import PPChatError  # noqa: E402
-from ppchat.net import webui  # noqa: E402
+from ppchat.cli import main
+from ppchat.commands.serve import _loopback, _ssl_context
+from ppchat.errors import PPChatError
+from ppchat.net import webui
 
 
 @pytest.mark.parametrize("argv,expected", [
@@ -50,8 +50,9 @@ def test_wss_with_a_certificate(tmp_path):
     from ppchat.net.server import ChatServer, ServeOptions, ServerThread
 
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
     model = load_model("demo", cache_root=tmp_path / "cache", depformer_steps=8, show_progress=False)
     with Conversation(TalkOptions(model="demo", record=False, monitor=False), model=model) as conv:
         with ServerThread(ChatServer(conv, ServeOptions(port=0)), ssl_context=_ssl_context((cert, key))) as thread:

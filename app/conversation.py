@@ -18,12 +18,13 @@ from typing import Any
 from ppchat import paths
 from ppchat.constants import DEPFORMER_STEPS, MAX_BACKLOG_FRAMES, REPO_ID
 from ppchat.engine.events import EventBus, NoticeEvent
-from ppchat.engine.pipeline import ModelPipeline, PrefillReport, SamplingSettings
+from ppchat.engine.pipeline import ModelPipeline, PrefillReport
 from ppchat.engine.prompts import PRESETS, named_prompt, resolve_prompt
 from ppchat.engine.runtime import AudioEndpoint, DuplexRuntime, FrameProcessor, RuntimePolicy
 from ppchat.errors import PPChatError
 from ppchat.models.loader import LoadedModel, load_model, resolve_source
 from ppchat.models.voices import DEFAULT_VOICE, PRESET_VOICES, VoicePrompt, available_voices, load_voice
+from ppchat.sampling import Sampling
 from ppchat.sessions.recorder import Recorder, start_recording
 from ppchat.sessions.schema import SessionMeta
 from ppchat.sessions.store import default_sessions_root
@@ -48,7 +49,7 @@ class TalkOptions:
     quantize: int | None = None
     voice: str | None = None
     prompt: str | None = None
-    sampling: SamplingSettings = field(default_factory=SamplingSettings)
+    sampling: Sampling = field(default_factory=Sampling)
     input_device: str | int | None = None
     output_device: str | int | None = None
     samplerate: int | None = None
@@ -148,7 +149,7 @@ class Conversation:
         prompt: str | None = None,
         *,
         audio: AudioEndpoint | None = None,
-        sampling: SamplingSettings | None = None,
+        sampling: Sampling | None = None,
         client: str | None = None,
     ) -> PrefillReport:
         """Condition the model, open the audio device and go live. Blocks for the prefill.
@@ -253,7 +254,7 @@ class Conversation:
         return {"model": "demo (random weights)" if m.is_demo else m.source, "model_id": "demo" if m.is_demo else m.source,
                 "is_demo": m.is_demo, "quantization": m.quantization}
 
-    def _condition(self, sampling: SamplingSettings) -> FrameProcessor:
+    def _condition(self, sampling: Sampling) -> FrameProcessor:
         """Make the model ready for a new conversation with the current voice and prompt (sets
         `prefill`); returns what the step thread steps."""
         voice_prompt = self._load_voice(self.voice_name)

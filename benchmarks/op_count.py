@@ -48,8 +48,9 @@ def thin_7b():
 
 def count(compiled: bool, conversations: int, quantize: int | None = None) -> dict:
     from ppchat.engine.bench import _input_frames, _voice_prompt, build_random_model
-    from ppchat.engine.pipeline import ModelPipeline, SamplingSettings
+    from ppchat.engine.pipeline import ModelPipeline
     from ppchat.models.mimi import MimiConfig
+    from ppchat.sampling import Sampling
 
     mx.set_default_device(mx.cpu)
     model = build_random_model(thin_7b(), MimiConfig.personaplex(), quantize, dtype=mx.bfloat16,
@@ -59,7 +60,7 @@ def count(compiled: bool, conversations: int, quantize: int | None = None) -> di
     if conversations:
         from ppchat.engine.batch import BatchPipeline
 
-        batch = BatchPipeline(model, conversations, SamplingSettings(seed=0), compile=compiled)
+        batch = BatchPipeline(model, conversations, Sampling(seed=0), compile=compiled)
         for row in range(conversations):
             batch.join(voice, "assistant", seed=row)
         pcm = mx.array(np.stack([frames[0]] * conversations)[:, None, :])
@@ -74,7 +75,7 @@ def count(compiled: bool, conversations: int, quantize: int | None = None) -> di
         mx.eval(live.agent_codes, live.arrays)
         audio = mimi.decode_step(live.agent_codes[:, :, None])
     else:
-        pipeline = ModelPipeline(model, SamplingSettings(seed=0), phase_timing=False)
+        pipeline = ModelPipeline(model, Sampling(seed=0), phase_timing=False)
         if compiled:
             pipeline.gen.compile = True
         pipeline.start(voice, "assistant")

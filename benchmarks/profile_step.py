@@ -104,9 +104,10 @@ def section_e(small: bool, iters: int) -> None:
 
 def section_f(small: bool, iters: int) -> None:
     from ppchat.engine.bench import _input_frames, _voice_prompt, build_random_model
-    from ppchat.engine.pipeline import ModelPipeline, SamplingSettings
+    from ppchat.engine.pipeline import ModelPipeline
     from ppchat.models.lm import LMConfig
     from ppchat.models.mimi import MimiConfig
+    from ppchat.sampling import Sampling
 
     lm_config = LMConfig(
         dim=256, num_heads=4, num_layers=2, hidden=512, context=100, max_period=10000.0, text_card=1000,
@@ -128,7 +129,7 @@ def section_f(small: bool, iters: int) -> None:
     lm.depformer.sample_column = counting("depformer.sample_column", lm.depformer.sample_column)
     mimi.encoder.step = counting("mimi.encoder.step", mimi.encoder.step)
     mimi.decoder.step = counting("mimi.decoder.step", mimi.decoder.step)
-    pipeline = ModelPipeline(model, SamplingSettings(seed=0), phase_timing=False)
+    pipeline = ModelPipeline(model, Sampling(seed=0), phase_timing=False)
     pipeline.gen.compile = True
     voice = _voice_prompt(lm, 8, 0)
     pipeline.start(voice, "hello")

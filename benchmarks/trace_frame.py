@@ -118,8 +118,9 @@ def main(argv: list[str]) -> int:
     from torch.profiler import ProfilerActivity, profile, record_function
 
     from ppchat.engine.bench import BenchOptions, _input_frames, _stats, _voice_prompt, build_model
-    from ppchat.engine.pipeline import ModelPipeline, SamplingSettings
+    from ppchat.engine.pipeline import ModelPipeline
     from ppchat.engine.prompts import resolve_prompt
+    from ppchat.sampling import Sampling
 
     quantize = None if args.quantize == "none" else int(args.quantize)
     options = BenchOptions(config=None if args.model else "7b", model=args.model or "demo",
@@ -131,9 +132,9 @@ def main(argv: list[str]) -> int:
     if batched:
         from ppchat.engine.batch import BatchPipeline
 
-        pipeline = BatchPipeline(model, args.conversations, SamplingSettings(seed=0))
+        pipeline = BatchPipeline(model, args.conversations, Sampling(seed=0))
     else:
-        pipeline = ModelPipeline(model, SamplingSettings(seed=0), phase_timing=False)
+        pipeline = ModelPipeline(model, Sampling(seed=0), phase_timing=False)
     voice = _voice_prompt(model.lm, 125, 0)
     frames = _input_frames(pipeline.frame_size, pipeline.sample_rate, 64, 0)
     t0 = time.perf_counter()

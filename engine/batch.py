@@ -20,23 +20,23 @@ from __future__ import annotations
 
 import itertools
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import mlx.core as mx
 import numpy as np
 
+from ppchat.constants import DEPFORMER_STEPS, FRAME_SECONDS
 from ppchat.engine.pipeline import (
     SILENCE_FRAMES,
-    SamplingSettings,
     make_generator,
     role_prompt_tokens,
     voice_argument,
 )
 from ppchat.models.batch import BatchLMGen
 from ppchat.models.loader import LoadedModel
-from ppchat.models.sampling import SamplingParams
+from ppchat.sampling import Sampling
 
-FRAME_MS = 80.0
+FRAME_MS = FRAME_SECONDS * 1000
 
 
 @dataclass
@@ -72,21 +72,21 @@ class BatchPipeline:
         self,
         model: LoadedModel,
         capacity: int,
-        sampling: SamplingSettings | None = None,
-        depformer_steps: int = 8,
+        sampling: Sampling | None = None,
+        depformer_steps: int = DEPFORMER_STEPS,
         compile: bool | None = None,
     ):
         self.model = model
         self.capacity = capacity
-        self.sampling = sampling or SamplingSettings()
+        self.sampling = sampling or Sampling()
         self.mimi = model.mimi
         self.frame_size = self.mimi.frame_size
         self.sample_rate = self.mimi.sample_rate
         self.depformer_steps = min(depformer_steps, model.lm.depformer.steps)
         self.lm = BatchLMGen(
             model.lm, capacity,
-            text_sampling=SamplingParams(self.sampling.temp_text, self.sampling.topk_text),
-            audio_sampling=SamplingParams(self.sampling.temp, self.sampling.topk),
+            text_sampling=self.sampling.text,
+            audio_sampling=self.sampling.audio,
             depformer_steps=self.depformer_steps,
             compile=compile,
             kv_bits=model.info.kv_bits,
@@ -110,8 +110,7 @@ class BatchPipeline:
         t0 = time.perf_counter()
         if seed is None:
             seed = int(np.random.default_rng().integers(2**31))
-        sampling = SamplingSettings(self.sampling.temp, self.sampling.topk, self.sampling.temp_text,
-                                    self.sampling.topk_text, seed)
+        sampling = replace(self.sampling, seed=seed)
         gen = make_generator(self.model, sampling, self.depformer_steps)
         gen.phase_timing = False
         voice_arg, _ = voice_argument(voice, self.mimi)

@@ -27,7 +27,7 @@ import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 
 from ppchat.constants import DEPFORMER_STEPS
-from ppchat.engine.pipeline import ModelPipeline, SamplingSettings
+from ppchat.engine.pipeline import ModelPipeline
 from ppchat.engine.prompts import resolve_prompt
 from ppchat.models.generator import VoiceEmbeddings
 from ppchat.models.lm import LM, LMConfig
@@ -40,6 +40,7 @@ from ppchat.models.loader import (
     resolve_kv_bits,
 )
 from ppchat.models.mimi import Mimi, MimiConfig
+from ppchat.sampling import Sampling
 
 FRAME_MS = 80.0
 PHASES = ("encode", "temporal", "depformer", "decode", "total")
@@ -224,7 +225,7 @@ def run_bench(options: BenchOptions) -> dict:
     load_seconds = time.perf_counter() - t0
     load_peak = mx.get_peak_memory()
 
-    sampling = SamplingSettings(seed=options.seed)
+    sampling = Sampling(seed=options.seed)
     pipeline = ModelPipeline(model, sampling, phase_timing=options.phases)
     if options.compile is not None:
         pipeline.gen.compile = options.compile

@@ -26,8 +26,8 @@ from ppchat.engine.bench import (
     build_model,
     device_description,
 )
-from ppchat.engine.pipeline import SamplingSettings
 from ppchat.engine.prompts import PRESETS
+from ppchat.sampling import Sampling
 
 
 def run_batch_bench(options: BenchOptions) -> dict:
@@ -40,7 +40,7 @@ def run_batch_bench(options: BenchOptions) -> dict:
     load_seconds = time.perf_counter() - t0
     load_peak = mx.get_peak_memory()
 
-    pipeline = BatchPipeline(model, n, SamplingSettings(seed=options.seed), compile=options.compile)
+    pipeline = BatchPipeline(model, n, Sampling(seed=options.seed), compile=options.compile)
     prompts = list(PRESETS.values())
     audio = _input_frames(pipeline.frame_size, pipeline.sample_rate, 64, options.seed)
     joined = 0

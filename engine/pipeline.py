@@ -15,18 +15,18 @@ so that `timings_ms` splits the frame into encode / temporal / depformer / decod
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import mlx.core as mx
 import numpy as np
 
-from ppchat.constants import SILENCE_TOKENS, SINE_TOKENS
+from ppchat.constants import DEPFORMER_STEPS, SILENCE_TOKENS, SINE_TOKENS
 from ppchat.errors import PPChatError
 from ppchat.models.generator import LMGen, VoiceEmbeddings
 from ppchat.models.loader import LoadedModel
 from ppchat.models.mimi import Mimi
-from ppchat.models.sampling import SamplingParams
+from ppchat.sampling import Sampling
 
 if TYPE_CHECKING:  # voices and the runtime pull in audio-file libraries that `ppchat bench` does without
     from ppchat.engine.runtime import FrameResult
@@ -34,21 +34,6 @@ if TYPE_CHECKING:  # voices and the runtime pull in audio-file libraries that `p
 
 # int(0.5 * 12.5): silence frames before and after the role prompt (spec §6.1).
 SILENCE_FRAMES = 6
-
-
-@dataclass(frozen=True)
-class SamplingSettings:
-    """Sampling controls (defaults: the reference's, spec §4.5). temp <= 0 means greedy."""
-
-    temp: float = 0.8
-    topk: int = 250
-    temp_text: float = 0.7
-    topk_text: int = 25
-    seed: int | None = None
-
-    def to_json(self) -> dict:
-        return {"temp": self.temp, "topk": self.topk, "temp_text": self.temp_text,
-                "topk_text": self.topk_text, "seed": self.seed}
 
 
 @dataclass
@@ -66,14 +51,14 @@ def _prompt_constant(tokens: tuple[int, ...], card: int) -> tuple[int, ...]:
     return tokens if card > max(tokens) else tuple(t % card for t in tokens)
 
 
-def make_generator(model: LoadedModel, sampling: SamplingSettings, depformer_steps: int | None = 8) -> LMGen:
+def make_generator(model: LoadedModel, sampling: Sampling, depformer_steps: int | None = DEPFORMER_STEPS) -> LMGen:
     """The `LMGen` of one conversation with these sampling settings (and seed)."""
     lm = model.lm
     card = lm.config.card
     return LMGen(
         lm,
-        text_sampling=SamplingParams(sampling.temp_text, sampling.topk_text),
-        audio_sampling=SamplingParams(sampling.temp, sampling.topk),
+        text_sampling=sampling.text,
+        audio_sampling=sampling.audio,
         depformer_steps=min(depformer_steps or lm.depformer.steps, lm.depformer.steps),
         seed=sampling.seed,
         kv_bits=model.info.kv_bits,
@@ -136,13 +121,13 @@ class ModelPipeline:
     def __init__(
         self,
         model: LoadedModel,
-        sampling: SamplingSettings | None = None,
-        depformer_steps: int | None = 8,
+        sampling: Sampling | None = None,
+        depformer_steps: int | None = DEPFORMER_STEPS,
         phase_timing: bool = True,
     ):
         self.model = model
         self.phase_timing = phase_timing
-        self.sampling = sampling or SamplingSettings()
+        self.sampling = sampling or Sampling()
         self.mimi = model.mimi
         self.frame_size = self.mimi.frame_size
         self.sample_rate = self.mimi.sample_rate
@@ -153,12 +138,12 @@ class ModelPipeline:
         self._in = np.zeros((1, 1, self.frame_size), dtype=np.float32)
         self.started = False
 
-    def set_sampling(self, sampling: SamplingSettings) -> None:
+    def set_sampling(self, sampling: Sampling) -> None:
         """Sample with these settings from the next `start` on (a top-k beyond a vocabulary is that vocabulary)."""
         config = self.model.lm.config
         self.sampling = sampling
-        self.gen.text_sampling = SamplingParams(sampling.temp_text, min(sampling.topk_text, config.text_card))
-        self.gen.audio_sampling = SamplingParams(sampling.temp, min(sampling.topk, config.card))
+        self.gen.text_sampling = replace(sampling.text, top_k=min(sampling.text.top_k, config.text_card))
+        self.gen.audio_sampling = replace(sampling.audio, top_k=min(sampling.audio.top_k, config.card))
         self.gen.reseed(sampling.seed)
 
     # ----------------------------------------------------------------------------- conditioning

@@ -23,8 +23,8 @@ import numpy as np
 from ppchat.models.generator import LMGen, StepOutput, fresh_agent_codes, live_call
 from ppchat.models.lm import LM
 from ppchat.models.lm_step import LMStep
-from ppchat.models.sampling import AUDIO_DEFAULTS, TEXT_DEFAULTS, SamplingParams
 from ppchat.models.token_ring import CallColumns, TokenRing
+from ppchat.sampling import AUDIO_DEFAULTS, TEXT_DEFAULTS, SamplingParams
 
 
 @dataclass

@@ -33,8 +33,8 @@ from ppchat.constants import SILENCE_TOKENS, SINE_TOKENS
 from ppchat.models.kv_cache import RingKVCache
 from ppchat.models.lm import LM
 from ppchat.models.lm_step import LMStep, StepArrays
-from ppchat.models.sampling import AUDIO_DEFAULTS, TEXT_DEFAULTS, SamplingParams
 from ppchat.models.token_ring import CallColumns, TokenRing
+from ppchat.sampling import AUDIO_DEFAULTS, TEXT_DEFAULTS, SamplingParams
 
 PREFILL_CHUNK = 256
 

@@ -8,30 +8,9 @@ with `temp <= 0` it is the argmax. PAD/EPAD are ordinary classes: nothing is mas
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import mlx.core as mx
 
-TEXT_TEMP = 0.7
-TEXT_TOP_K = 25
-AUDIO_TEMP = 0.8
-AUDIO_TOP_K = 250
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    """Temperature and top-k of one head; `temp <= 0` means greedy."""
-
-    temp: float
-    top_k: int
-
-    @property
-    def greedy(self) -> bool:
-        return self.temp <= 0
-
-
-TEXT_DEFAULTS = SamplingParams(TEXT_TEMP, TEXT_TOP_K)
-AUDIO_DEFAULTS = SamplingParams(AUDIO_TEMP, AUDIO_TOP_K)
+from ppchat.sampling import SamplingParams
 
 
 def sample_token(logits: mx.array, temp: float, top_k: int, key: mx.array | None = None) -> mx.array:

@@ -21,12 +21,13 @@ import numpy as np
 
 from ppchat.constants import FRAME_SAMPLES, SAMPLE_RATE
 from ppchat.conversation import Conversation, TalkOptions
-from ppchat.engine.pipeline import PrefillReport, SamplingSettings
+from ppchat.engine.pipeline import PrefillReport
 from ppchat.engine.runtime import FrameResult
 from ppchat.errors import PPChatError
 from ppchat.models.voices import PRESET_VOICES
 from ppchat.net.client import ChatClient, chat_url, http_url
 from ppchat.net.params import ChatParams
+from ppchat.sampling import Sampling
 from ppchat.sessions.schema import SessionMeta
 
 SERVER_DEFAULT = "default"  # no voice_prompt: the server's own default voice
@@ -119,11 +120,11 @@ class RemoteConversation(Conversation):
         names = self.health.get("voices") if isinstance(self.health.get("voices"), list) else list(PRESET_VOICES)
         return [SERVER_DEFAULT] + [str(n) for n in names]
 
-    def _condition(self, sampling: SamplingSettings) -> RemoteProcessor:
+    def _condition(self, sampling: Sampling) -> RemoteProcessor:
         voice = None if self.voice_name in (SERVER_DEFAULT, "", None) else voice_file(self.voice_name)
         params = ChatParams(voice_prompt=voice, text_prompt=self.prompt_text, seed=sampling.seed,
-                            text_temperature=sampling.temp_text, text_topk=sampling.topk_text,
-                            audio_temperature=sampling.temp, audio_topk=sampling.topk)
+                            text_temperature=sampling.text.temp, text_topk=sampling.text.top_k,
+                            audio_temperature=sampling.audio.temp, audio_topk=sampling.audio.top_k)
         self._notice("info", f"connecting to {self.server_url}: voice {self.voice_name}, prompt '{self.prompt_name}'")
         started = time.perf_counter()
         client = self._connect(params)

@@ -24,16 +24,15 @@ import logging
 import socket
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import WSMsgType, web
 
 from ppchat import __version__
-from ppchat.constants import NO_TEXT_IDS
+from ppchat.constants import FRAME_SAMPLES, NO_TEXT_IDS, SAMPLE_RATE
 from ppchat.conversation import Conversation
 from ppchat.engine.events import NoticeEvent, StepEvent
-from ppchat.engine.pipeline import SamplingSettings
 from ppchat.errors import PPChatError
 from ppchat.models.voices import AUDIO_EXTENSIONS
 from ppchat.net import protocol
@@ -41,7 +40,8 @@ from ppchat.net.endpoint import SocketAudio
 from ppchat.net.opus import OggOpusDecoder, OggOpusEncoder, OpusStreamError
 from ppchat.net.params import ChatParams
 from ppchat.net.protocol import Kind, ProtocolError
-from ppchat.sessions.schema import FRAME_SAMPLES, SAMPLE_RATE, step_record
+from ppchat.sampling import Sampling, SamplingParams
+from ppchat.sessions.schema import step_record
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +204,7 @@ class ChatServer:
             sub.close()
 
     async def _live(self, send, sub, audio: SocketAudio, live: asyncio.Event, reader: asyncio.Task,
-                    sampling: SamplingSettings) -> str | None:
+                    sampling: Sampling) -> str | None:
         live.set()  # before the handshake leaves: a client may answer it at once
         await send(protocol.handshake())
         await send(protocol.metadata(self._info_message(sampling)))
@@ -282,7 +282,7 @@ class ChatServer:
         if unsent > self.options.send_buffer_bytes:
             raise Refused(f"the client is not reading ({unsent} bytes waiting to be sent)")
 
-    def _info_message(self, sampling: SamplingSettings) -> dict:
+    def _info_message(self, sampling: Sampling) -> dict:
         info = self.conversation.info
         return {"type": "info", "version": __version__, "model": info["model_id"], "is_demo": info["is_demo"],
                 "quantization": info["quantization"], "voice": info["voice"], "prompt": info["prompt"],
@@ -301,16 +301,17 @@ class ChatServer:
         names = ", ".join(p.name for p in usable) or "none (this model has no voices folder; leave voice_prompt out)"
         raise Refused(f"voice_prompt {requested!r} is not in this server's voices folder; available: {names}")
 
-    def _sampling(self, params: ChatParams) -> SamplingSettings:
+    def _sampling(self, params: ChatParams) -> Sampling:
         base = self.conversation.options.sampling
-        return replace(
-            base,
-            temp=base.temp if params.audio_temperature is None else params.audio_temperature,
-            topk=base.topk if params.audio_topk is None else params.audio_topk,
-            temp_text=base.temp_text if params.text_temperature is None else params.text_temperature,
-            topk_text=base.topk_text if params.text_topk is None else params.text_topk,
-            seed=base.seed if params.seed is None else params.seed,
+        text = SamplingParams(
+            base.text.temp if params.text_temperature is None else params.text_temperature,
+            base.text.top_k if params.text_topk is None else params.text_topk,
         )
+        audio = SamplingParams(
+            base.audio.temp if params.audio_temperature is None else params.audio_temperature,
+            base.audio.top_k if params.audio_topk is None else params.audio_topk,
+        )
+        return Sampling(text, audio, seed=base.seed if params.seed is None else params.seed)
 
 
 async def _outcome(awaitable) -> str | None:

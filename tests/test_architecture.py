@@ -25,7 +25,13 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("asr", ("ppchat.asr",)),
     ("engine", ("ppchat.engine",)),
     ("models", ("ppchat.models",)),
-    ("base", ("ppchat", "ppchat.errors", "ppchat.atomic", "ppchat.paths", "ppchat.logfile", "ppchat.constants", "ppchat.validate")),
+    (
+        "base",
+        (
+            "ppchat", "ppchat.errors", "ppchat.atomic", "ppchat.paths", "ppchat.logfile", "ppchat.constants", "ppchat.sampling",
+            "ppchat.validate",
+        ),
+    ),
 ]
 
 

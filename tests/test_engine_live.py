@@ -9,10 +9,10 @@ import pytest
 
 from ppchat.conversation import Conversation, TalkOptions
 from ppchat.engine.events import NoticeEvent, StepEvent
-from ppchat.engine.pipeline import SamplingSettings
 from ppchat.engine.virtual_io import ArrayAudio
 from ppchat.errors import PPChatError
 from ppchat.models.loader import load_model
+from ppchat.sampling import Sampling
 from ppchat.sessions.store import list_sessions, load_session
 
 
@@ -28,7 +28,7 @@ def _collect(sub) -> tuple[list[StepEvent], list[NoticeEvent]]:
 
 def test_live_conversation_through_the_virtual_sound_card(pulse_device, demo_model, tmp_path):
     options = TalkOptions(model="demo", input_device="pulse", output_device="pulse", samplerate=24000,
-                          sessions_dir=tmp_path, monitor=False, sampling=SamplingSettings(seed=1))
+                          sessions_dir=tmp_path, monitor=False, sampling=Sampling(seed=1))
     with Conversation(options, model=demo_model) as conv:
         sub = conv.bus.subscribe(maxlen=10_000, name="test")
         conv.start(prompt="casual")

@@ -10,10 +10,10 @@ import soundfile as sf
 
 from ppchat.cli import main
 from ppchat.conversation import TalkOptions
-from ppchat.engine.pipeline import SamplingSettings
 from ppchat.errors import AudioError
 from ppchat.models.loader import load_model
 from ppchat.respond import read_audio, reference_text_entry, respond
+from ppchat.sampling import Sampling
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,7 @@ def _speechlike(seconds: float, rate: int, channels: int = 1) -> np.ndarray:
 def _run(demo_model, tmp_path, wav, seed=7, **kw):
     out = tmp_path / "out.wav"
     text = tmp_path / "out.json"
-    options = TalkOptions(model="demo", sampling=SamplingSettings(seed=seed), sessions_dir=tmp_path / "sessions",
+    options = TalkOptions(model="demo", sampling=Sampling(seed=seed), sessions_dir=tmp_path / "sessions",
                           monitor=False, prompt="casual", **kw)
     assert respond(wav, out, options, text_json=text, model=demo_model) == 0
     return out, json.loads(text.read_text())

@@ -16,7 +16,6 @@ from aiohttp import web  # noqa: E402
 
 from ppchat.conversation import Conversation, TalkOptions  # noqa: E402
 from ppchat.engine.events import NoticeEvent, StepEvent  # noqa: E402
-from ppchat.engine.pipeline import SamplingSettings  # noqa: E402
 from ppchat.engine.virtual_io import ArrayAudio  # noqa: E402
 from ppchat.errors import PPChatError  # noqa: E402
 from ppchat.models.loader import load_model  # noqa: E402
@@ -26,6 +25,7 @@ from ppchat.net.jitter import JitterBuffer  # noqa: E402
 from ppchat.net.opus import OggOpusDecoder, OggOpusEncoder  # noqa: E402
 from ppchat.net.remote import RemoteConversation  # noqa: E402
 from ppchat.net.server import ChatServer, ServeOptions, ServerThread  # noqa: E402
+from ppchat.sampling import AUDIO_DEFAULTS, Sampling, SamplingParams  # noqa: E402
 from ppchat.sessions.store import list_sessions, load_session  # noqa: E402
 
 
@@ -120,7 +120,8 @@ def test_ppchat_client_and_ppchat_serve(server, tmp_path):
         return endpoints[-1]
 
     # Every microphone frame sent (no late-frame dropping on a busy machine): the exactness checks need them all.
-    options = TalkOptions(sessions_dir=tmp_path, monitor=False, prompt="casual", sampling=SamplingSettings(seed=9, topk=50),
+    sampling = Sampling(audio=SamplingParams(AUDIO_DEFAULTS.temp, 50), seed=9)
+    options = TalkOptions(sessions_dir=tmp_path, monitor=False, prompt="casual", sampling=sampling,
                           max_backlog_frames=10_000)
     with RemoteConversation(f"ws://127.0.0.1:{server.port}", options, audio_factory=audio) as conv:
         assert conv.voices()[:2] == ["default", "none"]  # from the server's /health
@@ -142,7 +143,7 @@ def test_ppchat_client_and_ppchat_serve(server, tmp_path):
     assert served[0].info.meta.client.startswith("127.0.0.1:")
     assert [s.info.meta.role_prompt for s in served] == [s.info.meta.role_prompt for s in mine]
     assert served[0].info.meta.role_prompt != served[1].info.meta.role_prompt
-    assert served[0].info.meta.sampling["seed"] == 9 and served[0].info.meta.sampling["topk"] == 50
+    assert served[0].info.meta.sampling["seed"] == 9 and served[0].info.meta.sampling["audio_top_k"] == 50
     # user.wav as sent: exactly the microphone; the server heard its Opus coding of it.
     first = mine[0]
     n = first.frames * 1920

@@ -19,12 +19,12 @@ aiohttp = pytest.importorskip("aiohttp")
 pytest.importorskip("sphn")
 
 from ppchat.conversation import Conversation, TalkOptions  # noqa: E402
-from ppchat.engine.pipeline import SamplingSettings  # noqa: E402
 from ppchat.models.loader import load_model  # noqa: E402
 from ppchat.net import ogg, protocol  # noqa: E402
 from ppchat.net.opus import OggOpusDecoder, OggOpusEncoder, frame_samples_48k, split_frames  # noqa: E402
 from ppchat.net.protocol import Kind  # noqa: E402
 from ppchat.net.server import ChatServer, ServeOptions, ServerThread  # noqa: E402
+from ppchat.sampling import Sampling  # noqa: E402
 from ppchat.sessions.store import list_sessions, load_session  # noqa: E402
 
 WEB_UI_QUERY = ("voice_prompt=&text_prompt=You+enjoy+having+a+good+conversation.&seed=123&text_temperature=0.5"
@@ -38,7 +38,7 @@ def conversation(tmp_path_factory):
     # No dropping here: on a shared 2-core machine the demo's steps are near real time, and the
     # exactness checks want every frame stepped (test_late_steps_keep_the_delay_bounded sets 3).
     options = TalkOptions(model="demo", sessions_dir=tmp_path_factory.mktemp("sessions"), monitor=False,
-                          sampling=SamplingSettings(seed=1), max_backlog_frames=10_000)
+                          sampling=Sampling(seed=1), max_backlog_frames=10_000)
     with Conversation(options, model=model) as conv:
         yield conv
 
@@ -174,7 +174,7 @@ def test_a_web_ui_shaped_conversation(server, conversation):
     meta = session.info.meta
     assert meta.kind == "served" and meta.client.startswith("127.0.0.1:")
     assert meta.role_prompt == "You enjoy having a good conversation."
-    assert session.info.meta.sampling == {"temp": 0.6, "topk": 100, "temp_text": 0.5, "topk_text": 20, "seed": 123}
+    assert session.info.meta.sampling == {"text_temp": 0.5, "text_top_k": 20, "audio_temp": 0.6, "audio_top_k": 100, "seed": 123}
     assert session.frames >= len(steps)
     # The server heard exactly what was sent (the decoded stream, frame by frame, dropped frames included) ...
     import soundfile
@@ -201,7 +201,7 @@ def test_a_client_with_no_query_parameters_gets_the_servers_defaults(server, con
               linger=10.0, until_steps=24)
     assert t.errors == [] and len(t.steps()) >= 15
     meta = _newest_session(server).info.meta
-    assert meta.role_prompt == conversation.prompt_text and meta.sampling["temp"] == 0.8
+    assert meta.role_prompt == conversation.prompt_text and meta.sampling["audio_temp"] == 0.8
 
 
 @pytest.mark.parametrize("raw,expected", [

@@ -204,9 +204,9 @@ def test_readme_session_json_example_is_what_a_recording_writes(tmp_path):
 
 
 def _sampling_keys():
-    from ppchat.engine.pipeline import SamplingSettings
+    from ppchat.sampling import Sampling
 
-    return SamplingSettings().to_json()
+    return Sampling().to_json()
 
 
 def test_readme_step_line_example_and_optional_keys_are_what_a_recording_writes(tmp_path):

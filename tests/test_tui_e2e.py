@@ -8,10 +8,10 @@ import numpy as np
 import soundfile as sf
 
 from ppchat.conversation import Conversation, TalkOptions
-from ppchat.engine.pipeline import SamplingSettings
 from ppchat.engine.prompts import PRESETS
 from ppchat.engine.virtual_io import ArrayAudio
 from ppchat.models.loader import load_model
+from ppchat.sampling import Sampling
 from ppchat.sessions.store import list_sessions, load_session
 from ppchat.tui.app import PPChatApp
 from ppchat.tui.pickers import PromptPicker, VoicePicker
@@ -33,7 +33,7 @@ def test_talk_pick_voice_and_prompt_then_quit_saves(tmp_path):
     sf.write(voice, (0.2 * np.sin(np.arange(24000) * 0.06)).astype(np.float32), 24000)
     mic = (0.2 * np.sin(np.arange(24000 * 60) * 0.05)).astype(np.float32)
     options = TalkOptions(model="demo", sessions_dir=tmp_path / "sessions", monitor=False,
-                          sampling=SamplingSettings(seed=5))
+                          sampling=Sampling(seed=5))
     conv = Conversation(options, model=model, audio_factory=lambda: ArrayAudio(mic, 24000, realtime=True))
     conv._custom_voices.append(str(voice))  # as if chosen earlier with --voice
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from ppchat import validate
 from ppchat.commands.transcribe import add_asr_model_argument
 from ppchat.constants import FRAME_SECONDS, MAX_BACKLOG_FRAMES, REPO_ID
+from ppchat.sampling import AUDIO_DEFAULTS, TEXT_DEFAULTS, Sampling, SamplingParams
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
@@ -25,10 +26,11 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--prompt", default=None,
                    help="role prompt: a preset name (see `ppchat prompts`), @file.txt, or free text; default: assistant")
     s = p.add_argument_group("sampling")
-    s.add_argument("--temp", type=validate.number(0), default=0.8, help="audio temperature (default 0.8; 0 = greedy)")
-    s.add_argument("--temp-text", type=validate.number(0), default=0.7, help="text temperature (default 0.7; 0 = greedy)")
-    s.add_argument("--topk", type=validate.whole(1), default=250, help="audio top-k (default 250)")
-    s.add_argument("--topk-text", type=validate.whole(1), default=25, help="text top-k (default 25)")
+    audio, text = AUDIO_DEFAULTS, TEXT_DEFAULTS
+    s.add_argument("--temp", type=validate.number(0), default=audio.temp, help=f"audio temperature (default {audio.temp}; 0 = greedy)")
+    s.add_argument("--temp-text", type=validate.number(0), default=text.temp, help=f"text temperature (default {text.temp}; 0 = greedy)")
+    s.add_argument("--topk", type=validate.whole(1), default=audio.top_k, help=f"audio top-k (default {audio.top_k})")
+    s.add_argument("--topk-text", type=validate.whole(1), default=text.top_k, help=f"text top-k (default {text.top_k})")
     s.add_argument("--seed", type=validate.whole(0, validate.MAX_SEED), default=None, help="random seed for reproducible sampling")
     p.add_argument("--sessions-dir", type=Path, default=None,
                    help="where sessions are recorded (default: the user data dir, see `ppchat sessions`)")
@@ -93,10 +95,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _sampling(args):
-    from ppchat.engine.pipeline import SamplingSettings
-
-    return SamplingSettings(temp=args.temp, topk=args.topk, temp_text=args.temp_text,
-                            topk_text=args.topk_text, seed=args.seed)
+    return Sampling(text=SamplingParams(args.temp_text, args.topk_text), audio=SamplingParams(args.temp, args.topk), seed=args.seed)
 
 
 def _options(args, **extra):

@@ -296,3 +296,17 @@ def test_a_worker_slower_than_speech_is_told_then_switched_off_not_restarted(tmp
     assert notices[0].startswith("captions are ") and notices[0].endswith("s behind: the recogniser is slower than speech on this machine")
     assert notices[1].startswith("captions switched off: the recogniser cannot keep up with speech on this machine")
     assert captions.restarts == 0 and len(notices) == 2
+
+
+def test_headless_talk_prints_final_captions_beside_the_agents_turns(demo_model, tiny_asr, tmp_path, capsys):
+    from ppchat.commands.talk import _run_headless
+
+    track = np.concatenate([speech_track(), np.zeros(24000 * 3, np.float32)])  # 3 s more: the last caption arrives
+    options = TalkOptions(model="demo", sessions_dir=tmp_path, monitor=False, captions=True, asr_model=str(tiny_asr))
+    conv = Conversation(options, model=demo_model, audio_factory=lambda: ArrayAudio(track, 24000, realtime=True))
+    try:
+        assert _run_headless(conv, None) == 0
+    finally:
+        conv.close()
+    users = [line for line in capsys.readouterr().out.splitlines() if line.startswith("user  ")]
+    assert [line[6:13] for line in users] == ["00:00.8", "00:03.8", "00:07.3"]

@@ -212,7 +212,6 @@ def _run_headless(conv, duration: float | None) -> int:
 
     from ppchat.asr.captions import CaptionEvent
     from ppchat.engine.events import NoticeEvent, StepEvent
-    from ppchat.engine.transcript import format_clock
     from ppchat.tui.status_line import StatusLine
 
     stop_reason: list[str] = []
@@ -239,8 +238,8 @@ def _run_headless(conv, duration: float | None) -> int:
                     stop_reason.append("duration")
             elif isinstance(ev, NoticeEvent):
                 print(f"[{ev.level}] {ev.message}", file=sys.stderr, flush=True)
-            elif isinstance(ev, CaptionEvent) and ev.kind == "final" and ev.text:
-                print(f"[user {format_clock(ev.start)}] {ev.text}", flush=True)
+            elif isinstance(ev, CaptionEvent):
+                _print_caption(ev)
             for line in status.finished_turns():
                 print(line, flush=True)
             step = status.last.step if status.last is not None else None
@@ -260,6 +259,8 @@ def _run_headless(conv, duration: float | None) -> int:
                     print(f"[{ev.level}] {ev.message}", file=sys.stderr)
                 elif isinstance(ev, StepEvent):
                     status.add(ev)
+                elif isinstance(ev, CaptionEvent):
+                    _print_caption(ev)
             for line in status.finished_turns(final=True):
                 print(line, flush=True)
         except OSError:
@@ -274,6 +275,18 @@ def _run_headless(conv, duration: float | None) -> int:
         print(f"\n{stop_reason[0].lower()}: session saved", file=sys.stderr)
         return 128 + signalled[0]
     return 0
+
+
+def _print_caption(ev) -> None:
+    """A final live caption (--captions) as the agent's turns are printed: `user  mm:ss.t  words`."""
+    import textwrap
+
+    from ppchat.engine.transcript import format_clock
+    from ppchat.tui.status_line import MAX_WIDTH
+
+    if ev.kind == "final" and ev.text:
+        head = f"user  {format_clock(ev.start)}  "
+        print("\n".join(textwrap.wrap(ev.text, MAX_WIDTH, initial_indent=head, subsequent_indent=" " * len(head))), flush=True)
 
 
 def cmd_respond(args) -> int:

@@ -20,6 +20,11 @@ MAX_VOICE_NAME = 128
 MAX_TEMPERATURE = 5.0
 MAX_TOPK = 100_000
 
+# Asks a ppchat server for its 0x04 metadata (the server's info, then every step's record). Off by
+# default: NVIDIA's web UI parses each 0x04 as its own server-info schema and logs an error when it
+# does not match, and Kyutai's client logs a warning per unknown kind, 12.5 times a second.
+METADATA = "ppchat_metadata"
+
 # Sent by NVIDIA's web UI; meaningless here (ppchat has one seed, no repetition penalty, no
 # worker pool). `token` is read by the server itself.
 IGNORED = ("pad_mult", "text_seed", "audio_seed", "repetition_penalty", "repetition_penalty_context",
@@ -37,6 +42,7 @@ class ChatParams:
     text_topk: int | None = None
     audio_temperature: float | None = None
     audio_topk: int | None = None
+    metadata: bool = False  # METADATA: send the info and per-step 0x04 messages
 
     @classmethod
     def from_query(cls, query: Mapping[str, str]) -> ChatParams:
@@ -58,11 +64,14 @@ class ChatParams:
             text_topk=_int(query, "text_topk", 1, MAX_TOPK),
             audio_temperature=_float(query, "audio_temperature"),
             audio_topk=_int(query, "audio_topk", 1, MAX_TOPK),
+            metadata=query.get(METADATA, "") in ("1", "true"),
         )
 
     def to_query(self) -> str:
         """The query string a client sends for these parameters (defaults left out)."""
-        pairs = [(name, value) for name, value in vars(self).items() if value is not None]
+        pairs = [(name, value) for name, value in vars(self).items() if value is not None and name != "metadata"]
+        if self.metadata:
+            pairs.append((METADATA, "1"))
         return urlencode(pairs)
 
 

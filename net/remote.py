@@ -124,7 +124,7 @@ class RemoteConversation(Conversation):
         voice = None if self.voice_name in (SERVER_DEFAULT, "", None) else voice_file(self.voice_name)
         params = ChatParams(voice_prompt=voice, text_prompt=self.prompt_text, seed=sampling.seed,
                             text_temperature=sampling.text.temp, text_topk=sampling.text.top_k,
-                            audio_temperature=sampling.audio.temp, audio_topk=sampling.audio.top_k)
+                            audio_temperature=sampling.audio.temp, audio_topk=sampling.audio.top_k, metadata=True)
         self._notice("info", f"connecting to {self.server_url}: voice {self.voice_name}, prompt '{self.prompt_name}'")
         started = time.perf_counter()
         client = self._connect(params)

@@ -2,7 +2,8 @@
 
 `GET /api/chat` upgrades to the websocket of NVIDIA's server: query parameters first, then the
 voice and role prompts run, then the handshake (0x00), then Ogg/Opus audio both ways, the
-monologue as text (0x02), and per step one metadata message (0x04) with the step's timings.
+monologue as text (0x02), and, for a client that asks (`ppchat_metadata=1`, as `ppchat talk
+--server` does), the server's info and per step one metadata message (0x04) with its timings.
 `GET /health` answers with JSON for load balancers; `/` serves NVIDIA's web UI when there is one.
 
 One conversation at a time: another client is told so with an 0x05 error and closed at once,
@@ -193,7 +194,7 @@ class ChatServer:
                 raise Refused(str(exc)) from None
             self.served += 1
             send = functools.partial(self._send, ws, request.transport)
-            reason = await _outcome(self._live(send, sub, audio, live, reader, sampling))
+            reason = await _outcome(self._live(send, sub, audio, live, reader, sampling, params.metadata))
             return reason
         finally:
             reader.cancel()
@@ -204,11 +205,12 @@ class ChatServer:
             sub.close()
 
     async def _live(self, send, sub, audio: SocketAudio, live: asyncio.Event, reader: asyncio.Task,
-                    sampling: Sampling) -> str | None:
+                    sampling: Sampling, metadata: bool) -> str | None:
         live.set()  # before the handshake leaves: a client may answer it at once
         await send(protocol.handshake())
-        await send(protocol.metadata(self._info_message(sampling)))
-        writer = asyncio.create_task(self._write(send, sub, audio))
+        if metadata:
+            await send(protocol.metadata(self._info_message(sampling)))
+        writer = asyncio.create_task(self._write(send, sub, audio, metadata))
         done, _ = await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
         for task in (reader, writer):
             if task not in done:
@@ -246,7 +248,7 @@ class ChatServer:
                     audio.push(pcm)
             # Control, text, ping and metadata from a client mean nothing to this server (nor the reference's).
 
-    async def _write(self, send, sub, audio: SocketAudio) -> str | None:
+    async def _write(self, send, sub, audio: SocketAudio, metadata: bool) -> str | None:
         """Send each step's audio, text and timings as the step thread publishes them."""
         encoder = OggOpusEncoder(audio.playback_rate, packet_ms=80, packets_per_page=1)
         loop = asyncio.get_running_loop()
@@ -267,7 +269,8 @@ class ChatServer:
                     await send(protocol.audio(page))
             if event.text_piece and event.text_token not in NO_TEXT_IDS:  # never sent as text, as the reference does
                 await send(protocol.text(event.text_piece))
-            await send(protocol.metadata({"type": "step", **step_record(event)}))
+            if metadata:
+                await send(protocol.metadata({"type": "step", **step_record(event)}))
 
     def _bound_send_buffer(self, request: web.Request) -> None:
         # Without this the kernel grows a socket's send buffer to megabytes: minutes of this

@@ -94,10 +94,13 @@ class Transcript:
 
 async def _converse(port: int, query: str = "", pcm: np.ndarray | None = None, *, packet_ms: int = 20,
                     per_page: int = 2, chunk: int = 480, extra: list[bytes] = (), linger: float = 0.6,
-                    headers: dict | None = None, until_steps: int | None = None) -> Transcript:
+                    headers: dict | None = None, until_steps: int | None = None, metadata: bool = True) -> Transcript:
     """Connect, wait for the handshake, stream `pcm` in real time (the web UI sends each page as it is made),
-    send `extra` raw messages, then keep reading for `linger` seconds (or until `until_steps` steps came) and close."""
+    send `extra` raw messages, then keep reading for `linger` seconds (or until `until_steps` steps came) and close.
+    `metadata` asks for the 0x04 messages (steps) that the tests read, as ppchat's client does."""
     out = Transcript()
+    if metadata:
+        query = "&".join(q for q in (query, "ppchat_metadata=1") if q)
     url = f"ws://127.0.0.1:{port}/api/chat" + (f"?{query}" if query else "")
     async with aiohttp.ClientSession() as session:
         async with session.ws_connect(url, headers=headers) as ws:
@@ -195,12 +198,21 @@ def test_a_web_ui_shaped_conversation(server, conversation):
     assert len(got_packets) >= 40 and got_packets == want_packets[:len(got_packets)]
 
 
+def test_without_asking_a_client_gets_no_metadata(server):
+    # The web UI and Kyutai's client would log an error or a warning for each 0x04.
+    t = _talk(server.port, WEB_UI_QUERY, _speech(2.0), metadata=False, linger=5.0)
+    kinds = {k for k, _ in t.messages}
+    assert t.errors == [] and Kind.METADATA not in kinds and {Kind.HANDSHAKE, Kind.AUDIO, Kind.TEXT} <= kinds
+    assert len(t.of(Kind.AUDIO)) >= 20
+
+
 def test_a_client_with_no_query_parameters_gets_the_servers_defaults(server, conversation):
-    # Kyutai's client: no parameters; its encoder's layout is the reference server's (80 ms per page).
-    t = _talk(server.port, "", _speech(2.0, seed=2), packet_ms=80, per_page=1, chunk=1920,
-              linger=10.0, until_steps=24)
-    assert t.errors == [] and len(t.steps()) >= 15
-    meta = _newest_session(server).info.meta
+    # Kyutai's client: no parameters at all; its encoder's layout is the reference server's (80 ms per page).
+    t = _talk(server.port, "", _speech(2.0, seed=2), packet_ms=80, per_page=1, chunk=1920, linger=5.0, metadata=False)
+    assert t.errors == [] and len(t.of(Kind.AUDIO)) >= 15
+    session = _newest_session(server)
+    assert session.frames >= 15
+    meta = session.info.meta
     assert meta.role_prompt == conversation.prompt_text and meta.sampling["audio_temp"] == 0.8
 
 

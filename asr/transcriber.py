@@ -1,8 +1,8 @@
-"""Qwen3-ASR over a 24 kHz track: resample to 16 kHz, split into utterances, transcribe each.
+"""Qwen3-ASR over a recorded 24 kHz track: the timed segments `ppchat transcribe` stores.
 
 mlx-qwen3-asr assumes 16 kHz for a bare array and would shell out to ffmpeg for any
-other rate, so ppchat resamples with soxr first and only ever hands it 16 kHz float32
-arrays (no ffmpeg needed).
+other rate, so ppchat resamples with soxr first (`UtteranceStream`) and only ever hands
+it 16 kHz float32 arrays (no ffmpeg needed).
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ppchat.asr.segmenter import RATE, SegmenterSettings, Span, split
+from ppchat.asr.segmenter import SegmenterSettings
+from ppchat.asr.utterances import UtteranceStream
 from ppchat.constants import SAMPLE_RATE
 
 TRACK_RATE = SAMPLE_RATE
@@ -23,16 +24,6 @@ class Segment(NamedTuple):
     start: float  # seconds from the start of the session
     end: float
     text: str
-
-
-def to_16k(track: np.ndarray, rate: int = TRACK_RATE) -> np.ndarray:
-    """Resample a mono float track to 16 kHz; non-finite samples become silence."""
-    import soxr
-
-    track = np.nan_to_num(np.asarray(track, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
-    if rate == RATE or not len(track):
-        return track
-    return soxr.resample(track, rate, RATE, quality="HQ").astype(np.float32, copy=False)
 
 
 class Transcriber:
@@ -50,24 +41,29 @@ class Transcriber:
         return " ".join(result.text.split())
 
 
+CHUNK = 10 * TRACK_RATE  # the track is read in 10 s pieces: memory stays flat for any length
+
+
 def transcribe_track(
     track: np.ndarray,
     transcriber: Transcriber,
     *,
-    rate: int = TRACK_RATE,
     settings: SegmenterSettings = SegmenterSettings(),
-    progress: Callable[[int, int], None] | None = None,
+    progress: Callable[[float, float, int], None] | None = None,
 ) -> list[Segment]:
-    """Timed segments of the speech in `track`, in order; `progress(done, total)` after each."""
-    audio = to_16k(track, rate)
-    spans = split(audio, settings)
-    segments = []
-    for i, span in enumerate(spans):
-        segments.append(_segment(span, transcriber.text(audio[span.start : span.end])))
+    """Timed segments of the speech in a 24 kHz `track`, in order.
+
+    `progress(seconds_done, seconds_total, segments_so_far)` after each piece."""
+    segments: list[Segment] = []
+
+    def keep(doc: dict) -> None:
+        segments.append(Segment(doc["start"], doc["end"], " ".join(doc["text"].split())))
+
+    stream = UtteranceStream(transcriber.text, keep, settings)
+    total = len(track)
+    for lo in range(0, max(total, 1), CHUNK):
+        hi = min(lo + CHUNK, total)
+        stream.feed(track[lo:hi], last=hi >= total)
         if progress is not None:
-            progress(i + 1, len(spans))
+            progress(hi / TRACK_RATE, total / TRACK_RATE, len(segments))
     return segments
-
-
-def _segment(span: Span, text: str) -> Segment:
-    return Segment(round(span.start / RATE, 3), round(span.end / RATE, 3), text)

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import soxr
 
-from ppchat.asr.caption_worker import Captioner
 from ppchat.asr.captions import CaptionEvent, CaptionSettings, LiveCaptions
 from ppchat.asr.random_model import build_random_asr
+from ppchat.asr.utterances import UtteranceStream
 from ppchat.constants import FRAME_SAMPLES
 from ppchat.conversation import Conversation, TalkOptions
 from ppchat.engine.events import EventBus, NoticeEvent, StepEvent
@@ -55,7 +55,7 @@ def test_captioner_hands_each_utterance_to_the_model_with_its_session_time():
         clips.append(clip.copy())
         return f"clip {len(clips)}"
 
-    captioner = Captioner(probe, emit=out.append)
+    captioner = UtteranceStream(probe, out.append)
     for step, pcm in frames(track):
         captioner.add(step, pcm)
         captioner.maybe_partial()
@@ -76,14 +76,14 @@ def test_captioner_hands_each_utterance_to_the_model_with_its_session_time():
 def test_captioner_keeps_session_time_across_lost_frames_and_a_late_start():
     track = speech_track()
     out = []
-    captioner = Captioner(lambda clip: "x", emit=out.append)
+    captioner = UtteranceStream(lambda clip: "x", out.append)
     for step, pcm in frames(track):
         if step % 10 != 3:  # every tenth frame lost on the way: silence stands in
             captioner.add(step, pcm)
     assert [(d["start"], d["end"]) for d in out if d["type"] == "final"][0] == pytest.approx((0.8, 2.4), abs=0.021)
 
     out.clear()
-    late = Captioner(lambda clip: "x", emit=out.append)  # a restarted worker joins at step 1000 (80 s)
+    late = UtteranceStream(lambda clip: "x", out.append)  # a restarted worker joins at step 1000 (80 s)
     for step, pcm in frames(track):
         late.add(1000 + step, pcm)
     assert [d["start"] for d in out if d["type"] == "final"] == pytest.approx([80 + s for s, _ in EXPECTED], abs=0.021)

@@ -19,7 +19,7 @@ import soxr
 from ppchat.asr.model_files import AsrModelMissing, resolve_asr_model
 from ppchat.asr.random_model import build_random_asr
 from ppchat.asr.segmenter import Segmenter, SegmenterSettings, split
-from ppchat.asr.transcriber import Transcriber, to_16k, transcribe_track
+from ppchat.asr.transcriber import Transcriber, transcribe_track
 from ppchat.cli import main
 from ppchat.errors import CheckpointError
 from ppchat.sessions.export import export
@@ -34,6 +34,10 @@ EXPECTED = [(0.8, 2.4), (3.8, 5.6), (7.32, 8.2)]
 
 def flat(pairs):
     return [t for pair in pairs for t in pair]
+
+
+def to_16k(track: np.ndarray) -> np.ndarray:
+    return soxr.resample(np.nan_to_num(track), 24000, 16000, quality="HQ")
 
 
 @pytest.fixture(scope="module")
@@ -74,11 +78,13 @@ def test_clicks_are_not_utterances_and_long_speech_is_cut():
     assert spans[0].start / 16000 == pytest.approx(0.5 - PAD, abs=0.021) and spans[-1].end / 16000 == pytest.approx(9.0 + PAD, abs=0.021)
 
 
-def test_silence_and_non_finite_samples_give_no_utterances():
+def test_silence_and_non_finite_samples_give_no_utterances(transcriber):
     assert split(to_16k(np.zeros(24000 * 2, np.float32))) == []
-    bad = np.full(24000 * 2, np.nan, dtype=np.float32)
-    bad[1000:2000] = np.inf
-    assert split(to_16k(bad)) == []
+    bad = speech_track()
+    bad[: 24000 * 3] = np.nan  # a damaged stretch over the first burst counts as silence
+    bad[24000 * 3 : 24000 * 3 + 1000] = np.inf
+    segments = transcribe_track(bad, transcriber)
+    assert flat((s.start, s.end) for s in segments) == pytest.approx(flat(EXPECTED[1:]), abs=0.021)
 
 
 # --- transcription ---------------------------------------------------------------------------------
@@ -86,7 +92,9 @@ def test_silence_and_non_finite_samples_give_no_utterances():
 
 def test_each_segment_holds_what_the_library_says_for_exactly_its_audio(tiny_asr, transcriber):
     track = speech_track()
-    segments = transcribe_track(track, transcriber)
+    seen = []
+    segments = transcribe_track(track, transcriber, progress=lambda *p: seen.append(p))
+    assert seen == [(9.6, 9.6, 3)]  # one 10 s piece
     assert flat((s.start, s.end) for s in segments) == pytest.approx(flat(EXPECTED), abs=0.021)
     audio16 = soxr.resample(track, 24000, 16000, quality="HQ")  # the resampling the issue asks for
     model, _ = mlx_qwen3_asr.load_model(str(tiny_asr))
@@ -220,3 +228,23 @@ def test_download_asr_fetches_the_library_files_and_checks_them(tiny_asr, tmp_pa
     assert f"Qwen/Qwen3-ASR-0.6B is ready in {tiny_asr}" in capsys.readouterr().out
     assert main(["download", "--asr-model", "someone/empty"]) == 2  # a repo without the model files
     assert "lacks config.json" in capsys.readouterr().err
+
+
+def test_a_long_track_is_read_in_pieces_with_the_same_result_as_whole(monkeypatch):
+    # Utterances across the 10 s piece boundaries: the pieces must not cut or shift them.
+    track = speech_track(bursts=[(2.0, 3.0), (9.5, 10.8), (19.0, 21.0), (29.9, 30.4)], seconds=32.0)
+    clips = []
+
+    class Probe:  # stands in for the model: records the audio it is given
+        def text(self, clip):
+            clips.append(clip.copy())
+            return f"clip {len(clips)}"
+
+    seen = []
+    segments = transcribe_track(track, Probe(), progress=lambda *p: seen.append(p))
+    whole = to_16k(track)
+    spans = split(whole)
+    assert [(s.start, s.end) for s in segments] == [(round(a / 16000, 3), round(b / 16000, 3)) for a, b in spans]
+    assert len(spans) == 4 and [d for d, _, _ in seen] == [10.0, 20.0, 30.0, 32.0]
+    for clip, (a, b) in zip(clips, spans, strict=True):
+        np.testing.assert_array_equal(clip, whole[a:b])

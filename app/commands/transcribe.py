@@ -44,12 +44,11 @@ def cmd_transcribe(args) -> int:
     folder = resolve_asr_model(args.asr_model)  # before the slow part: a missing model fails at once
     transcriber = Transcriber(folder, language=args.language)
 
-    def progress(done: int, total: int) -> None:
-        print(f"\rppchat: transcribing utterance {done}/{total}", end="", file=sys.stderr, flush=True)
+    def progress(done_s: float, total_s: float, found: int) -> None:
+        print(f"\rppchat: transcribing: {done_s:.0f} of {total_s:.0f} s, {found} utterance(s)", end="", file=sys.stderr, flush=True)
 
     segments = transcribe_track(session.user_audio, transcriber, progress=progress)
-    if segments:
-        print(file=sys.stderr)
+    print(file=sys.stderr)
     path = write_user_transcript(session.path, segments, model=args.asr_model or DEFAULT_ASR_MODEL, language=args.language)
     words = sum(len(s.text.split()) for s in segments)
     print(f"ppchat: {len(segments)} utterance(s), {words} word(s) in {path}")

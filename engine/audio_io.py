@@ -138,6 +138,7 @@ def refresh_devices() -> None:
     called. No stream may be open while it runs.
     """
     sd = _sounddevice()
+    # sounddevice has no public call for this; terminate + initialize is what its author advises.
     sd._terminate()
     sd._initialize()
 

@@ -44,10 +44,6 @@ SOCKET_NAME = "monitor.sock"
 INFO_CHECK_S = 1.0
 
 
-def default_socket_path() -> Path:
-    return runtime_dir() / SOCKET_NAME
-
-
 def _answers(path: Path) -> bool:
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:

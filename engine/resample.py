@@ -27,10 +27,6 @@ class StreamResampler:
         self.rate_out = int(rate_out)
         self._stream = None if self.rate_in == self.rate_out else soxr.ResampleStream(self.rate_in, self.rate_out, 1, dtype="float32")
 
-    @property
-    def passthrough(self) -> bool:
-        return self._stream is None
-
     def process(self, chunk: np.ndarray, last: bool = False) -> np.ndarray:
         """Resample the next 1-D chunk of the stream; `last=True` once, at the very end."""
         chunk = np.ascontiguousarray(chunk, dtype=np.float32)

@@ -222,11 +222,6 @@ class LMGen:
         """The index of the next call."""
         return self.ring.offset
 
-    @property
-    def token_ring(self) -> np.ndarray:
-        """A copy of the [17, 4] token ring (column c in slot c % 4)."""
-        return self.ring.tokens.copy()
-
     def set_token_ring(self, ring: np.ndarray) -> None:
         """Overwrite the token ring (a `.pt` voice's saved `cache`); provided flags stay as they are."""
         self.ring.tokens[:] = np.asarray(ring).reshape(self.ring.tokens.shape)

@@ -52,8 +52,3 @@ def _draw(logits: mx.array, temp: float, top_k: int, gumbel) -> mx.array:
         threshold = mx.partition(logits, kth=cut, axis=-1)[..., cut : cut + 1]
         scores = mx.where(logits >= threshold, scores, -mx.inf)
     return mx.argmax(scores, axis=-1).astype(mx.int32)
-
-
-def sample_with(params: SamplingParams, logits: mx.array, key: mx.array | None = None) -> mx.array:
-    """`sample_token` with a `SamplingParams`."""
-    return sample_token(logits, params.temp, params.top_k, key)

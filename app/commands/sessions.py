@@ -185,13 +185,8 @@ def replay_command(args: argparse.Namespace) -> int:
                 f"(the agent said nothing in this session; `ppchat transcribe {session.name}` adds the user's words)\n")
         print(text, end="")
         return 0
-    try:
-        from ppchat.tui.replay import run_replay
-    except ModuleNotFoundError as exc:
-        if exc.name != "ppchat.tui.replay":
-            raise
-        print("ppchat: the replay screen is not available yet; use --no-tui for the transcript", file=sys.stderr)
-        return 1
+    from ppchat.tui.replay import run_replay
+
     return int(run_replay(session) or 0)
 
 

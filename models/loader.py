@@ -114,7 +114,7 @@ def _cache_path(weights: Path, cache_root: Path, bits: int, group: int, dtype: s
 
 def _save_quantized(lm: LM, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
-    with replacing(target) as tmp:
+    with replacing(target, keep_suffix=True) as tmp:
         mx.save_safetensors(str(tmp), dict(tree_flatten(lm.parameters())), metadata={"format": _CACHE_FORMAT})
     # Older conversions of the same file at the same precision are dead weight (gigabytes each).
     for stale in target.parent.glob(f"{target.stem.rsplit('-', 1)[0]}-*.safetensors"):

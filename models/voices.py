@@ -190,7 +190,7 @@ def _converted_path(source: Path, cache_dir: Path) -> Path:
 
 def _save_converted(voice: VoicePrompt, target: Path, source: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
-    with replacing(target) as tmp:
+    with replacing(target, keep_suffix=True) as tmp:
         mx.save_safetensors(
             str(tmp),
             {"embeddings": voice.embeddings, "cache": mx.array(voice.cache), "n_frames": mx.array([voice.n_frames], dtype=mx.int32)},

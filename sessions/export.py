@@ -17,14 +17,13 @@
 from __future__ import annotations
 
 import bisect
-import contextlib
 import json
-import os
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
+from ppchat.atomic import replacing
 from ppchat.constants import EPAD_ID, FRAME_SAMPLES, FRAME_SECONDS, PAD_ID, SAMPLE_RATE, WORD_START
 from ppchat.errors import SessionError
 from ppchat.sessions.dialogue import AGENT, LABELS, dialogue, format_dialogue, has_user_side
@@ -193,27 +192,21 @@ _TEXT_EXPORTS = {"txt": _txt, "srt": _srt, "json": _json}
 
 def _write_stereo_wav(session: Session, path: Path) -> None:
     # Written beside the target and renamed, so a failed export never leaves half a file.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with contextlib.suppress(OSError):
-        tmp.unlink()  # left over from an export that was killed
     length = session.frames * FRAME_SAMPLES
-    writer = WavWriter(tmp, channels=2, sample_rate=SAMPLE_RATE)
-    done = False
     try:
-        for lo in range(0, length, _CHUNK_SAMPLES):
-            hi = min(lo + _CHUNK_SAMPLES, length)
-            writer.append(np.stack([_padded(session.agent_audio, lo, hi), _padded(session.user_audio, lo, hi)], axis=1))
-            writer.flush()
-        writer.close()
-        os.replace(tmp, path)
-        done = True
+        with replacing(path) as tmp:
+            writer = WavWriter(tmp, channels=2, sample_rate=SAMPLE_RATE)
+            try:
+                for lo in range(0, length, _CHUNK_SAMPLES):
+                    hi = min(lo + _CHUNK_SAMPLES, length)
+                    writer.append(np.stack([_padded(session.agent_audio, lo, hi), _padded(session.user_audio, lo, hi)], axis=1))
+                    writer.flush()
+                writer.close()
+            except BaseException:
+                writer.abandon()
+                raise
     except OSError as exc:
         raise SessionError(describe_write_error(exc, path)) from exc
-    finally:
-        if not done:
-            writer.abandon()
-            with contextlib.suppress(OSError):
-                tmp.unlink()
 
 
 def _padded(track: np.ndarray, lo: int, hi: int) -> np.ndarray:

@@ -36,7 +36,7 @@ def load_backend() -> ProcessorFactory:
     """pywebrtc-audio's `AudioProcessor` class, or `AecUnavailable`."""
     try:
         from pywebrtc_audio import AudioProcessor
-    except Exception as exc:
+    except Exception as exc:  # ImportError, or OSError from a broken wheel
         raise AecUnavailable(
             f"echo cancellation is off: pywebrtc-audio cannot be loaded ({type(exc).__name__}: {exc}). "
             "Install it (`pip install pywebrtc-audio`), use headphones, or turn on the half-duplex gate (h)."
@@ -104,7 +104,7 @@ class EchoCanceller:
     def _new_processor(self, stream_delay_ms: int = 0):
         try:
             return self._factory(sample_rate=self.sample_rate, echo_cancellation=True, stream_delay_ms=int(stream_delay_ms))
-        except Exception as exc:
+        except Exception as exc:  # a library that loads but will not run is "unavailable" too
             raise AecUnavailable(f"echo cancellation is off: the AEC could not be started ({type(exc).__name__}: {exc})") from exc
 
     def _measure_latency(self) -> int:

@@ -14,6 +14,7 @@ PortAudio library becomes an `AudioError` instead of an import-time crash.
 from __future__ import annotations
 
 import sys
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +25,7 @@ from ppchat.engine.ringbuffer import RingBuffer
 from ppchat.errors import AudioError
 
 DEFAULT_BLOCK_SECONDS = FRAME_SECONDS  # each callback delivers about one model frame
+ECHO_LATENCY_S = 0.3  # suggested PortAudio latency for echo cancellation on ALSA; see DuplexAudio
 NO_DEVICE_HINT = (
     "Connect a microphone/speaker, pick another one with --input-device / --output-device "
     "(see `ppchat --list-devices`), or on a machine without a sound card start the virtual "
@@ -194,11 +196,26 @@ class StreamBuffers:
 
     A callback that raises records the exception in `error`, plays silence and keeps
     the stream alive; the step thread sees `error` and shuts down with a message.
+
+    With `echo_capacity`, every block handed to the speaker (silence included) is also
+    copied into the `echo` ring: the far end for echo cancellation, exactly as played.
+    The callbacks then also stamp `clock`: the PortAudio stream time at which sample 0
+    of the capture stream was recorded and sample 0 of the playback stream is played
+    (from each block's ADC/DAC time), which gives the loop's delay (`echo_delay_s`).
+
+    `notes` are messages the endpoint leaves for the user (e.g. the stream layout it
+    fell back to); the runtime publishes them once the endpoint has started.
     """
 
-    def __init__(self, capture_capacity: int, playback_capacity: int, prebuffer: int) -> None:
+    def __init__(self, capture_capacity: int, playback_capacity: int, prebuffer: int, echo_capacity: int = 0,
+                 capture_rate: int = 0, playback_rate: int = 0) -> None:
         self.capture = RingBuffer(capture_capacity)
         self.playback = RingBuffer(playback_capacity)
+        self.echo = RingBuffer(echo_capacity) if echo_capacity else None
+        self.clock = np.full(2, np.nan)  # [capture, playback] stream time of sample 0
+        self._capture_period = 1.0 / capture_rate if capture_rate else 0.0
+        self._playback_period = 1.0 / playback_rate if playback_rate else 0.0
+        self.notes: list[str] = []
         self.prebuffer = int(prebuffer)
         self.playing = False
         # One counter per callback thread: separate streams run separate threads.
@@ -224,13 +241,36 @@ class StreamBuffers:
     def push_input(self, block: np.ndarray) -> None:
         self.capture.write(block)
 
+    def set_rates(self, capture_rate: int, playback_rate: int) -> None:
+        """The streams were reopened at other rates (before any audio reached the step thread)."""
+        self._capture_period = 1.0 / capture_rate
+        self._playback_period = 1.0 / playback_rate
+        self.clock[:] = np.nan
+
+    def echo_delay_s(self) -> float | None:
+        """How much later a played sample shows up in the capture stream, by PortAudio's
+        clock (None before both directions have run, or where it reports no times)."""
+        capture, playback = self.clock
+        if not (np.isfinite(capture) and np.isfinite(playback)):
+            return None
+        return float(playback - capture)
+
     def pull_output(self, out: np.ndarray) -> None:
-        if not self.playing:
-            if self.playback.available < self.prebuffer:
-                out.fill(0.0)
-                return
+        if not self.playing and self.playback.available < self.prebuffer:
+            out.fill(0.0)
+        else:
             self.playing = True
-        self.playback.read(out)
+            self.playback.read(out)
+        if self.echo is not None:
+            self.echo.write(out)
+
+    def _stamp_capture(self, adc_time: float) -> None:
+        if adc_time > 0.0:  # 0: the host API reports no times
+            self.clock[0] = adc_time - self.capture.written * self._capture_period
+
+    def _stamp_playback(self, dac_time: float) -> None:
+        if dac_time > 0.0:
+            self.clock[1] = dac_time - self.echo.written * self._playback_period
 
     # PortAudio callbacks (sounddevice signatures). Mono: column 0 is the signal.
 
@@ -240,6 +280,9 @@ class StreamBuffers:
                 self._input_running = True
             elif self._input_running:
                 self.input_xruns += 1
+            if self.echo is not None:
+                self._stamp_capture(time.inputBufferAdcTime)
+                self._stamp_playback(time.outputBufferDacTime)
             self.capture.write(indata[:, 0])
             self.pull_output(outdata[:, 0])
         except BaseException as exc:  # noqa: BLE001 - must not escape into PortAudio
@@ -251,6 +294,8 @@ class StreamBuffers:
                 self._input_running = True
             elif self._input_running:
                 self.input_xruns += 1
+            if self.echo is not None:
+                self._stamp_capture(time.inputBufferAdcTime)
             self.capture.write(indata[:, 0])
         except BaseException as exc:  # noqa: BLE001
             self._fail(exc, None)
@@ -261,6 +306,8 @@ class StreamBuffers:
                 self._output_running = True
             elif self._output_running:
                 self.output_xruns += 1
+            if self.echo is not None:
+                self._stamp_playback(time.outputBufferDacTime)
             self.pull_output(outdata[:, 0])
         except BaseException as exc:  # noqa: BLE001
             self._fail(exc, outdata)
@@ -276,19 +323,25 @@ class DuplexAudio:
     """Microphone and speaker as one real-time endpoint for `DuplexRuntime`.
 
     Opens one duplex `sounddevice.Stream` when input and output are the same device,
-    otherwise an `InputStream` and an `OutputStream`. Exception: on the ALSA host API
-    the default is two streams even for one device, because PortAudio 19.6's ALSA
-    duplex polling aborts the stream at start-up when the device is PulseAudio's "pulse"
-    plugin (`snd_pcm_delay` error in ContinuePoll, PortAudio issue #758; seen on the
-    virtual device in about one start out of three, never with two streams). `duplex`
-    overrides the choice. Streams run mono float32 at the
-    device's default rate (or `samplerate`), with blocks of `block_seconds` (one model
-    frame by default, so each callback carries about one frame and playback needs only
-    one block queued before it starts). The rings hold `capture_seconds` /
-    `playback_seconds` of audio at device rate.
+    otherwise an `InputStream` and an `OutputStream`. Without echo cancellation
+    (`echo_reference=False`) the ALSA host API gets two streams even for one device:
+    PortAudio 19.6's ALSA duplex polling has been seen to abort the stream at start-up
+    when the device is PulseAudio's "pulse" plugin (`snd_pcm_delay` error in
+    ContinuePoll, PortAudio issue #758), never with two streams. Echo cancellation wants
+    one duplex stream everywhere (microphone and speaker on one clock), so with
+    `echo_reference=True` a duplex stream is opened and `start` checks that it comes up:
+    it tries `DUPLEX_ATTEMPTS` times at each of two rates, then falls back to two streams and says so in
+    `buffers.notes` (the echo path then relies on its measured delay). `duplex`
+    overrides the choice. Streams run mono float32 at the device's default rate (or
+    `samplerate`), with blocks of `block_seconds` (one model frame by default, so each
+    callback carries about one frame and playback needs only one block queued before it
+    starts). The rings hold `capture_seconds` / `playback_seconds` of audio at device rate;
+    the far-end ring (`echo_reference`) as much as the capture ring.
     """
 
     realtime = True
+    DUPLEX_ATTEMPTS = 2
+    START_WAIT_S = 3.0  # PulseAudio's first callback was seen to take up to 2 s
 
     def __init__(
         self,
@@ -300,8 +353,9 @@ class DuplexAudio:
         capture_seconds: float = 10.0,
         playback_seconds: float = 2.0,
         duplex: bool | None = None,
+        echo_reference: bool = False,
     ) -> None:
-        sd = _sounddevice()
+        self._sd = _sounddevice()
         self.input_device = resolve_device(input_device, "input")
         self.output_device = resolve_device(output_device, "output")
         shared = self.input_device.index == self.output_device.index
@@ -310,48 +364,150 @@ class DuplexAudio:
                 f"one duplex stream needs the same input and output device, got {self.input_device.name!r} "
                 f"and {self.output_device.name!r}"
             )
-        self.duplex = shared and self.input_device.hostapi != "ALSA" if duplex is None else duplex
+        if duplex is None:
+            duplex = shared and (echo_reference or self.input_device.hostapi != "ALSA")
+        self.duplex = duplex
+        self._check_duplex = echo_reference and duplex
+        # PulseAudio's ALSA plugin at PortAudio's default ("high", 160/240 ms) under-runs on a
+        # busy machine and then grows its buffers: the loop delay wandered from 220 to 700 ms in
+        # 12 s, and the echo canceller lost the echo at every step. Asked for 300 ms, the delay
+        # held within ±15 ms (README, "Echo cancellation").
+        self.latency = ECHO_LATENCY_S if echo_reference and self.input_device.hostapi == "ALSA" else None
         self.capture_rate = int(samplerate or self.input_device.default_samplerate)
         self.playback_rate = int(samplerate or (self.capture_rate if shared else self.output_device.default_samplerate))
-        in_block = max(1, round(self.capture_rate * block_seconds))
-        out_block = max(1, round(self.playback_rate * block_seconds))
+        self._rates = (self.capture_rate, self.playback_rate)  # as first chosen
+        self._rate_fixed = samplerate is not None
+        self._block_seconds = block_seconds
+        self._in_block = max(1, round(self.capture_rate * block_seconds))
+        self._out_block = max(1, round(self.playback_rate * block_seconds))
+        capture_capacity = max(self._in_block, round(self.capture_rate * capture_seconds))
         self.buffers = StreamBuffers(
-            capture_capacity=max(in_block, round(self.capture_rate * capture_seconds)),
-            playback_capacity=max(2 * out_block, round(self.playback_rate * playback_seconds)),
-            prebuffer=out_block,
+            capture_capacity=capture_capacity,
+            playback_capacity=max(2 * self._out_block, round(self.playback_rate * playback_seconds)),
+            prebuffer=self._out_block,
+            echo_capacity=max(self._out_block, round(self.playback_rate * capture_seconds)) if echo_reference else 0,
+            capture_rate=self.capture_rate,
+            playback_rate=self.playback_rate,
         )
-        common = dict(channels=1, dtype="float32")
+        if echo_reference and not shared:
+            self.buffers.notes.append(
+                f"echo cancellation: input {self.input_device.name!r} and output {self.output_device.name!r} are different "
+                "devices, so they run as two streams on two clocks; the echo delay is measured while the agent speaks. "
+                "If the agent still hears itself, press h for the half-duplex gate."
+            )
+        self._streams: list = []
         try:
-            if self.duplex:
-                self._streams = [
+            self._streams = self._open(self.duplex)
+        except AudioError as exc:
+            if not self._check_duplex:
+                raise
+            self._fall_back(f"the device refused a duplex stream ({exc})")
+        self._started = False
+        self._closed = False
+
+    def _open(self, duplex: bool) -> list:
+        sd = self._sd
+        common = dict(channels=1, dtype="float32", latency=self.latency)
+        try:
+            if duplex:
+                return [
                     sd.Stream(device=(self.input_device.index, self.output_device.index), samplerate=self.capture_rate,
-                              blocksize=in_block, callback=self.buffers.duplex_callback, **common)
+                              blocksize=self._in_block, callback=self.buffers.duplex_callback, **common)
                 ]
-            else:
-                self._streams = [
-                    sd.InputStream(device=self.input_device.index, samplerate=self.capture_rate, blocksize=in_block,
-                                   callback=self.buffers.input_callback, **common),
-                    sd.OutputStream(device=self.output_device.index, samplerate=self.playback_rate, blocksize=out_block,
-                                    callback=self.buffers.output_callback, **common),
-                ]
+            return [
+                sd.InputStream(device=self.input_device.index, samplerate=self.capture_rate, blocksize=self._in_block,
+                               callback=self.buffers.input_callback, **common),
+                sd.OutputStream(device=self.output_device.index, samplerate=self.playback_rate, blocksize=self._out_block,
+                                callback=self.buffers.output_callback, **common),
+            ]
         except (sd.PortAudioError, ValueError) as exc:
             raise AudioError(
                 f"cannot open audio input {self.input_device.name!r} at {self.capture_rate} Hz / output "
                 f"{self.output_device.name!r} at {self.playback_rate} Hz (mono float32): {exc}. "
                 "Try another device or --samplerate."
             ) from exc
-        self._started = False
-        self._closed = False
+
+    def _fall_back(self, why: str) -> None:
+        """Two streams instead of one duplex stream, and a note saying so."""
+        self._close_streams()
+        self.duplex = False
+        self._check_duplex = False
+        self._streams = self._open(False)
+        self.buffers.notes.append(
+            f"echo cancellation: {why}; using separate input and output streams with a measured echo delay instead. "
+            "If the agent still hears itself, press h for the half-duplex gate."
+        )
 
     def start(self) -> None:
-        sd = _sounddevice()
+        """Start the streams. A duplex stream for echo cancellation must deliver its first
+        callbacks and stay up: it gets `DUPLEX_ATTEMPTS` tries at the device's rate and as many
+        at 48 kHz (on ALSA 48 kHz first, see `_duplex_rates`), then two streams take over."""
+        sd = self._sd
         try:
+            if self._check_duplex:
+                for rate in self._duplex_rates():
+                    if self._try_duplex(rate):
+                        self._started = True
+                        return
+                self._set_rate(self._rates[0])
+                self._fall_back(f"the duplex stream did not come up at {' or '.join(f'{r} Hz' for r in self._duplex_rates())}")
             for stream in self._streams:
                 stream.start()
         except sd.PortAudioError as exc:
             self.close()
             raise AudioError(f"cannot start audio on {self.input_device.name!r} / {self.output_device.name!r}: {exc}") from exc
         self._started = True
+
+    def _duplex_rates(self) -> list[int]:
+        first = self._rates[0]
+        if self._rate_fixed or first == 48000:
+            return [first]
+        # ALSA: 48 kHz first. Through PulseAudio's plugin a duplex stream at 44.1 kHz died at
+        # start-up 6 times out of 6, or came up and then under-ran 60 times in 14 s.
+        return [48000, first] if self.input_device.hostapi == "ALSA" else [first, 48000]
+
+    def _set_rate(self, rate: int) -> None:
+        self.capture_rate = self.playback_rate = rate
+        self._in_block = self._out_block = max(1, round(rate * self._block_seconds))
+        self.buffers.prebuffer = self._out_block
+        self.buffers.set_rates(rate, rate)
+
+    def _try_duplex(self, rate: int) -> bool:
+        for attempt in range(1, self.DUPLEX_ATTEMPTS + 1):
+            if rate != self.capture_rate or attempt > 1 or not self._streams:
+                self._close_streams()
+                self._set_rate(rate)
+                try:
+                    self._streams = self._open(True)
+                except AudioError:
+                    return False
+            self._streams[0].start()
+            if self._came_up(self._streams[0]):
+                if rate != self._rates[0] or attempt > 1:
+                    self.buffers.notes.append(f"the duplex audio stream runs at {rate} Hz (came up at attempt {attempt})")
+                return True
+        self._close_streams()
+        return False
+
+    def _came_up(self, stream) -> bool:
+        """True once the stream has delivered audio and is still running a moment later."""
+        before = self.buffers.capture.written
+        deadline = time.monotonic() + self.START_WAIT_S
+        while time.monotonic() < deadline and stream.active:
+            if self.buffers.capture.written > before:
+                time.sleep(0.25)
+                return bool(stream.active)
+            time.sleep(0.02)
+        return False
+
+    def _close_streams(self) -> None:
+        streams, self._streams = self._streams, []
+        for stream in streams:
+            try:
+                stream.abort()
+                stream.close()
+            except self._sd.PortAudioError:
+                pass
 
     def input_finished(self) -> bool:
         """A live microphone never runs out."""
@@ -372,9 +528,7 @@ class DuplexAudio:
         if self._closed:
             return
         self._closed = True
-        for stream in self._streams:
-            stream.abort()
-            stream.close()
+        self._close_streams()
 
     def __enter__(self) -> DuplexAudio:
         return self

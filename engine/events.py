@@ -47,6 +47,11 @@ class StepEvent:
     marked: bool = False
     user_pcm: np.ndarray | None = field(default=None, repr=False)
     agent_pcm: np.ndarray | None = field(default=None, repr=False)
+    # With echo cancellation: the raw microphone (user_pcm is then what the model heard),
+    # whether the model heard the cancelled microphone, and the live ERLE estimate (dB).
+    mic_pcm: np.ndarray | None = field(default=None, repr=False)
+    aec: bool | None = None
+    erle_db: float | None = None
 
 
 @dataclass

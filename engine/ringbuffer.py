@@ -45,6 +45,11 @@ class RingBuffer:
         self.underruns = 0  # consumer-owned: reads that found too few samples
 
     @property
+    def written(self) -> int:
+        """Samples written since creation (kept or not counted by `dropped_samples`)."""
+        return self._written
+
+    @property
     def available(self) -> int:
         """Samples written and not yet read."""
         return self._written - self._read

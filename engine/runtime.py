@@ -66,7 +66,9 @@ from typing import Protocol
 import numpy as np
 
 from ppchat.constants import MAX_BACKLOG_FRAMES
+from ppchat.engine.aec import EchoCanceller
 from ppchat.engine.audio_io import StreamBuffers
+from ppchat.engine.echo_path import EchoCancelledCapture
 from ppchat.engine.events import EventBus, NoticeEvent, StepEvent
 from ppchat.engine.resample import StreamResampler
 from ppchat.engine.ringbuffer import RingBuffer
@@ -198,7 +200,8 @@ class DuplexRuntime:
     input. `error` holds the exception that stopped it, if any.
     """
 
-    def __init__(self, processor: FrameProcessor, audio: AudioEndpoint, bus: EventBus, policy: RuntimePolicy | None = None) -> None:
+    def __init__(self, processor: FrameProcessor, audio: AudioEndpoint, bus: EventBus, policy: RuntimePolicy | None = None,
+                 canceller: EchoCanceller | None = None) -> None:
         self.frame_size = int(processor.frame_size)
         self.sample_rate = int(processor.sample_rate)
         if self.frame_size <= 0 or self.sample_rate <= 0:
@@ -211,7 +214,13 @@ class DuplexRuntime:
         self.error: BaseException | None = None
         self.steps = 0  # events published so far; the next event's `step`
         self._frame_seconds = self.frame_size / self.sample_rate
-        self._capture = _CaptureFrames(audio.buffers.capture, audio.capture_rate, self.sample_rate, self.frame_size)
+        # Built once the endpoint has started: a sound card may settle on another rate then.
+        self._capture: _CaptureFrames | EchoCancelledCapture | None = None
+        self._playback: _PlaybackFrames | None = None
+        self._canceller = canceller
+        self._aec_on = True
+        self.echo: EchoCancelledCapture | None = None
+        self._mic_frame = np.zeros(self.frame_size, dtype=np.float32)
         self._playback = _PlaybackFrames(audio.buffers.playback, audio.playback_rate, self.sample_rate, self.frame_size)
         self._frame = np.zeros(self.frame_size, dtype=np.float32)
         self._silence = np.zeros(self.frame_size, dtype=np.float32)
@@ -261,9 +270,41 @@ class DuplexRuntime:
 
     # -- step thread -----------------------------------------------------------------
 
+    @property
+    def aec_enabled(self) -> bool:
+        """Whether the model hears the echo-cancelled microphone (if there is a canceller)."""
+        return self._aec_on
+
+    @aec_enabled.setter
+    def aec_enabled(self, on: bool) -> None:
+        # The canceller keeps adapting while off, so switching back on is immediate.
+        self._aec_on = bool(on)
+        echo = self.echo
+        if echo is not None:
+            echo.enabled = self._aec_on
+
+    def _build_stages(self) -> None:
+        """The rate converters (and the echo path) between the endpoint's rings and the model."""
+        audio = self.audio
+        # With a canceller and an endpoint that keeps the far end, the microphone goes through
+        # the echo path (engine/echo_path.py); events then also carry the raw microphone.
+        if self._canceller is not None and audio.buffers.echo is not None:
+            echo = EchoCancelledCapture(audio.buffers.capture, audio.buffers.echo, audio.capture_rate, audio.playback_rate,
+                                        self.sample_rate, self.frame_size, self._canceller, initial_delay_s=0.0)
+            echo.enabled = self._aec_on
+            self._capture = self.echo = echo
+        else:
+            self._capture = _CaptureFrames(audio.buffers.capture, audio.capture_rate, self.sample_rate, self.frame_size)
+        self._playback = _PlaybackFrames(audio.buffers.playback, audio.playback_rate, self.sample_rate, self.frame_size)
+
     def _run(self) -> None:
         try:
             self.audio.start()
+            self._build_stages()
+            for note in self.audio.buffers.notes:
+                self.bus.publish(NoticeEvent("warning" if "echo" in note else "info", note, time.time()))
+            if self.echo is not None:
+                self._start_echo_path()
             if self._loop():
                 self._drain_playback()
                 self.bus.publish(NoticeEvent("info", f"audio input ended after {self.steps} frames", time.time()))
@@ -279,6 +320,20 @@ class DuplexRuntime:
                 self.bus.publish(NoticeEvent("warning", f"closing the audio device failed: {exc}", time.time()))
             self._done.set()
 
+    def _start_echo_path(self) -> None:
+        reported = self.audio.buffers.echo_delay_s()
+        if reported is not None and abs(reported) < self.echo.tracker.max_lag_s:
+            self.echo.tracker.delay_s = reported
+        where = f"{reported * 1000:.0f} ms by the sound card's clock" if reported is not None else "not reported"
+        self.bus.publish(NoticeEvent("info", f"echo cancellation on; loop delay {where}, measured while the agent speaks", time.time()))
+
+    def _next_frame(self) -> int:
+        """Read the next model frame (and its raw microphone, with echo cancellation)."""
+        n = self._capture.read(self._frame)
+        if self.echo is not None:
+            self.echo.read_raw(self._mic_frame)
+        return n
+
     def _loop(self) -> bool:
         """Step until stopped (False) or the input ran out (True)."""
         policy = self.policy
@@ -292,7 +347,7 @@ class DuplexRuntime:
                     continue
                 self._capture.flush()
                 if self._capture.frames_waiting() == 0:
-                    if self._capture.read(self._frame) > 0:  # final partial frame, zero-padded
+                    if self._next_frame() > 0:  # final partial frame, zero-padded
                         return self._step(dropped=0, queue_in=0)
                     return True
                 continue
@@ -300,9 +355,9 @@ class DuplexRuntime:
             if self.audio.realtime and waiting > policy.max_backlog_frames:
                 dropped = waiting - 1
                 for _ in range(dropped):
-                    self._capture.read(self._frame)
+                    self._next_frame()
                     self._publish_dropped()
-            self._capture.read(self._frame)
+            self._next_frame()
             if not self._step(dropped=dropped, queue_in=waiting - 1 - dropped):
                 return False
         return False
@@ -320,6 +375,8 @@ class DuplexRuntime:
     def _gate_mic(self) -> bool:
         """Replace the current frame by silence if muted or gated; True if replaced."""
         gated = self.policy.half_duplex_gate and bool(self._recent_out_rms) and max(self._recent_out_rms) > self.policy.gate_threshold_rms
+        if self.muted:
+            self._mic_frame.fill(0.0)  # muted means not recorded either
         if self.muted or gated:
             self._frame.fill(0.0)
             return True
@@ -397,6 +454,10 @@ class DuplexRuntime:
             user_pcm=user,
             agent_pcm=agent,
         )
+        if self.echo is not None:
+            event.mic_pcm = self._mic_frame.copy()
+            event.aec = self.echo.enabled
+            event.erle_db = self.echo.erle_db
         self._seen_underruns, self._seen_xruns = underruns, xruns
         self.steps += 1
         self.bus.publish(event)

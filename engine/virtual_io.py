@@ -10,6 +10,12 @@ runtime cannot tell it from a device:
 * `realtime=False`: the whole input is in the capture ring before the runtime starts
   and the runtime processes it as fast as it can, never dropping a frame; the playback
   ring keeps everything for `played()`. Use it for offline processing of a file.
+
+`room` (real time only) simulates loudspeakers: what is played comes back into the
+microphone through that impulse response, one block later (the block that was being
+recorded while it played), added to the prepared signal; the far end is kept for echo
+cancellation as on a sound card. The true loop delay is then one block plus the
+response's own delay.
 """
 
 from __future__ import annotations
@@ -26,7 +32,8 @@ from ppchat.errors import AudioError
 class ArrayAudio:
     """A mono float32 signal as microphone, a growing array as speaker."""
 
-    def __init__(self, pcm: np.ndarray, sample_rate: int, *, realtime: bool = True, block_seconds: float = DEFAULT_BLOCK_SECONDS) -> None:
+    def __init__(self, pcm: np.ndarray, sample_rate: int, *, realtime: bool = True, block_seconds: float = DEFAULT_BLOCK_SECONDS,
+                 room: np.ndarray | None = None) -> None:
         pcm = np.asarray(pcm, dtype=np.float32)
         if pcm.ndim != 1:
             raise ValueError(f"ArrayAudio needs mono 1-D audio, got shape {pcm.shape}")
@@ -34,9 +41,13 @@ class ArrayAudio:
         self.capture_rate = self.playback_rate = int(sample_rate)
         self.realtime = realtime
         self._block = max(1, round(self.capture_rate * block_seconds))
+        if room is not None and not realtime:
+            raise ValueError("a simulated room needs realtime=True")
+        self._room = None if room is None else np.asarray(room, dtype=np.float32)
         if realtime:
             self.buffers = StreamBuffers(
-                capture_capacity=10 * self.capture_rate, playback_capacity=2 * self.playback_rate, prebuffer=self._block
+                capture_capacity=10 * self.capture_rate, playback_capacity=2 * self.playback_rate, prebuffer=self._block,
+                echo_capacity=10 * self.playback_rate if room is not None else 0,
             )
         else:
             # The playback side needs room for every frame of output: the input length, a
@@ -60,14 +71,22 @@ class ArrayAudio:
     def _tick(self) -> None:
         period = self._block / self.capture_rate
         out = np.zeros(self._block, dtype=np.float32)
+        tail = 0 if self._room is None else self._room.shape[0] - 1
+        played = np.zeros(tail + self._block, dtype=np.float32)  # the room's memory, then the last block
         deadline = time.monotonic() + period
         # Like a sound card: block k of input is delivered once it has been "recorded".
         while not self._stop.wait(max(0.0, deadline - time.monotonic())):
             if self._delivered < self._input.shape[0]:
                 end = self._delivered + self._block
-                self.buffers.push_input(self._input[self._delivered : end])
+                block = self._input[self._delivered : end]
+                if self._room is not None:
+                    block = block + np.convolve(played, self._room, mode="valid")[: block.shape[0]]
+                self.buffers.push_input(block)
                 self._delivered = min(end, self._input.shape[0])
             self.buffers.pull_output(out)
+            if self._room is not None:
+                played[:tail] = played[self._block:]
+                played[tail:] = out
             self._played.append(out.copy())
             deadline += period
 

@@ -54,6 +54,7 @@ class TalkOptions:
     output_device: str | int | None = None
     samplerate: int | None = None
     half_duplex: bool = False
+    aec: bool = True  # echo cancellation on the sound card (not on network endpoints: the client does its own)
     max_backlog_frames: int = MAX_BACKLOG_FRAMES
     sessions_dir: Path | None = None
     record: bool = True
@@ -93,6 +94,7 @@ class Conversation:
         self.monitor = None
         if options.monitor:
             self._start_monitor()
+        self._aec_on = True  # what `a` chose; each conversation's runtime starts with it
         self.captions = None  # LiveCaptions, from the first start on when options.captions
         self._captions_tried = False
 
@@ -120,6 +122,7 @@ class Conversation:
             # The whole session's step statistics (the monitor shows them; they are the
             # recorder's, so none when not recording).
             "session_stats": asdict(recorder.stats) if recorder else None,
+            "aec": self.aec,
         }
 
     @property
@@ -172,13 +175,16 @@ class Conversation:
             processor = self._condition(self.sampling)
             if audio is None:
                 audio = self._audio_factory()
-            recorder = self._start_recorder(client) if self.options.record else None
+            canceller = self._echo_canceller(audio, processor.sample_rate)
+            recorder = self._start_recorder(client, mic_track=canceller is not None) if self.options.record else None
             runtime = DuplexRuntime(
                 processor,
                 audio,
                 self.bus,
                 RuntimePolicy(max_backlog_frames=self.options.max_backlog_frames, half_duplex_gate=self.options.half_duplex),
+                canceller=canceller,
             )
+            runtime.aec_enabled = self._aec_on
             with self._state_lock:
                 self.recorder, self.runtime, self.started_at = recorder, runtime, time.time()
             runtime.start()
@@ -211,6 +217,21 @@ class Conversation:
     def set_mute(self, on: bool) -> None:
         if self.runtime:
             self.runtime.muted = on
+
+    @property
+    def aec(self) -> str:
+        """'on' / 'off' (the model hears the cancelled / raw microphone), or 'unavailable'
+        (no canceller: `--aec off`, a network endpoint, or the library did not load)."""
+        runtime = self.runtime
+        if not self.options.aec or (runtime is not None and not runtime.cancels_echo):
+            return "unavailable"
+        return "on" if self._aec_on else "off"
+
+    def set_aec(self, on: bool) -> None:
+        """Let the model hear the echo-cancelled (True) or the raw microphone."""
+        self._aec_on = on
+        if self.runtime:
+            self.runtime.aec_enabled = on
 
     def set_half_duplex(self, on: bool) -> None:
         self.options.half_duplex = on
@@ -299,16 +320,30 @@ class Conversation:
     def _open_device(self) -> AudioEndpoint:
         from ppchat.engine.audio_io import DuplexAudio
 
-        audio = DuplexAudio(self.options.input_device, self.options.output_device, samplerate=self.options.samplerate)
+        audio = DuplexAudio(self.options.input_device, self.options.output_device, samplerate=self.options.samplerate,
+                            echo_reference=self.options.aec)
         with self._state_lock:
             self._devices = {"input": audio.input_device.name, "output": audio.output_device.name}
         return audio
 
-    def _start_recorder(self, client: str | None) -> Recorder | None:
+    def _echo_canceller(self, audio: AudioEndpoint, sample_rate: int):
+        """A fresh canceller for this conversation's endpoint (a new device or a restart starts
+        from nothing), or None: AEC off, an endpoint with no far end, or the library missing."""
+        from ppchat.engine.aec import AecUnavailable, EchoCanceller
+
+        if not self.options.aec or audio.buffers.echo is None:
+            return None
+        try:
+            return EchoCanceller(sample_rate)
+        except AecUnavailable as exc:
+            self._notice("warning", str(exc))
+            return None
+
+    def _start_recorder(self, client: str | None, mic_track: bool = False) -> Recorder | None:
         meta = self._session_meta(client)
         root = self.options.sessions_dir or default_sessions_root()
         try:
-            return start_recording(self.bus, Path(root), meta)
+            return start_recording(self.bus, Path(root), meta, mic_track=mic_track)
         except PPChatError as exc:
             # The conversation matters more than the recording: go on, and say so loudly.
             self._notice("error", f"not recording: {exc}")

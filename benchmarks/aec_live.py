@@ -2,7 +2,8 @@
 
     .venv/bin/python benchmarks/aec_live.py [--seconds 20] [--json OUT.json]
 
-Needs PulseAudio (tools/virtual-audio.sh). The runtime plays a speech-like "agent" (a
+Needs PulseAudio (tools/virtual-audio.sh); a private null sink is loaded for the run (the
+shared one hears everyone's tests) unless --shared-sink. The runtime plays a speech-like "agent" (a
 frame processor that plays a prepared signal) through the PortAudio device "pulse"; the
 null sink's monitor is the microphone. The monitor hears the speaker exactly, so the room
 is applied in this harness, between output and input: the capture ring is replaced by
@@ -15,15 +16,18 @@ delay, AEC3 on 10 ms sub-frames.
 Reported: the stream layout, the sound card's own delay figure, the measured delay and
 the true one (plain normalised cross-correlation, in 1 s windows, of the far end as
 played and the microphone the harness made, both kept by the harness), ERLE over the
-agent-only part after 3 s, the live ERLE estimate, and how well the user's speech
+agent-only part after 3 s (as a whole, per second, and the median second: a loaded machine
+under-runs and loses the echo for a second here and there), the live ERLE estimate, and how well the user's speech
 survives (correlation with the clean speech; the raw microphone's for comparison).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -106,6 +110,27 @@ class Speaker:
         out[:chunk.shape[0]] = chunk
         self._n += 1
         return FrameResult(pcm=out)
+
+
+@contextlib.contextmanager
+def private_sink(rate: int = 48000):
+    """A null sink of our own for the duration (the shared one hears every other test's audio):
+    PortAudio's "pulse" device plays to it and records its monitor through libpulse's
+    PULSE_SINK / PULSE_SOURCE, read when a stream connects."""
+    name = f"ppchat_aec_{os.getpid()}"
+    module = subprocess.run(["pactl", "load-module", "module-null-sink", f"sink_name={name}", f"rate={rate}", "channels=1"],
+                            capture_output=True, text=True, check=True).stdout.strip()
+    saved = {k: os.environ.get(k) for k in ("PULSE_SINK", "PULSE_SOURCE")}
+    os.environ["PULSE_SINK"], os.environ["PULSE_SOURCE"] = name, f"{name}.monitor"
+    try:
+        yield name
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        subprocess.run(["pactl", "unload-module", module], capture_output=True)
 
 
 def true_delay_s(far: np.ndarray, mic: np.ndarray, rate: int, max_lag_s: float = 1.0) -> float:
@@ -191,6 +216,8 @@ def run_live(seconds: float = 20.0, *, device: str = "pulse", samplerate: int | 
         "true_delay_ms_range": [round(min(truths) * 1000, 1), round(max(truths) * 1000, 1)] if truths else None,
         "erle_db": round(energy_db(mic[a:user_at], heard[a:user_at]), 2),
         "erle_db_per_s": [round(energy_db(mic[k:k + RATE], heard[k:k + RATE]), 1) for k in range(0, user_at - RATE + 1, RATE)],
+        "erle_db_median_of_seconds_after_3s": round(float(np.median(
+            [energy_db(mic[k:k + RATE], heard[k:k + RATE]) for k in range(a, user_at - RATE + 1, RATE)] or [np.nan])), 1),
         "live_erle_db_median": round(float(np.median(erles)), 1) if erles else None,
         "user_corr": round(correlation(heard[seg], clean[:len(heard[seg])]), 4),
         "user_corr_raw_mic": round(correlation(mic[seg], clean[:len(mic[seg])]), 4),
@@ -205,10 +232,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--device", default="pulse")
     parser.add_argument("--samplerate", type=int, default=48000, help="the harness mixes at this rate (default 48000)")
+    parser.add_argument("--shared-sink", action="store_true", help="use the default sink, not a private null sink")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp/ppchat-xdg")
-    result = run_live(args.seconds, device=args.device, samplerate=args.samplerate)
+    with contextlib.nullcontext() if args.shared_sink else private_sink(args.samplerate):
+        result = run_live(args.seconds, device=args.device, samplerate=args.samplerate)
     text = json.dumps(result, indent=2)
     print(text)
     if args.json:

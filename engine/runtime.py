@@ -271,6 +271,11 @@ class DuplexRuntime:
     # -- step thread -----------------------------------------------------------------
 
     @property
+    def cancels_echo(self) -> bool:
+        """True when this runtime runs an echo canceller (a canceller and an endpoint with a far end)."""
+        return self._canceller is not None and self.audio.buffers.echo is not None
+
+    @property
     def aec_enabled(self) -> bool:
         """Whether the model hears the echo-cancelled microphone (if there is a canceller)."""
         return self._aec_on

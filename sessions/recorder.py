@@ -38,6 +38,7 @@ from ppchat.sessions.jsonl import JsonlWriter
 from ppchat.sessions.liveness import mark_recording, unmark_recording
 from ppchat.sessions.schema import (
     AGENT_WAV,
+    MIC_WAV,
     SESSION_FILES,
     STEPS_JSONL,
     USER_WAV,
@@ -73,6 +74,7 @@ class Recorder:
         started: datetime | None = None,
         flush_interval: float = 1.0,
         queue_events: int = 375,
+        mic_track: bool = False,
     ):
         self.session_dir = Path(session_dir)
         self.notices: list[NoticeEvent] = []  # what went wrong, for whoever asks later
@@ -88,7 +90,8 @@ class Recorder:
         self._safe_stats = self._stats.result()
         self._safe_lengths: tuple[int, ...] = ()
         self._warned_frame_size = False
-        self._user, self._agent, self._log = self._open_files()
+        self._mic: WavWriter | None = None  # mic.wav, with echo cancellation (`mic_track`)
+        self._user, self._agent, self._log = self._open_files(mic_track)
         self._safe_lengths = tuple(w.committed for w in self._writers)
         mark_recording(self.session_dir)
         self._sub = bus.subscribe(queue_events, name="recorder")
@@ -126,11 +129,14 @@ class Recorder:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def _open_files(self) -> tuple[WavWriter, WavWriter, JsonlWriter]:
+    def _open_files(self, mic_track: bool) -> tuple[WavWriter, WavWriter, JsonlWriter]:
         opened: list = []
         try:
             opened.append(WavWriter(self.session_dir / USER_WAV, sample_rate=SAMPLE_RATE))
             opened.append(WavWriter(self.session_dir / AGENT_WAV, sample_rate=SAMPLE_RATE))
+            if mic_track:
+                self._mic = WavWriter(self.session_dir / MIC_WAV, sample_rate=SAMPLE_RATE)
+                opened.append(self._mic)
             opened.append(JsonlWriter(self.session_dir / STEPS_JSONL))
             write_session_info(self.session_dir, self._info)
         except RecordingStopped as exc:
@@ -140,7 +146,7 @@ class Recorder:
             raise RecordingStopped(
                 f"cannot record this session: {exc}. Choose a writable folder with --sessions-dir"
             ) from exc
-        return tuple(opened)
+        return opened[0], opened[1], opened[-1]
 
     def _remove_partial_folder(self) -> None:
         """Leave nothing behind of a recording that could not start (a 0-byte user.wav would list
@@ -157,8 +163,9 @@ class Recorder:
             pass
 
     @property
-    def _writers(self) -> tuple[WavWriter, WavWriter, JsonlWriter]:
-        return (self._user, self._agent, self._log)
+    def _writers(self) -> tuple[WavWriter | JsonlWriter, ...]:
+        mic = () if self._mic is None else (self._mic,)
+        return (self._user, self._agent, *mic, self._log)
 
     # --- writer thread -----------------------------------------------------------------
 
@@ -204,6 +211,8 @@ class Recorder:
             self._fill_gap(event.step - self._next_step)
         self._user.append(self._frame(event.user_pcm))
         self._agent.append(self._frame(event.agent_pcm))
+        if self._mic is not None:  # the raw microphone; what the model heard when there is none
+            self._mic.append(self._frame(event.mic_pcm if event.mic_pcm is not None else event.user_pcm))
         self._log.append(step_record(event))
         self._stats.add(event)
         self._next_step = event.step + 1
@@ -212,6 +221,8 @@ class Recorder:
         silence = np.zeros(count * FRAME_SAMPLES, dtype=np.float32)
         self._user.append(silence)
         self._agent.append(silence)
+        if self._mic is not None:
+            self._mic.append(silence)
         self._log.append(gap_record(self._next_step, count))
         self._stats.add_lost(count)
         self._notify(
@@ -239,6 +250,8 @@ class Recorder:
         # Audio before the log, so a step line never points at audio that isn't on disk.
         self._user.flush()
         self._agent.flush()
+        if self._mic is not None:
+            self._mic.flush()
         self._log.flush()
         self._safe_steps = self._next_step
         self._safe_stats = self._stats.result()

@@ -39,10 +39,13 @@ from ppchat.errors import SessionError
 from ppchat.sessions.files import atomic_write_bytes
 from ppchat.sessions.user_transcript import USER_TRANSCRIPT
 
-FORMAT_VERSION = 1
+# 2: mic.wav (the raw microphone, with echo cancellation) and the step fields aec and erle.
+# Version 1 sessions have neither and load unchanged.
+FORMAT_VERSION = 2
 
 USER_WAV = "user.wav"
 AGENT_WAV = "agent.wav"
+MIC_WAV = "mic.wav"
 STEPS_JSONL = "steps.jsonl"
 SESSION_JSON = "session.json"
 SESSION_NAME_TIME = "%Y-%m-%dT%H-%M-%S"  # folder names: this, "_", four hex digits
@@ -67,6 +70,8 @@ class SessionFile:
 SESSION_FILES = (
     SessionFile(USER_WAV, "track", True, "The microphone as the model heard it: mono, 24 kHz, 32-bit float WAV"),
     SessionFile(AGENT_WAV, "track", True, "The model's audio: same format"),
+    SessionFile(MIC_WAV, "track", False, "With echo cancellation: the raw microphone, aligned with user.wav (what was removed is "
+                "the difference); same format"),
     SessionFile(STEPS_JSONL, "log", True, "JSON Lines: one line per step, plus notices and gaps"),
     SessionFile(SESSION_JSON, "meta", True, "Settings and summary"),
     SessionFile(USER_TRANSCRIPT, "other", False, "Optional: the user's words, written by `ppchat transcribe`"),
@@ -363,9 +368,11 @@ STEP_FIELDS: dict[str, tuple[str, Check, bool]] = {
     "underruns": ("underruns", _integer(), True),
     "xruns": ("xruns", _integer(), True),
     "filled": ("filled", _one_of(FILLED), True),
+    "aec": ("aec", _boolean, True),  # the model heard the echo-cancelled microphone
+    "erle": ("erle_db", _number(), True),  # the live ERLE estimate, dB
 }
 _STEP_REQUIRED = ("step", "t")
-_ROUNDING = {"t": 3, "wall": 6, "in_rms": 5, "in_peak": 5, "out_rms": 5, "out_peak": 5}
+_ROUNDING = {"t": 3, "wall": 6, "in_rms": 5, "in_peak": 5, "out_rms": 5, "out_peak": 5, "erle": 1}
 
 
 def step_record(event: StepEvent) -> dict[str, Any]:

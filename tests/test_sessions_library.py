@@ -144,7 +144,7 @@ def test_unusable_session_json_is_a_clear_error_and_repair_rebuilds_it(session_d
 
 
 def test_newer_format_asks_for_an_upgrade(session_dir):
-    set_json(session_dir, format_version=2)
+    set_json(session_dir, format_version=3)
     with pytest.raises(SessionError, match="upgrade ppchat"):
         load_session(session_dir)
 

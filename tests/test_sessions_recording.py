@@ -116,7 +116,7 @@ def test_round_trip_values_stats_and_files(tmp_path):
         assert rate == 24000 and sf.info(summary.path / name).channels == 1
         np.testing.assert_array_equal(data, np.concatenate([frame(i) for i in range(40)]))
     raw = json.loads((summary.path / "session.json").read_text())
-    assert raw["format_version"] == 1 and raw["status"] == "complete"
+    assert raw["format_version"] == 2 and raw["status"] == "complete"
     assert bus.subscribers == ()
 
 

@@ -33,7 +33,8 @@ def record(root: Path, **meta) -> Path:
                               timings_ms={"encode": 1.0, "temporal": 2.0, "depformer": 3.0, "decode": 4.0, "total": 40.0 + s},
                               text_token=token, text_piece=piece, user_pcm=np.full(1920, 0.1, np.float32),
                               agent_pcm=np.full(1920, 0.2, np.float32), late=s == 3, marked=s == 4, dropped_in=2 * (s == 5),
-                              underruns=1 * (s == 6), xruns=1 * (s == 7), filled="agent" if s == 8 else None))  # fmt: skip
+                              underruns=1 * (s == 6), xruns=1 * (s == 7), filled="agent" if s == 8 else None,
+                              aec=s == 9 or None, erle_db=31.5 if s == 9 else None))  # fmt: skip
         if s == 10:
             bus.publish(NoticeEvent("warning", "mic glitch", wall_time=1.0))
     recorder.close()

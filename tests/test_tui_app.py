@@ -37,6 +37,7 @@ class FakeConversation:
         self.calls: list[tuple] = []
         self.fail_start = fail_start
         self.started_at: float | None = None
+        self.aec = "unavailable"  # what info reports: "on", "off" or "unavailable" (no canceller)
 
     @property
     def info(self) -> dict:
@@ -45,7 +46,7 @@ class FakeConversation:
             "input_device": "USB mic", "output_device": "Speakers", "voice": "NATF2",
             "prompt": PROMPTS["assistant"], "prompt_name": "assistant",
             "session_dir": "/var/ppchat/sessions/2025-01-01T10-00-00_ab12",
-            "started_at": self.started_at,
+            "started_at": self.started_at, "aec": self.aec,
         }
 
     @property
@@ -56,7 +57,7 @@ class FakeConversation:
     @property
     def switches(self) -> list[tuple]:
         """The mute/half-duplex/mark calls only."""
-        return [c for c in self.calls if c[0] in ("mute", "half_duplex", "mark")]
+        return [c for c in self.calls if c[0] in ("mute", "half_duplex", "aec", "mark")]
 
     def start(self, voice: str, prompt: str) -> None:
         self.calls.append(("start", voice, prompt))
@@ -77,6 +78,11 @@ class FakeConversation:
 
     def set_half_duplex(self, on: bool) -> None:
         self.calls.append(("half_duplex", on))
+
+    def set_aec(self, on: bool) -> None:
+        self.calls.append(("aec", on))
+        if self.aec != "unavailable":  # as Conversation: the choice is kept, there is nothing to switch
+            self.aec = "on" if on else "off"
 
     def mark(self) -> None:
         self.calls.append(("mark",))
@@ -237,7 +243,47 @@ def test_mute_half_duplex_and_mark_keys():
             conv.calls.clear()
             await pilot.press("v", "down", "enter")
             await settle(pilot)
-            assert conv.calls == [("restart", "NATM1", PROMPTS["assistant"]), ("mute", True), ("half_duplex", True)]
+            assert conv.calls == [("restart", "NATM1", PROMPTS["assistant"]), ("mute", True), ("half_duplex", True), ("aec", True)]
+    run(go())
+
+
+def test_aec_key_and_the_echo_removed_beside_the_mic():
+    async def go():
+        conv = FakeConversation()
+        conv.aec = "on"
+        app = PPChatApp(conv)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await settle(pilot)
+            events = scripted_events(30)
+            for i, e in enumerate(events):
+                e.aec, e.erle_db = True, (None if i < 10 else 31.4)
+            for e in events[:5]:
+                conv.bus.publish(e)
+            await settle(pilot)
+            assert app.live.wave_in.note == "AEC --"  # no estimate yet
+            for e in events[5:]:
+                conv.bus.publish(e)
+            await settle(pilot)
+            assert app.live.wave_in.note == "AEC 31" and "AEC 31" in screen_text(app)
+            conv.calls.clear()
+            await pilot.press("a")
+            await settle(pilot)
+            assert conv.switches == [("aec", False)]
+            assert app.live.wave_in.note == "AECoff" and "AECoff" in screen_text(app)
+            await pilot.press("m")
+            await settle(pilot)
+            assert "MUTED" in screen_text(app)  # the badge wins the row
+            # Without a canceller (--aec off, library missing) the key says so and changes nothing.
+            conv.aec = "unavailable"
+            conv.calls.clear()
+            await pilot.press("a")
+            await settle(pilot)
+            assert conv.calls == []
+            await pilot.press("m")
+            for e in scripted_events(3):
+                conv.bus.publish(e)
+            await settle(pilot)
+            assert app.live.wave_in.note == "" and "AEC" not in screen_text(app).split("agent")[0]
     run(go())
 
 

@@ -33,7 +33,8 @@ from ppchat.tui.state import UiState
 
 log = logging.getLogger(__name__)
 
-CONVERSATION_ACTIONS = {"toggle_run", "toggle_mute", "toggle_half_duplex", "mark", "pick_voice", "pick_prompt", "sessions"}
+CONVERSATION_ACTIONS = {"toggle_run", "toggle_mute", "toggle_half_duplex", "toggle_aec", "mark", "pick_voice", "pick_prompt",
+                        "sessions"}
 
 
 class ConversationLike(Protocol):
@@ -49,6 +50,7 @@ class ConversationLike(Protocol):
     def restart(self, voice: str, prompt: str) -> None: ...
     def set_mute(self, on: bool) -> None: ...
     def set_half_duplex(self, on: bool) -> None: ...
+    def set_aec(self, on: bool) -> None: ...
     def mark(self) -> None: ...
     def voices(self) -> list[str]: ...
     def prompts(self) -> dict[str, str]: ...
@@ -77,6 +79,7 @@ class PPChatApp(LivePump, ConsoleApp):
         Binding("m", "toggle_mute", "Mute"),
         Binding("h", "toggle_half_duplex", "Half-dup"),
         Binding("k", "mark", "Mark"),
+        Binding("a", "toggle_aec", "AEC"),
     ]
     HELP_KEYS = [
         ("space", "start talking, or stop (the recording is saved)"),
@@ -86,6 +89,7 @@ class PPChatApp(LivePump, ConsoleApp):
         ("s", "recorded sessions; enter replays one"),
         ("m", "mute the microphone (the agent hears silence)"),
         ("h", "half-duplex gate: your mic is muted while the agent speaks"),
+        ("a", "echo cancellation on/off (beside the mic: AEC and the echo removed, dB)"),
         ("k", "mark this moment in the recording"),
         ("tab, ↑↓ PgUp PgDn Home End", "move into the monologue and scroll it"),
     ]
@@ -115,6 +119,7 @@ class PPChatApp(LivePump, ConsoleApp):
         self.state = UiState.STOPPED
         self.muted = False
         self.half_duplex = False
+        self.aec = True
         self._subscription = conversation.bus.subscribe(maxlen=1024, name="tui")
         self._ticks = 0
         self._stopped_for_exit = False
@@ -150,6 +155,7 @@ class PPChatApp(LivePump, ConsoleApp):
             if self.state is UiState.LIVE and not self.conversation.running:
                 self.state = UiState.STOPPED  # the engine ended by itself (device lost, error)
             self._update_status()
+            self._show_aec()
         last = self.live.last_step
         if self.duration is not None and self.state is UiState.LIVE and last and last.audio_time + FRAME_SECONDS >= self.duration - 1e-6:
             self.duration = None
@@ -216,6 +222,7 @@ class PPChatApp(LivePump, ConsoleApp):
             # A new run starts unmuted and ungated; keep what the screen says.
             self.conversation.set_mute(self.muted)
             self.conversation.set_half_duplex(self.half_duplex)
+            self.conversation.set_aec(self.aec)
 
         self._run_in_thread(work, name)
 
@@ -243,6 +250,27 @@ class PPChatApp(LivePump, ConsoleApp):
         self.live.wave_in.badge = "MUTED" if self.muted else ""
         self.live.wave_in.refresh()
         self._update_status()
+
+    def action_toggle_aec(self) -> None:
+        if self.conversation.info.get("aec", "unavailable") == "unavailable":
+            self.notify("Echo cancellation is not available (--aec off, or see the notices); h gates the mic instead.",
+                        severity="warning", timeout=4)
+            return
+        self.aec = not self.aec
+        self.conversation.set_aec(self.aec)
+        self._show_aec()
+        self.notify("Echo cancellation on." if self.aec else "Echo cancellation off: the agent hears your raw microphone.",
+                    timeout=3)
+
+    def _show_aec(self) -> None:
+        """Beside the mic track: AEC and the live echo removed (dB), 'AECoff', or nothing."""
+        state = self.conversation.info.get("aec", "unavailable")
+        last = self.live.last_step
+        erle = last.erle_db if last is not None else None
+        text = "" if state == "unavailable" else "AECoff" if state == "off" else "AEC --" if erle is None else f"AEC{erle:3.0f}"
+        if text != self.live.wave_in.note:
+            self.live.wave_in.note = text
+            self.live.wave_in.refresh()
 
     def action_toggle_half_duplex(self) -> None:
         self.half_duplex = not self.half_duplex
@@ -341,6 +369,7 @@ class PPChatApp(LivePump, ConsoleApp):
         yield SystemCommand("Sessions…", "Browse and replay recorded sessions (s)", self.action_sessions)
         yield SystemCommand("Mute microphone", "Toggle sending silence instead of your voice (m)", self.action_toggle_mute)
         yield SystemCommand("Half-duplex gate", "Toggle gating your mic while the agent speaks (h)", self.action_toggle_half_duplex)
+        yield SystemCommand("Echo cancellation", "Toggle echo cancellation on the mic (a)", self.action_toggle_aec)
         yield SystemCommand("Mark", "Mark this moment in the recording (k)", self.action_mark)
         yield from super().get_system_commands(screen)
 

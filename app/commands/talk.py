@@ -44,8 +44,12 @@ def _device_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--samplerate", type=validate.sample_rate, default=None,
                    help="device sample rate (default: the device's; audio is resampled to 24 kHz)")
     g.add_argument("--list-devices", action="store_true", help="list audio devices and exit")
+    g.add_argument("--aec", choices=("on", "off"), default="on",
+                   help="echo cancellation (WebRTC AEC3), so the agent does not hear itself from loudspeakers; "
+                        "default on ('a' toggles it in the console)")
     g.add_argument("--half-duplex", action="store_true",
-                   help="mute the microphone while the agent speaks (for loudspeakers without headphones)")
+                   help="mute the microphone while the agent speaks: the fallback for loudspeakers when echo "
+                        "cancellation is not enough")
     g.add_argument("--max-backlog", type=validate.whole(0), default=MAX_BACKLOG_FRAMES, metavar="FRAMES",
                    help="when the model falls behind, drop microphone frames beyond this backlog "
                         f"(default {MAX_BACKLOG_FRAMES} = {MAX_BACKLOG_FRAMES * FRAME_SECONDS * 1000:.0f} ms)")
@@ -177,6 +181,7 @@ def cmd_talk(args) -> int:
         output_device=_int_or_str(args.output_device),
         samplerate=args.samplerate,
         half_duplex=args.half_duplex,
+        aec=args.aec == "on",
         max_backlog_frames=args.max_backlog,
         monitor=not args.no_monitor,
         captions=args.captions,

@@ -121,6 +121,7 @@ class Waveform(Widget):
         super().__init__(name=name, id=id, classes=classes)
         self.label = label
         self.badge = ""  # e.g. "MUTED", shown under the level readout
+        self.note = ""  # e.g. "AEC 31", shown there when there is no badge
         self._frames: collections.deque[FrameShape] = collections.deque(maxlen=history)
         self._chars: dict[tuple[FrameShape, int], list[str]] = {}  # (frame, rows) -> its column
         self._strips: list[Strip] | None = None
@@ -167,7 +168,7 @@ class Waveform(Widget):
         gutter = [
             (self.label, self._style("label")),
             (f"{level_db(last.rms):4.0f}dB" if last else "", self._style("readout")),
-            (self.badge, self._style("badge")),
+            (self.badge, self._style("badge")) if self.badge else (self.note, self._style("readout")),
         ]
         pad = " " * (chart_width - len(visible))
         strips = []

@@ -31,6 +31,9 @@ FIGURES = [
                              "audio device over/underruns."),
     ("enc tmp dep dec", "mean ms per phase: Mimi encode, temporal transformer, depformer, Mimi "
                         "decode; the bar above shows them to scale, the full width being 80 ms."),
+    ("AEC nn", "beside the mic: echo cancellation is on and removes about nn dB of the agent's "
+               "voice from your microphone (-- until the agent has spoken; AECoff: switched off "
+               "with a, the agent hears your raw microphone)."),
     ("status bar", "state and conversation clock, mic badges, model (DEMO = random weights), "
                    "quantisation, voice, role prompt; devices and the session folder. Less "
                    "important items leave first when the terminal is narrow."),

@@ -21,6 +21,7 @@ from ppchat import logfile
 from ppchat.atomic import replacing
 from ppchat.constants import SAMPLE_RATE
 from ppchat.engine.events import NoticeEvent, StepEvent
+from ppchat.engine.transcript import reference_text_entry
 from ppchat.errors import AudioError, PPChatError, interruption
 from ppchat.validate import check_sample_rate, unreadable_audio
 
@@ -46,15 +47,6 @@ def read_audio(path: Path) -> tuple[np.ndarray, list[str]]:
     if not np.all(np.isfinite(pcm)):
         raise AudioError(f"audio file {path} contains NaN or infinite samples")
     return np.ascontiguousarray(pcm, dtype=np.float32), notes
-
-
-def reference_text_entry(token: int | None, piece: str | None) -> str:
-    """One entry of the reference offline tool's JSON list (spec §7.2)."""
-    if token == 0:
-        return "EPAD"
-    if token == 3 or token is None:
-        return "PAD"
-    return piece if piece is not None else ""
 
 
 def check_writable(target: Path) -> None:

@@ -1,6 +1,6 @@
 """Both sides of a conversation as one list of timed lines.
 
-The agent's lines are its inner-monologue utterances (`replay.transcript`); the user's
+The agent's lines are its inner-monologue utterances (`engine.transcript.transcript`); the user's
 come from `ppchat transcribe` (`user_transcript.json`). Full duplex means they can
 overlap: lines are ordered by when they start.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from ppchat.sessions.replay import format_clock, transcript
+from ppchat.engine.transcript import format_clock, transcript
 from ppchat.sessions.store import Session
 
 AGENT = "agent"
@@ -25,7 +25,7 @@ class Line(NamedTuple):
 
 
 def dialogue(session: Session) -> list[Line]:
-    agent = [Line(u.start, u.end, AGENT, u.text) for u in transcript(session)]
+    agent = [Line(u.start, u.end, AGENT, u.text) for u in transcript(session.steps)]
     user = [Line(u.start, u.end, USER, u.text) for u in session.user_lines if u.text.strip()]
     return sorted(agent + user, key=lambda line: (line.start, line.end))
 

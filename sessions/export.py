@@ -24,11 +24,11 @@ from typing import NamedTuple
 import numpy as np
 
 from ppchat.atomic import replacing
-from ppchat.constants import EPAD_ID, FRAME_SAMPLES, FRAME_SECONDS, PAD_ID, SAMPLE_RATE, WORD_START
+from ppchat.constants import FRAME_SAMPLES, FRAME_SECONDS, SAMPLE_RATE
+from ppchat.engine.transcript import piece_text, reference_text_entry
 from ppchat.errors import SessionError
 from ppchat.sessions.dialogue import AGENT, LABELS, dialogue, format_dialogue, has_user_side
 from ppchat.sessions.files import atomic_write_bytes, describe_write_error
-from ppchat.sessions.replay import piece_text
 from ppchat.sessions.store import Session
 from ppchat.sessions.wav_writer import WavWriter
 
@@ -172,10 +172,7 @@ def offline_text_frames(session: Session) -> list[str]:
     """One string per frame of the session timeline, as the reference offline tool writes it."""
     frames = ["PAD"] * session.frames
     for event in session.steps:
-        if event.text_token == EPAD_ID:
-            frames[event.step] = "EPAD"
-        elif (event.text_token is not None or event.text_piece) and event.text_token != PAD_ID:
-            frames[event.step] = (event.text_piece or "").replace(WORD_START, " ")
+        frames[event.step] = reference_text_entry(event.text_token, event.text_piece)
     return frames
 
 

@@ -10,9 +10,10 @@ import soundfile as sf
 
 from ppchat.cli import main
 from ppchat.conversation import TalkOptions
+from ppchat.engine.transcript import reference_text_entry
 from ppchat.errors import AudioError
 from ppchat.models.loader import load_model
-from ppchat.respond import read_audio, reference_text_entry, respond
+from ppchat.respond import read_audio, respond
 from ppchat.sampling import Sampling
 
 

@@ -17,12 +17,12 @@ import soundfile as sf
 
 from ppchat.cli import main
 from ppchat.engine.events import EventBus, NoticeEvent, StepEvent
-from ppchat.engine.transcript import format_clock
+from ppchat.engine.transcript import Transcript, Utterance, format_clock, transcript
 from ppchat.errors import SessionError
 from ppchat.sessions.export import export, offline_text_frames
 from ppchat.sessions.recorder import start_recording
 from ppchat.sessions.repair import repair_session
-from ppchat.sessions.replay import Utterance, format_transcript, play, transcript
+from ppchat.sessions.replay import play
 from ppchat.sessions.schema import SessionMeta
 from ppchat.sessions.store import (
     default_sessions_root,
@@ -156,7 +156,7 @@ def test_garbage_wav_loads_best_effort_with_a_warning(session_dir):
     assert any("user.wav" in w for w in session.warnings)
     assert len(session.user_audio) == 0
     np.testing.assert_array_equal(session.agent_audio, np.concatenate([agent_frame(s) for s in range(STEPS)]))
-    assert transcript(session)[0].text == "Hello, world"
+    assert transcript(session.steps)[0].text == "Hello, world"
     report = repair_session(session_dir)
     assert any("user.wav" in p for p in report.problems)
 
@@ -222,13 +222,12 @@ def test_repair_refuses_a_folder_that_is_not_a_session(tmp_path):
 
 def test_transcript_groups_pieces_into_utterances_by_pauses(session_dir):
     session = load_session(session_dir)
-    assert transcript(session) == [
+    assert transcript(session.steps) == [
         Utterance(pytest.approx(5 * 0.08), pytest.approx(9 * 0.08), "Hello, world"),
         Utterance(pytest.approx(40 * 0.08), pytest.approx(41 * 0.08), "Again"),
     ]
     # A 31-frame (2.48 s) pause only splits when it is at least pause_s long.
-    assert [u.text for u in transcript(session, pause_s=2.5)] == ["Hello, world Again"]
-    assert format_transcript(transcript(session)) == "[00:00.4] Hello, world\n[00:03.2] Again\n"
+    assert [u.text for u in transcript(session.steps, pause_s=2.5)] == ["Hello, world Again"]
 
 
 def test_format_clock():
@@ -368,3 +367,15 @@ def test_cli_corrupt_session_is_an_error_not_a_traceback(session_dir, capsys):
     (session_dir / "session.json").write_text("{")
     assert main(["replay", "last", "--no-tui", "--sessions-dir", str(session_dir.parent)]) == 2
     assert "ppchat sessions repair" in capsys.readouterr().err
+
+
+def test_console_and_replay_split_turns_by_the_same_rule():
+    # Steps 0 and 30 speak; the log has nothing in between (e.g. steps lost by the recorder).
+    spoken = ((0, "▁Hi"), (1, "!"), (30, "▁Again"))
+    steps = [StepEvent(step=s, audio_time=s * 0.08, wall_time=0.0, timings_ms={}, text_token=17, text_piece=p) for s, p in spoken]
+    live = Transcript(turn_gap_steps=13)
+    for event in steps:
+        live.add(event)
+    assert [(e.first_step, e.text) for e in live.entries] == [(0, "Hi!"), (30, "Again")]
+    assert [u.text for u in transcript(steps, pause_s=1.0)] == ["Hi!", "Again"]
+    assert [u.text for u in transcript(steps, pause_s=2.4)] == ["Hi! Again"]  # 28 silent steps < 30

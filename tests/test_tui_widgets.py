@@ -7,9 +7,9 @@ import pytest
 from rich.style import Style
 
 from ppchat.engine.events import StepEvent
+from ppchat.engine.transcript import Transcript, format_clock
 from ppchat.tui.levels import FLOOR_DB, level_db, level_fraction
 from ppchat.tui.widgets.latency import LatencyStats, chart_cells, chart_top, phase_segment
-from ppchat.tui.widgets.monologue import Transcript, clock
 from ppchat.tui.widgets.statusbar import short_path
 from ppchat.tui.widgets.strips import strip_text
 from ppchat.tui.widgets.waveform import FrameShape, Waveform, column_chars, dot_extent
@@ -184,8 +184,8 @@ def test_transcript_is_bounded():
     assert [e.text for e in t.entries] == ["w14", "w16", "w18"]
 
 
-def test_clock():
-    assert clock(0) == "00:00" and clock(61.9) == "01:01" and clock(3725) == "1:02:05"
+def test_clock_without_tenths_shows_whole_seconds_rounded_down():
+    assert [format_clock(s, tenths=False) for s in (0, 61.9, 3725)] == ["00:00", "01:01", "1:02:05"]
 
 
 # ---- latency -------------------------------------------------------------------------------

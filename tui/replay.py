@@ -16,11 +16,11 @@ from textual.screen import Screen
 
 from ppchat.constants import FRAME_SAMPLES, FRAME_SECONDS, SAMPLE_RATE
 from ppchat.engine.events import EventBus
+from ppchat.engine.transcript import format_clock
 from ppchat.sessions.replay import play
 from ppchat.sessions.store import Session, load_session
 from ppchat.tui.console import HELP_BINDING, ConsoleApp, LivePump
 from ppchat.tui.state import UiState
-from ppchat.tui.widgets.monologue import clock
 
 SPEEDS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 SEEK_S = 5.0
@@ -188,7 +188,7 @@ class ReplayScreen(LivePump, Screen):
             playback=True,
             info=session_status_info(self.session),
             elapsed=self.position,
-            extra=f"{self.speed:g}× of {clock(self.duration)}" + (" · end" if self.ended else ""),
+            extra=f"{self.speed:g}× of {format_clock(self.duration, tenths=False)}" + (" · end" if self.ended else ""),
         )
 
     # ---- actions ----------------------------------------------------------------------

@@ -16,12 +16,12 @@ from textual.containers import Vertical
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Label
 
+from ppchat.engine.transcript import format_clock
 from ppchat.errors import PPChatError
 from ppchat.sessions.schema import USER_WAV
 from ppchat.sessions.store import SessionSummary, default_sessions_root, list_sessions, load_session
 from ppchat.sessions.wav_writer import read_wav_layout
 from ppchat.tui.console import HELP_BINDING
-from ppchat.tui.widgets.monologue import clock
 
 STATUS_STYLES = {
     "ok": "green", "recovered": "yellow", "partial": "yellow", "live": "bold cyan", "corrupt": "red", "failed": "red", "empty": "dim",
@@ -60,7 +60,7 @@ def session_cells(s: SessionSummary) -> list[Text]:
     p95 = "…" if s.status == "live" else ("–" if s.p95_ms is None else f"{s.p95_ms:.0f}")
     return [
         Text(started, "bold"),
-        Text(clock(recorded_length(s)), justify="right"),
+        Text(format_clock(recorded_length(s), tenths=False), justify="right"),
         Text(s.kind or "?"),
         Text(s.voice or "–", "cyan"),
         Text(p95, justify="right"),
@@ -158,7 +158,7 @@ class SessionBrowser(Screen):
         table = self.query_one("#sessions", DataTable)
         for i, summary in enumerate(self.summaries):
             if summary.status == "live":
-                table.update_cell(str(i), "length", Text(clock(recorded_length(summary)), justify="right"))
+                table.update_cell(str(i), "length", Text(format_clock(recorded_length(summary), tenths=False), justify="right"))
 
     def action_sort(self, next_column: int) -> None:
         if next_column:

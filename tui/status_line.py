@@ -16,10 +16,9 @@ import textwrap
 
 from ppchat.engine.events import StepEvent
 from ppchat.engine.monitor_socket import level_envelope
-from ppchat.engine.transcript import format_clock
+from ppchat.engine.transcript import Transcript, format_clock
 from ppchat.tui.latency_stats import LatencyStats
 from ppchat.tui.levels import envelope_bar, level_db
-from ppchat.tui.widgets.monologue import Transcript
 
 MAX_WIDTH = 100
 ENVELOPE = 8  # characters of each track's 10 ms envelope

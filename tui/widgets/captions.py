@@ -15,7 +15,7 @@ from rich.style import Style
 from rich.text import Text
 from textual.widgets import Static
 
-from ppchat.tui.widgets.monologue import clock
+from ppchat.engine.transcript import format_clock
 
 LABEL = "you › "
 
@@ -63,7 +63,7 @@ class Captions(Static):
         width = self.content_region.width or 80
         out = []
         for start, text, style in rows[-self.lines :]:
-            stamp = f"{clock(start)} "
+            stamp = f"{format_clock(start, tenths=False)} "
             room = max(1, width - len(stamp) - len(LABEL))
             if len(text) > room:
                 text = "…" + text[len(text) - room + 1 :]

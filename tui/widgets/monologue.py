@@ -7,79 +7,18 @@ endless line. Marks (k) appear as their own lines.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from rich.style import Style
 from rich.text import Text
 from textual.geometry import Size
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
-from ppchat.constants import NO_TEXT_IDS, WORD_START
 from ppchat.engine.events import StepEvent
+from ppchat.engine.transcript import Entry, Transcript, format_clock
 from ppchat.tui.widgets.strips import runs_to_strip
 
 CURSOR = "▌"
 NEWER_HINT = " new text ↓ End "
-
-
-@dataclass
-class Entry:
-    start: float  # audio time in seconds
-    text: str = ""
-    kind: str = "turn"  # "turn" or "mark"
-
-
-def clock(seconds: float) -> str:
-    """mm:ss (or h:mm:ss past an hour)."""
-    s = max(0, int(seconds))
-    h, rem = divmod(s, 3600)
-    return f"{h}:{rem // 60:02d}:{rem % 60:02d}" if h else f"{rem // 60:02d}:{rem % 60:02d}"
-
-
-class Transcript:
-    """Turns built from a stream of StepEvents."""
-
-    def __init__(self, turn_gap_steps: int = 20, max_entries: int = 300) -> None:
-        self.turn_gap_steps = turn_gap_steps
-        self.max_entries = max_entries
-        self.entries: list[Entry] = []
-        self.silent_steps = 0
-
-    def clear(self) -> None:
-        self.entries.clear()
-        self.silent_steps = 0
-
-    @property
-    def speaking(self) -> bool:
-        """True while the last turn is still open (text came recently)."""
-        return bool(self.entries) and self.entries[-1].kind == "turn" and self.silent_steps < self.turn_gap_steps
-
-    def add(self, ev: StepEvent) -> bool:
-        """Take one step; True if the visible text changed."""
-        was_speaking = self.speaking
-        changed = False
-        if ev.marked:
-            self._append(Entry(ev.audio_time, kind="mark"))
-            changed = True
-        piece = ev.text_piece.replace(WORD_START, " ") if ev.text_piece and ev.text_token not in NO_TEXT_IDS else None
-        if piece:
-            if self.speaking:
-                self.entries[-1].text += piece
-            else:
-                self._append(Entry(ev.audio_time, piece.lstrip()))
-            self.silent_steps = 0
-            return True
-        self.silent_steps += 1
-        return changed or (was_speaking and not self.speaking)
-
-    def _append(self, entry: Entry) -> None:
-        self.entries.append(entry)
-        if len(self.entries) > self.max_entries:
-            del self.entries[: len(self.entries) - self.max_entries]
-
-    def plain_lines(self) -> list[str]:
-        return [f"{clock(e.start)} " + ("◆ mark" if e.kind == "mark" else e.text) for e in self.entries]
 
 
 class Monologue(ScrollView, can_focus=True):
@@ -186,7 +125,7 @@ class Monologue(ScrollView, can_focus=True):
         return lines
 
     def _entry_text(self, entry: Entry, live: bool) -> Text:
-        text = Text(clock(entry.start) + " ", self._stamp)
+        text = Text(format_clock(entry.start, tenths=False) + " ", self._stamp)
         if entry.kind == "mark":
             text.append("◆ mark", self._mark)
         else:

@@ -9,7 +9,7 @@ from rich.style import Style
 from rich.text import Text
 from textual.widget import Widget
 
-from ppchat.tui.widgets.monologue import clock
+from ppchat.engine.transcript import format_clock
 
 STATE_STYLES = {
     "live": ("● LIVE", Style(color="black", bgcolor="green", bold=True)),
@@ -66,7 +66,7 @@ class StatusBar(Widget):
             if old != value:
                 setattr(self.status, key, value)
                 # The clock shows whole seconds: finer changes need no redraw.
-                changed |= key != "elapsed" or clock(old) != clock(value)
+                changed |= key != "elapsed" or format_clock(old, tenths=False) != format_clock(value, tenths=False)
         if changed:
             self.refresh()
 
@@ -77,7 +77,7 @@ class StatusBar(Widget):
         st, info = self.status, self.status.info
         dim, bold = Style(dim=True), Style(bold=True)
         label, style = STATE_STYLES.get(str(st.state), (str(st.state).upper(), Style(reverse=True)))
-        head = [(f" {label} ", style), (f" {clock(st.elapsed)}", bold)]
+        head = [(f" {label} ", style), (f" {format_clock(st.elapsed, tenths=False)}", bold)]
         if st.extra:
             head += [(" ", None), (st.extra, dim)]
         # Mic state first: it is what a person most needs to see at a glance.

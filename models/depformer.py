@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import mlx.core as mx
 import mlx.nn as nn
 
-from ppchat.models.layers import GatedFFN, RMSNorm, embed_tokens, merge_heads, pick
+from ppchat.models.layers import GatedFFN, RMSNorm, embed_tokens, merge_heads, pick, project
 
 
 @dataclass
@@ -46,20 +46,20 @@ class StepwiseAttention(nn.Module):
 
     def __call__(self, x: mx.array, step: int, kv: DepformerKV, layer: int) -> mx.array:
         b, t, _ = x.shape
-        qkv = self.in_proj[step](x).reshape(b, t, 3, self.num_heads, -1).transpose(2, 0, 3, 1, 4)
+        qkv = project(self.in_proj[step], x).reshape(b, t, 3, self.num_heads, -1).transpose(2, 0, 3, 1, 4)
         if step == 0:
             # The column's first query sees its own key only: softmax weight exactly 1, out = v.
             out = pick(qkv, 2)
             if kv.steps > 1:
                 kv.kv[layer] = mx.zeros((2, *out.shape[:2], kv.steps, out.shape[3]), out.dtype)
                 kv.kv[layer][:, :, :, :1] = qkv[1:]
-            return self.out_proj[step](merge_heads(out))
+            return project(self.out_proj[step], merge_heads(out))
         kv.kv[layer][:, :, :, step : step + 1] = qkv[1:]
         # One query after the earlier steps of this column: every key in the window is visible.
         first = max(0, step + 1 - self.window)
         window = kv.kv[layer][:, :, :, first : step + 1]
         out = mx.fast.scaled_dot_product_attention(pick(qkv, 0), pick(window, 0), pick(window, 1), scale=self.scale)
-        return self.out_proj[step](merge_heads(out))
+        return project(self.out_proj[step], merge_heads(out))
 
 
 class DepformerLayer(nn.Module):
@@ -119,7 +119,7 @@ class Depformer(nn.Module):
         x = projected[..., step * self.dim : (step + 1) * self.dim] + embed_tokens(table, prev_token)[:, None, :]
         for index, layer in enumerate(self.layers):
             x = layer(x, step, kv, index)
-        return self.heads[step](x)[:, 0, :]
+        return project(self.heads[step], x)[:, 0, :]
 
     def sample_column(
         self,
@@ -141,7 +141,7 @@ class Depformer(nn.Module):
         if not 0 < num_steps <= self.steps:
             raise ValueError(f"num_steps must be in 1..{self.steps}, got {num_steps}")
         kv = self.make_cache(num_steps)
-        projected = self.input_proj(h)
+        projected = project(self.input_proj, h)
         prev = text_token
         sampled, logits = [], []
         for step in range(num_steps):

@@ -15,7 +15,7 @@ import mlx.nn as nn
 from ppchat.errors import CheckpointError
 from ppchat.models.depformer import Depformer
 from ppchat.models.kv_cache import RingKVCache
-from ppchat.models.layers import RMSNorm, gating_hidden_dim, pick
+from ppchat.models.layers import RMSNorm, gating_hidden_dim, pick, project
 from ppchat.models.transformer import Transformer
 
 PERSONAPLEX_DELAYS = (0, 0, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1, 1, 1, 1, 1)
@@ -342,7 +342,7 @@ class LM(nn.Module):
         depformer's input too (spec pitfall 8).
         """
         h = self.out_norm(self.transformer(x.astype(self.dtype), cache))
-        return h, self.text_linear(h).astype(mx.float32)
+        return h, project(self.text_linear, h).astype(mx.float32)
 
     def forward_codes(self, tokens: mx.array, cache: list[RingKVCache]) -> tuple[mx.array, mx.array]:
         """`forward_embeddings(embed_codes(tokens))`."""

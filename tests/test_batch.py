@@ -174,3 +174,45 @@ def test_mimi_rows_started_at_different_times_equal_streams_run_alone(mimi_dir: 
     for row in range(3):
         np.testing.assert_array_equal(np.concatenate(got_codes[row], axis=-1), want[row][0], err_msg=f"row {row}")
         np.testing.assert_allclose(np.concatenate(got_audio[row]), want[row][1], atol=1e-5, err_msg=f"row {row}")
+
+
+def test_batch_pipeline_rows_equal_single_conversation_pipelines(tmp_path_factory) -> None:
+    """End to end on the demo model: Mimi encode → LM → Mimi decode of a batched frame gives each
+    conversation the text and audio its own `ModelPipeline` gives it, joined at different frames."""
+    from ppchat.engine.batch import BatchPipeline
+    from ppchat.engine.bench import _input_frames, _voice_prompt
+    from ppchat.engine.pipeline import ModelPipeline
+    from ppchat.models.loader import load_model
+    from ppchat.sampling import Sampling
+
+    model = load_model("demo", cache_root=tmp_path_factory.mktemp("cache"), depformer_steps=8, show_progress=False)
+    audio = _input_frames(model.mimi.frame_size, model.mimi.sample_rate, 12, 4)
+    plan = {"x": (21, "assistant", 0), "y": (22, "You are a pirate. Answer briefly.", 3)}  # seed, prompt, join
+    frames = 9
+    voices = {name: _voice_prompt(model.lm, 5, seed) for name, (seed, _, _) in plan.items()}
+
+    expected = {}
+    for name, (seed, prompt, start) in plan.items():
+        single = ModelPipeline(model, Sampling(seed=seed), phase_timing=False)
+        single.start(voices[name], prompt)
+        expected[name] = [single.run_frame(audio[f]) for f in range(start, frames)]
+
+    batch = BatchPipeline(model, 2, Sampling())
+    rows, got = {}, {name: [] for name in plan}
+    for f in range(frames):
+        for name, (seed, prompt, start) in plan.items():
+            if f == start:
+                rows[name] = batch.join(voices[name], prompt, seed=seed)
+        out, ms = batch.run_frame({row: audio[f] for row in rows.values()})
+        assert ms > 0 and sorted(out) == sorted(rows.values())
+        for name, row in rows.items():
+            got[name].append(out[row])
+    for name in plan:
+        assert len(got[name]) == len(expected[name])
+        for f, (mine, (pcm, token, _)) in enumerate(zip(got[name], expected[name])):
+            assert mine.text_token == token, f"{name}, frame {f}"
+            np.testing.assert_allclose(mine.pcm, pcm, atol=1e-5, err_msg=f"{name}, frame {f}")
+    # Not one output matched twice: the two conversations differ (seed, voice, prompt, audio).
+    assert not np.allclose(got["x"][-1].pcm, got["y"][-1].pcm)
+    stats = batch.leave(rows["x"])
+    assert (stats.frames, stats.joined_frame) == (frames, 0) and stats.late <= stats.frames

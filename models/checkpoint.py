@@ -112,47 +112,21 @@ def read_safetensors(path: str | Path, hint: str = REDOWNLOAD_HINT) -> dict[str,
         raise _corrupt(Path(path), str(exc), hint) from None
 
 
-def _shape_of(value: Any) -> tuple[int, ...]:
-    if isinstance(value, TensorInfo):
-        return value.shape
-    if hasattr(value, "shape"):
-        return tuple(value.shape)
-    return tuple(value)
-
-
-def _summarise(items: list[str], limit: int = 8) -> str:
-    shown = ", ".join(items[:limit])
-    return shown + (f", … ({len(items) - limit} more)" if len(items) > limit else "")
-
-
 def validate(weights_or_shapes: Mapping[str, Any], expected: Mapping[str, tuple[int, ...]], source: str = "checkpoint") -> None:
     """Check a key set against the expected reference key → shape set.
 
     `weights_or_shapes` maps keys to arrays, `TensorInfo`s or shape tuples. Raises a
     CheckpointError listing missing keys, unexpected keys and shape mismatches.
     """
-    actual = {k: _shape_of(v) for k, v in weights_or_shapes.items()}
-    missing = sorted(k for k in expected if k not in actual)
-    unexpected = sorted(k for k in actual if k not in expected)
-    mismatched = sorted(
-        f"{k} {list(actual[k])} (expected {list(expected[k])})"
-        for k in expected
-        if k in actual and tuple(actual[k]) != tuple(expected[k])
-    )
-    if not (missing or unexpected or mismatched):
+    problems = manifest.shape_problems(weights_or_shapes, expected)
+    if not problems:
         return
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing: {_summarise(missing)}")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected: {_summarise(unexpected)}")
-    if mismatched:
-        problems.append(f"{len(mismatched)} with the wrong shape: {_summarise(mismatched)}")
+    missing = [k for k in expected if k not in weights_or_shapes]
     hint = "it does not match the model configuration; use the matching config or re-download it"
     if any(k.startswith("depformer") and ("gating.8." in k or "depformer_in.8." in k) for k in missing):
         # Spec §3.1: a Kyutai-Moshi-style 8-step depformer cannot drive PersonaPlex's 16 steps.
         hint = "it looks like an 8-step (Kyutai Moshi) checkpoint, but PersonaPlex needs 16 depformer steps"
-    raise CheckpointError(f"{source}: {'; '.join(problems)}. {hint}")
+    raise CheckpointError(f"{source}: {'; '.join(problems)}; {hint}")
 
 
 def _read_json(path: Path) -> dict[str, Any]:

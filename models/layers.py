@@ -17,13 +17,6 @@ from ppchat.models import cuda_kernels
 from ppchat.models.kv_cache import RingKVCache, RingStep
 
 
-def gating_hidden_dim(dim: int, dim_feedforward: int) -> int:
-    """Hidden width of the reference `ActivationGating` (its own rounding rule, spec pitfall 5)."""
-    if dim_feedforward == 4 * dim:
-        return (21 * dim) // 8
-    return (2 * dim_feedforward) // 3
-
-
 class RMSNorm(nn.Module):
     """The reference `rms_norm_f32`: no mean subtraction, math in float32, cast back at the end.
 

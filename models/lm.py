@@ -12,13 +12,14 @@ from dataclasses import dataclass
 import mlx.core as mx
 import mlx.nn as nn
 
+from ppchat.constants import REPO_ID
 from ppchat.errors import CheckpointError
+from ppchat.models import manifest
 from ppchat.models.depformer import Depformer
 from ppchat.models.kv_cache import RingKVCache
-from ppchat.models.layers import RMSNorm, gating_hidden_dim, pick, project
+from ppchat.models.layers import RMSNorm, pick, project
+from ppchat.models.manifest import LM_FILE, gating_hidden_dim, shape_problems
 from ppchat.models.transformer import Transformer
-
-PERSONAPLEX_DELAYS = (0, 0, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1, 1, 1, 1, 1)
 
 # What this implementation reproduces; any other value in a reference config is refused.
 _REQUIRED_SETTINGS = {
@@ -118,24 +119,8 @@ class LMConfig:
 
     @classmethod
     def personaplex_7b(cls) -> LMConfig:
-        """The released PersonaPlex 7B (spec §2.3-2.5)."""
-        return cls(
-            dim=4096,
-            num_heads=32,
-            num_layers=32,
-            hidden=11264,
-            context=3000,
-            max_period=10000.0,
-            text_card=32000,
-            card=2048,
-            n_q=16,
-            dep_q=16,
-            delays=PERSONAPLEX_DELAYS,
-            depformer_dim=1024,
-            depformer_num_heads=16,
-            depformer_num_layers=6,
-            depformer_hidden=2816,
-        )
+        """The released PersonaPlex 7B (spec §2.3-2.5): the manifest's reference config."""
+        return cls.from_reference(manifest.personaplex_lm_config()["lm_kwargs"])
 
 
 def reference_weight_shapes(config: LMConfig) -> dict[str, tuple[int, ...]]:
@@ -171,12 +156,6 @@ def reference_weight_shapes(config: LMConfig) -> dict[str, tuple[int, ...]]:
             shapes[p + f"gating.{step}.linear_in.weight"] = (2 * config.depformer_hidden, dd)
             shapes[p + f"gating.{step}.linear_out.weight"] = (dd, config.depformer_hidden)
     return shapes
-
-
-def _list_problem(title: str, items: list[str], limit: int = 8) -> str:
-    shown = ", ".join(items[:limit])
-    more = f" (and {len(items) - limit} more)" if len(items) > limit else ""
-    return f"{len(items)} {title}: {shown}{more}"
 
 
 class LM(nn.Module):
@@ -278,22 +257,11 @@ class LM(nn.Module):
         """
         expected = reference_weight_shapes(self.config)
         self._refuse_short_depformer(weights, source)
-        missing = sorted(set(expected) - set(weights))
-        unexpected = sorted(set(weights) - set(expected))
-        wrong = [
-            f"{key} {tuple(weights[key].shape)} (expected {expected[key]})"
-            for key in sorted(set(expected) & set(weights))
-            if tuple(weights[key].shape) != expected[key]
-        ]
-        problems = [
-            _list_problem(title, items)
-            for title, items in (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", wrong))
-            if items
-        ]
+        problems = shape_problems(weights, expected)
         if problems:
             raise CheckpointError(
                 f"{source} does not match the PersonaPlex LM layout: " + "; ".join(problems)
-                + ". Use the unmodified model.safetensors of nvidia/personaplex-7b-v1."
+                + f". Use the unmodified {LM_FILE} of {REPO_ID}."
             )
         sanitized = {k: v.astype(self.dtype) for k, v in self.sanitize(weights).items()}
         self.load_weights(list(sanitized.items()), strict=True)

@@ -8,6 +8,7 @@ against them from its safetensors header alone, without allocating any weights.
 from __future__ import annotations
 
 import copy
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from ppchat.constants import FRAME_RATE, FRAME_SAMPLES, SAMPLE_RATE, SILENCE_TOKENS, SINE_TOKENS
@@ -206,9 +207,32 @@ def _require(cfg: dict, name: str, where: str) -> Any:
     return cfg[name]
 
 
-def _ffn_hidden(dim: int, dim_feedforward: int) -> int:
-    # Reference `ActivationGating`: 8·d² parameters approximated by 21/8·d when ff = 4·d.
+def gating_hidden_dim(dim: int, dim_feedforward: int) -> int:
+    """Hidden width of the reference `ActivationGating` (its own rounding rule, spec pitfall 5):
+    8·d² parameters approximated by 21/8·d when ff = 4·d."""
     return (21 * dim) // 8 if dim_feedforward == 4 * dim else (2 * dim_feedforward) // 3
+
+
+def shape_problems(actual: Mapping[str, Any], expected: Mapping[str, Shape], optional: Collection[str] = ()) -> list[str]:
+    """What keeps a key set from matching a reference key → shape set, one phrase per kind
+    (`missing keys (N): …`, `unexpected keys (N): …`, `wrong shapes (N): key [got] (expected [want])`);
+    empty when it matches. `actual` maps keys to arrays, `TensorInfo`s or shapes; `optional` keys
+    may be missing."""
+    shapes = {k: tuple(v.shape) if hasattr(v, "shape") else tuple(v) for k, v in actual.items()}
+    missing = sorted(k for k in expected if k not in shapes and k not in optional)
+    unexpected = sorted(k for k in shapes if k not in expected)
+    wrong = sorted(
+        f"{k} {list(shapes[k])} (expected {list(expected[k])})"
+        for k in expected
+        if k in shapes and shapes[k] != tuple(expected[k])
+    )
+    return [_listed(label, items) for label, items in (("missing keys", missing), ("unexpected keys", unexpected),
+                                                       ("wrong shapes", wrong)) if items]
+
+
+def _listed(label: str, items: list[str], limit: int = 8) -> str:
+    more = f", … ({len(items) - limit} more)" if len(items) > limit else ""
+    return f"{label} ({len(items)}): {', '.join(items[:limit])}{more}"
 
 
 def _norm_shapes(prefix: str, norm: str, dim: int) -> dict[str, Shape]:
@@ -242,7 +266,7 @@ def _transformer_shapes(
             shapes[f"{p}.linear1.weight"] = (dim_feedforward, dim)
             shapes[f"{p}.linear2.weight"] = (dim, dim_feedforward)
         else:
-            hidden = _ffn_hidden(dim, dim_feedforward)
+            hidden = gating_hidden_dim(dim, dim_feedforward)
             gates = [f"{p}.gating.{s}" for s in range(steps)] if steps > 1 else [f"{p}.gating"]
             for g in gates:
                 shapes[f"{g}.linear_in.weight"] = (2 * hidden, dim)

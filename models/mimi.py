@@ -19,7 +19,9 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 from ppchat.errors import CheckpointError
+from ppchat.models import manifest
 from ppchat.models.conv import PAD_MODES, StreamingConv1d, StreamingConvTranspose1d
+from ppchat.models.manifest import shape_problems
 from ppchat.models.mimi_transformer import MimiTransformer, MimiTransformerConfig
 from ppchat.models.quantizer import EuclideanCodebook, QuantizerConfig, SplitResidualVectorQuantizer
 from ppchat.models.seanet import SEANetConfig, SEANetDecoder, SEANetEncoder
@@ -53,7 +55,7 @@ class MimiConfig:
     @classmethod
     def personaplex(cls) -> MimiConfig:
         """The codec shipped with PersonaPlex 7B (`tokenizer-e351c8d8-checkpoint125.safetensors`)."""
-        return cls()
+        return cls.from_reference(manifest.personaplex_mimi_config())
 
     @classmethod
     def from_reference(cls, cfg: dict) -> MimiConfig:
@@ -238,12 +240,6 @@ def _reference_param(path: str, leaf: str, module: nn.Module, shape: Shape) -> _
         source = f"{top}.transformer.{rest}".replace("self_attn.in_proj.weight", "self_attn.in_proj_weight")
         return _ReferenceParam(name, (source,), (shape,), _same)
     raise TypeError(f"no reference mapping for parameter {name}")
-
-
-def _format_problems(label: str, items: list[str], limit: int = 8) -> str:
-    shown = ", ".join(items[:limit])
-    more = f" and {len(items) - limit} more" if len(items) > limit else ""
-    return f"{label} ({len(items)}): {shown}{more}"
 
 
 _ENCODER_PARTS = ("encoder", "encoder_transformer", "downsample")
@@ -433,18 +429,7 @@ class Mimi(nn.Module):
         weights = fold_weight_norm(weights)
         expected = self.reference_key_shapes()
         unused = self._unused_reference_keys()
-        missing = [k for k in expected if k not in weights and k not in unused]
-        unexpected = [k for k in weights if k not in expected]
-        wrong = [
-            f"{k} {list(weights[k].shape)} (expected {list(shape)})"
-            for k, shape in expected.items()
-            if k in weights and tuple(weights[k].shape) != shape
-        ]
-        problems = [
-            _format_problems(label, items)
-            for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", wrong))
-            if items
-        ]
+        problems = shape_problems(weights, expected, optional=unused)
         if problems:
             raise CheckpointError(
                 "Mimi weights do not match the Mimi config: "

@@ -64,7 +64,7 @@ def test_validate_lists_missing_unexpected_and_wrong_shapes():
     with pytest.raises(CheckpointError) as info:
         validate({"x": (2, 4), "extra": (1,)}, {"x": (2, 3), "y": (4,)}, source="lm.safetensors")
     msg = str(info.value)
-    assert "lm.safetensors" in msg and "1 missing: y" in msg and "1 unexpected: extra" in msg
+    assert "lm.safetensors" in msg and "missing keys (1): y" in msg and "unexpected keys (1): extra" in msg
     assert "x [2, 4] (expected [2, 3])" in msg
 
 
@@ -73,7 +73,7 @@ def test_validate_summarises_long_lists():
     with pytest.raises(CheckpointError) as info:
         validate({}, expected)
     msg = str(info.value)
-    assert "100 missing" in msg and "(92 more)" in msg and len(msg) < 400
+    assert "missing keys (100)" in msg and "(92 more)" in msg and len(msg) < 400
 
 
 def test_eight_step_depformer_is_called_out():

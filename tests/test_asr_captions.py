@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 
 import numpy as np
@@ -281,8 +282,6 @@ while True:  # alive, but it never gets past step 0: a recogniser far slower tha
 
 
 def test_a_worker_slower_than_speech_is_told_then_switched_off_not_restarted(tmp_path):
-    import sys
-
     bus = EventBus()
     settings = CaptionSettings(tmp_path, command=[sys.executable, "-c", SLOW_WORKER], lag_notice_s=1.0, max_lag_s=2.0,
                                lag_grace_s=1.0, stall_s=5.0)  # fmt: skip
@@ -312,3 +311,41 @@ def test_headless_talk_prints_final_captions_beside_the_agents_turns(demo_model,
     # Captions still on their way when the conversation ends are not waited for (they are live only),
     # so on a busy machine the last may be missing; those printed are the first ones, in order.
     assert len(users) >= 2 and users == ["00:00.8", "00:03.8", "00:07.3"][: len(users)]
+
+
+def _proc_stat(pid: int) -> list[str]:
+    """Fields of /proc/PID/stat after the command name: [0] state, [16] nice."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_the_caption_process_runs_at_lower_priority_and_ends_when_ppchat_is_killed(tiny_asr):
+    import subprocess
+
+    parent = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from pathlib import Path\n"
+        "from ppchat.engine.events import EventBus\n"
+        "from ppchat.asr.captions import LiveCaptions, CaptionSettings\n"
+        f"c = LiveCaptions(EventBus(), CaptionSettings(Path({str(tiny_asr)!r}))).start()\n"
+        "print(c.process.pid, flush=True); time.sleep(120)\n")], stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        worker = int(parent.stdout.readline())
+        deadline = time.monotonic() + 30
+        nice = None
+        while nice is None and time.monotonic() < deadline:  # the worker lowers its own priority as it starts
+            nice = int(_proc_stat(worker)[16]) or None
+            time.sleep(0.1)
+        assert nice == 10
+    finally:
+        parent.kill()  # ppchat crashes: no close(), no cleanup
+        parent.wait()
+    deadline = time.monotonic() + 15
+    gone = False
+    while not gone and time.monotonic() < deadline:
+        try:
+            gone = _proc_stat(worker)[0] == "Z"  # exited; only its entry waits to be collected
+        except FileNotFoundError:
+            gone = True
+        time.sleep(0.1)
+    assert gone, "the caption process outlived ppchat"

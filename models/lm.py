@@ -36,6 +36,14 @@ _REQUIRED_SETTINGS = {
 }
 
 
+def _feedforward(dim: int, hidden: int) -> int:
+    """A reference feed-forward width whose gated hidden width is `hidden`."""
+    width = 4 * dim if hidden == gating_hidden_dim(dim, 4 * dim) else -(-3 * hidden // 2)
+    if gating_hidden_dim(dim, width) != hidden:
+        raise ValueError(f"no reference feed-forward width gives a gated width of {hidden} at dim {dim}")
+    return width
+
+
 @dataclass(frozen=True)
 class LMConfig:
     """Hyper-parameters of the LM. Hidden sizes are the gated FFN widths (after the reference's rounding)."""
@@ -95,7 +103,7 @@ class LMConfig:
                 dim=dim,
                 num_heads=int(lm_kwargs["num_heads"]),
                 num_layers=int(lm_kwargs["num_layers"]),
-                hidden=gating_hidden_dim(dim, int(hidden_scale * dim)),
+                hidden=gating_hidden_dim(dim, int(lm_kwargs.get("dim_feedforward") or hidden_scale * dim)),
                 context=int(lm_kwargs["context"]),
                 max_period=float(lm_kwargs.get("max_period", 10000)),
                 text_card=int(lm_kwargs["text_card"]),
@@ -117,45 +125,27 @@ class LMConfig:
             raise CheckpointError(f"LM config: dep_q={config.dep_q} must be in 1..n_q={config.n_q}")
         return config
 
+    def reference_kwargs(self) -> dict:
+        """Reference `lm_kwargs` that build this network: the settings this implementation requires
+        and feed-forward widths that round to `hidden` / `depformer_hidden` (any such width gives
+        the same weights). `manifest.lm_reference_shapes` of it is the one key → shape set."""
+        return {
+            **_REQUIRED_SETTINGS,
+            "dim": self.dim, "num_heads": self.num_heads, "num_layers": self.num_layers,
+            "dim_feedforward": _feedforward(self.dim, self.hidden),
+            "context": self.context, "max_period": self.max_period,
+            "text_card": self.text_card, "card": self.card, "n_q": self.n_q, "dep_q": self.dep_q,
+            "delays": list(self.delays),
+            "depformer_dim": self.depformer_dim, "depformer_num_heads": self.depformer_num_heads,
+            "depformer_num_layers": self.depformer_num_layers,
+            "depformer_dim_feedforward": _feedforward(self.depformer_dim, self.depformer_hidden),
+            "existing_text_padding_id": self.text_padding_id,
+        }
+
     @classmethod
     def personaplex_7b(cls) -> LMConfig:
         """The released PersonaPlex 7B (spec §2.3-2.5): the manifest's reference config."""
         return cls.from_reference(manifest.personaplex_lm_config()["lm_kwargs"])
-
-
-def reference_weight_shapes(config: LMConfig) -> dict[str, tuple[int, ...]]:
-    """Every key of the reference state dict with its shape (spec §3.1)."""
-    d, dd, s = config.dim, config.depformer_dim, config.dep_q
-    shapes: dict[str, tuple[int, ...]] = {}
-    for i in range(config.n_q):
-        shapes[f"emb.{i}.weight"] = (config.card + 1, d)
-    shapes["text_emb.weight"] = (config.text_card + 1, d)
-    shapes["text_linear.weight"] = (config.text_card, d)
-    shapes["out_norm.alpha"] = (1, 1, d)
-    for layer in range(config.num_layers):
-        p = f"transformer.layers.{layer}."
-        shapes[p + "self_attn.in_proj_weight"] = (3 * d, d)
-        shapes[p + "self_attn.out_proj.weight"] = (d, d)
-        shapes[p + "norm1.alpha"] = (1, 1, d)
-        shapes[p + "norm2.alpha"] = (1, 1, d)
-        shapes[p + "gating.linear_in.weight"] = (2 * config.hidden, d)
-        shapes[p + "gating.linear_out.weight"] = (d, config.hidden)
-    for step in range(s):
-        shapes[f"depformer_in.{step}.weight"] = (dd, d)
-        shapes[f"linears.{step}.weight"] = (config.card, dd)
-    for j in range(s - 1):
-        shapes[f"depformer_emb.{j}.weight"] = (config.card + 1, dd)
-    shapes["depformer_text_emb.weight"] = (config.text_card + 1, dd)
-    for layer in range(config.depformer_num_layers):
-        p = f"depformer.layers.{layer}."
-        shapes[p + "self_attn.in_proj_weight"] = (s * 3 * dd, dd)
-        shapes[p + "self_attn.out_proj.weight"] = (s * dd, dd)
-        shapes[p + "norm1.alpha"] = (1, 1, dd)
-        shapes[p + "norm2.alpha"] = (1, 1, dd)
-        for step in range(s):
-            shapes[p + f"gating.{step}.linear_in.weight"] = (2 * config.depformer_hidden, dd)
-            shapes[p + f"gating.{step}.linear_out.weight"] = (dd, config.depformer_hidden)
-    return shapes
 
 
 class LM(nn.Module):
@@ -255,7 +245,7 @@ class LM(nn.Module):
         Raises `CheckpointError` naming every missing, unexpected or mis-shaped key, and refuses a
         checkpoint whose depformer has fewer steps than `dep_q` (Kyutai's 8-step Moshi layout).
         """
-        expected = reference_weight_shapes(self.config)
+        expected = manifest.lm_reference_shapes(self.config.reference_kwargs())
         self._refuse_short_depformer(weights, source)
         problems = shape_problems(weights, expected)
         if problems:

@@ -9,7 +9,8 @@ import mlx.core as mx
 import pytest
 
 from ppchat.errors import CheckpointError
-from ppchat.models.lm import LM, LMConfig, reference_weight_shapes
+from ppchat.models import manifest as manifest_module
+from ppchat.models.lm import LM, LMConfig
 from tests.conftest import fixture_params, fixtures_root
 
 LM_DIRS = fixture_params("lm")
@@ -87,4 +88,16 @@ def test_7b_layout_matches_reference_manifest() -> None:
     config = LMConfig.from_reference(manifest["lm_kwargs"])
     assert config == LMConfig.personaplex_7b()
     expected = {key: tuple(shape) for key, shape in manifest["keys"].items()}
-    assert reference_weight_shapes(config) == expected
+    assert manifest_module.lm_reference_shapes(config.reference_kwargs()) == expected
+
+
+@pytest.mark.parametrize("lm_dir", LM_DIRS)
+def test_reference_kwargs_rebuild_the_config_and_its_key_set(lm_dir) -> None:
+    # The LM checks weights against manifest.lm_reference_shapes(config.reference_kwargs()): those
+    # kwargs must describe the same network as the checkpoint's own config.json.
+    kwargs = json.loads((lm_dir / "config.json").read_text())["lm_kwargs"]
+    config = LMConfig.from_reference(kwargs)
+    assert LMConfig.from_reference(config.reference_kwargs()) == config
+    assert manifest_module.lm_reference_shapes(config.reference_kwargs()) == manifest_module.lm_reference_shapes(kwargs)
+    seven_b = LMConfig.personaplex_7b()
+    assert LMConfig.from_reference(seven_b.reference_kwargs()) == seven_b

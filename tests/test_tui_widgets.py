@@ -294,3 +294,23 @@ def test_status_line_prints_each_agent_turn_once_when_it_ends():
     assert printed == ["agent 00:00.2  Hello there"]  # the first turn ended (20 silent steps); the second is open
     assert status.finished_turns(final=True) == ["agent 00:03.2  Second turn"]
     assert status.finished_turns(final=True) == []
+
+
+def test_status_bar_keeps_what_matters_at_80_columns_and_drops_the_rest_in_order(monkeypatch):
+    monkeypatch.setenv("HOME", "/home/ann")
+    from ppchat.tui.widgets.statusbar import Status, StatusBar
+
+    bar = StatusBar()
+    info = {"model": "demo (random weights)", "is_demo": True, "quantization": "none", "voice": "NATF2",
+            "prompt_name": "customer-service", "input_device": "HDA Intel PCH: ALC3246 Analog", "output_device": "pulse",
+            "session_dir": "/home/ann/.local/share/ppchat/sessions/2026-12-01T13-15-51_a38a"}
+    bar.status = Status(state="live", elapsed=42.0, info=info, muted=True)
+    wide = bar.render_text(160).plain.splitlines()
+    assert wide[0] == " ● LIVE  00:42  MUTED  │  DEMO  demo (random weights) none │ voice NATF2 │ prompt customer-service"
+    assert wide[1] == "in HDA Intel PCH: ALC3246 Analog → out pulse │ ● rec ~/.local/share/ppchat/sessions/2026-12-01T13-15-51_a38a"
+    narrow = bar.render_text(80).plain.splitlines()
+    # The quantisation and the model's name go first (DEMO stays), then the devices; nothing is cut mid-word.
+    assert narrow[0] == " ● LIVE  00:42  MUTED  │  DEMO  │ voice NATF2 │ prompt customer-service"
+    assert narrow[1].startswith("● rec ") and narrow[1].endswith("2026-12-01T13-15-51_a38a") and len(narrow[1]) <= 80
+    tiny = bar.render_text(50).plain.splitlines()[0]
+    assert tiny == " ● LIVE  00:42  MUTED  │ prompt custom…"  # below the 80-column minimum, more goes

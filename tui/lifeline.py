@@ -11,6 +11,8 @@ its full queue), so when the app has not ended `grace_s` after the session was s
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import signal
 import sys
@@ -19,14 +21,27 @@ import threading
 from collections.abc import Callable
 
 WATCHED_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+log = logging.getLogger(__name__)
+
+
+def terminal_fd() -> int | None:
+    """The terminal the console draws on: Textual writes to stderr; else stdout, stdin."""
+    for stream in (sys.__stderr__, sys.__stdout__, sys.__stdin__):
+        try:
+            if stream is not None and stream.isatty():
+                return stream.fileno()
+        except (OSError, ValueError):
+            continue
+    return None
 
 
 def terminal_hung_up(fd: int) -> bool:
     """True when `fd` is a terminal whose other side is gone (its ioctls fail with EIO)."""
     try:
         termios.tcgetattr(fd)
-    except termios.error:
-        return True
+    except termios.error as exc:
+        log.info("terminal fd %d: %s", fd, exc)
+        return bool(exc.args) and exc.args[0] == errno.EIO  # anything else is not a hang-up
     except (OSError, ValueError):
         return False
     return False
@@ -52,12 +67,7 @@ class Lifeline:
         hard_exit: Callable[[int], None] = os._exit,
     ) -> None:
         self._stop, self._request_exit, self._close = stop, request_exit, close
-        if fd is None:
-            try:
-                fd = sys.__stdout__.fileno() if sys.__stdout__ and sys.__stdout__.isatty() else None
-            except (OSError, ValueError):
-                fd = None
-        self.fd = fd
+        self.fd = fd if fd is not None else terminal_fd()
         self.poll_s, self.grace_s = poll_s, grace_s
         self._hard_exit = hard_exit
         self.reason: str | None = None
@@ -89,18 +99,24 @@ class Lifeline:
         self._wake.set()
 
     def _watch(self) -> None:
+        hung_up = 0
         while not self._done.is_set():
             self._wake.wait(self.poll_s)
             if self._done.is_set():
                 return
-            if self.reason is None and self.fd is not None and terminal_hung_up(self.fd):
-                self.reason, self.exit_code = "terminal closed", 128 + signal.SIGHUP
+            if self.reason is None and self.fd is not None:
+                # Twice in a row: one odd answer must not end a conversation.
+                hung_up = hung_up + 1 if terminal_hung_up(self.fd) else 0
+                if hung_up >= 2:
+                    self.reason, self.exit_code = "terminal closed", 128 + signal.SIGHUP
             if self.reason is not None:
                 break
+        log.info("ending the console: %s", self.reason)
         self._stop()
         self._request_exit()
         if self._done.wait(self.grace_s):
             return
+        log.warning("the console did not end %.1f s after saving (its terminal is gone?): exiting", self.grace_s)
         if self._close is not None:
             self._close()
         self._hard_exit(self.exit_code)

@@ -129,7 +129,7 @@ class Item:
 
 
 SEPARATOR = (" │ ", Style(dim=True))
-MIN_SHRUNK = 10  # a shrinking item keeps at least this many cells
+MIN_SHRUNK = 14  # a shrinking item keeps at least this many cells ("prompt " and 7 of its own)
 ESSENTIAL = 5  # items at or above this priority go only when nothing else is left to drop
 
 
@@ -138,9 +138,14 @@ def fit_items(items: list[Item], width: int) -> Text:
     first the optional items (priority below `ESSENTIAL`) go, least important first,
     then the elastic items are shortened, then whatever is still too much goes."""
     items = [item for item in items if item.runs]
+    original = list(items)
+
+    def joined(n: int) -> bool:
+        """Item n is followed by a space, not a separator: it was joined to the next one, still there."""
+        return items[n].joined_to_next and original.index(items[n + 1]) == original.index(items[n]) + 1
 
     def overflow() -> int:
-        gaps = sum(len(SEPARATOR[0]) if not p.joined_to_next else 1 for p in items[:-1])
+        gaps = sum(1 if joined(n) else len(SEPARATOR[0]) for n in range(len(items) - 1))
         return sum(p.width for p in items) + gaps - width
 
     def drop(candidates: list[Item]) -> None:
@@ -162,7 +167,7 @@ def fit_items(items: list[Item], width: int) -> Text:
         for text, style in item.runs:
             line.append(text, style)
         if n < len(items) - 1:
-            line.append(" ") if item.joined_to_next else line.append(*SEPARATOR)
+            line.append(" ") if joined(n) else line.append(*SEPARATOR)
     line.truncate(width, overflow="ellipsis")
     return line
 

@@ -543,3 +543,16 @@ def test_duration_quits_after_that_much_conversation_and_saves():
             assert not app.is_running
         assert conv.lifecycle[-1] == ("stop",)
     run(go())
+
+
+def test_the_footer_keeps_quit_after_shrinking_to_80_columns():
+    async def go():
+        conv = FakeConversation()
+        app = PPChatApp(conv)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await settle(pilot)
+            await pilot.resize_terminal(80, 24)
+            await settle(pilot)
+            footer = screen_text(app).splitlines()[-1]
+            assert "q Quit" in footer and "space Start/stop" in footer and "palette" not in footer
+    run(go())

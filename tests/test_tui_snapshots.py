@@ -38,8 +38,16 @@ from tests.test_tui_app import PROMPTS, FakeConversation, chatty_events, scripte
 SNAPSHOTS = Path(__file__).parent / "snapshots"
 VERSION_FILE = SNAPSHOTS / "TEXTUAL_VERSION"
 UPDATE = bool(os.environ.get("PPCHAT_UPDATE_SNAPSHOTS"))
-# Shown on screen (status bar, browser): the same on every machine, so not a tmp_path.
-SESSIONS = Path("/tmp/ppchat-snapshot-sessions")
+# Shown on screen (browser, replay's status bar): a folder of this process (other test runs may
+# share /tmp), its name always as long, and written into the snapshots as SHOWN.
+SESSIONS = Path(f"/tmp/ppchat-snap-{os.getpid():08d}")
+SHOWN = "/tmp/ppchat-snap-00000000"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def sessions_folder():
+    yield
+    shutil.rmtree(SESSIONS, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)
@@ -55,9 +63,18 @@ def plain(app) -> str:
     return "\n".join(line.rstrip() for line in console.export_text().splitlines()) + "\n"
 
 
+def screenshot(app, name: str) -> str:
+    """Textual's `export_screenshot`, with an id that depends on the name only (Rich's default
+    hashes the content, which would differ in every class name when one character does)."""
+    console = Console(width=app.size.width, height=app.size.height, file=io.StringIO(), force_terminal=True,
+                      color_system="truecolor", record=True, legacy_windows=False, safe_box=False)
+    console.print(app.screen._compositor.render_update(full=True, screen_stack=app._background_screens))
+    return console.export_svg(title=name, unique_id=name.replace("_", "-"))
+
+
 def check(app, name: str) -> None:
     """Compare the screen with tests/snapshots/<name>.txt and .svg (or write them when updating)."""
-    svg, text = app.export_screenshot(title=name), plain(app)
+    svg, text = screenshot(app, name).replace(str(SESSIONS), SHOWN), plain(app).replace(str(SESSIONS), SHOWN)
     svg_file, text_file = SNAPSHOTS / f"{name}.svg", SNAPSHOTS / f"{name}.txt"
     if UPDATE:
         SNAPSHOTS.mkdir(exist_ok=True)
@@ -156,6 +173,7 @@ STARTED = datetime(2025, 3, 14, 9, 26, tzinfo=timezone.utc)
 
 def recorded_sessions() -> Path:
     """Three finished sessions (talk, respond, served) and a damaged one, at fixed times."""
+    assert len(str(SESSIONS)) == len(SHOWN)
     shutil.rmtree(SESSIONS, ignore_errors=True)
     SESSIONS.mkdir(parents=True)
     kinds = [("talk", "NATF2", PROMPTS["assistant"], 200), ("respond", "NATM1", "You are a patient teacher who explains "
@@ -249,7 +267,7 @@ def test_snapshots_are_drawn_the_same_twice():
         app = PPChatApp(conv)
         async with app.run_test(size=(80, 24)) as pilot:
             await live_console(pilot, conv)
-            return app.export_screenshot(title="x")
+            return screenshot(app, "x")
 
     assert asyncio.run(draw()) == asyncio.run(draw())
 

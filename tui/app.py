@@ -20,7 +20,6 @@ from typing import Any, Protocol
 from textual.app import ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
-from textual.widgets import Footer
 
 from ppchat import logfile
 from ppchat.constants import FRAME_SECONDS
@@ -131,11 +130,6 @@ class PPChatApp(LivePump, ConsoleApp):
 
     def compose(self) -> ComposeResult:
         yield from self.compose_live()
-
-    def on_resize(self) -> None:
-        # The footer's palette hint would push keys off an 80-column footer; ctrl+p
-        # still opens the palette.
-        self.query_one(Footer).show_command_palette = self.size.width >= 120
 
     def on_mount(self) -> None:
         self._event_loop = asyncio.get_running_loop()

@@ -61,7 +61,9 @@ class LivePump:
         self.live = LiveView(id="live")
         yield self.status_bar
         yield self.live
-        yield Footer(compact=True)
+        # No palette hint: at 80 columns it pushes keys off the footer (ctrl+p still works,
+        # and the help screen says so).
+        yield Footer(compact=True, show_command_palette=False)
 
     def start_pump(self, subscription: Subscription) -> None:
         self._feed = subscription

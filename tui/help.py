@@ -21,7 +21,9 @@ FIGURES = [
                   "(End follows again)."),
     ("step ms", "compute time of each 80 ms step, newest at the right; ┈ is the 80 ms budget: a "
                 "step above it is late. The top of the chart is 1.5 x the slowest step in view."),
-    ("p50 p95 max", "median, 95th percentile and slowest step of the last 20 s (250 steps)."),
+    ("p50 p95 max", "median, 95th percentile and slowest step: of the last 20 s (250 steps) when "
+                    "marked '20 s'; of the whole session, as the engine counts it, when marked 'session' "
+                    "(ppchat monitor); of what this monitor saw when marked 'attach'."),
     ("RTF", "real-time factor: mean compute time over the 80 ms of audio each step covers; "
             "below 1 keeps up."),
     ("queue in / out", "frames waiting: microphone frames not yet processed, and agent frames "

@@ -63,7 +63,7 @@ class Lifeline:
         close: Callable[[], None] | None = None,
         fd: int | None = None,
         poll_s: float = 0.25,
-        grace_s: float = 1.5,
+        grace_s: float = 1.0,
         hard_exit: Callable[[int], None] = os._exit,
     ) -> None:
         self._stop, self._request_exit, self._close = stop, request_exit, close

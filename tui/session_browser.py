@@ -107,7 +107,7 @@ class SessionBrowser(Screen):
             yield Label("Sessions", classes="title")
             yield Label(self._hint(), classes="hint", id="hint")
             yield DataTable(id="sessions", cursor_type="row", zebra_stripes=True)
-        yield Footer(compact=True)
+        yield Footer(compact=True, show_command_palette=False)
 
     def on_mount(self) -> None:
         table = self.query_one("#sessions", DataTable)

@@ -401,9 +401,16 @@ def test_a_headless_talk_ended_by_a_signal_saves_and_exits_with_the_signal_code(
     import time
 
     sessions = tmp_path / "sessions"
+    # A private null sink: other users of the shared virtual card (reloading its default sink) can't
+    # end this stream, and it doesn't play into theirs.
+    sink = "ppchat_robust_signals"
+    if sink not in subprocess.run(["pactl", "list", "short", "sinks"], capture_output=True, text=True).stdout:
+        subprocess.run(["pactl", "load-module", "module-null-sink", f"sink_name={sink}", "rate=24000", "channels=1"],
+                       check=True, capture_output=True)  # fmt: skip
+    env = {**os.environ, "PULSE_SINK": sink, "PULSE_SOURCE": f"{sink}.monitor"}
     proc = subprocess.Popen([sys.executable, "-m", "ppchat", "talk", "--no-tui", "--model", "demo", "--input-device",
                              "pulse", "--output-device", "pulse", "--no-monitor", "--sessions-dir", str(sessions)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
     deadline = time.monotonic() + 120
 
     def recorded_steps() -> int:

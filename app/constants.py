@@ -15,6 +15,7 @@ FRAME_SAMPLES = 1920
 """Samples in one model frame (one step)."""
 FRAME_SECONDS = FRAME_SAMPLES / SAMPLE_RATE
 """One frame lasts 80 ms: the real-time budget of a step."""
+FRAME_MS = FRAME_SECONDS * 1000
 FRAME_RATE = SAMPLE_RATE / FRAME_SAMPLES
 """12.5 frames a second."""
 

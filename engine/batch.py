@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, replace
 import mlx.core as mx
 import numpy as np
 
-from ppchat.constants import DEPFORMER_STEPS, FRAME_SECONDS
+from ppchat.constants import DEPFORMER_STEPS, FRAME_MS
 from ppchat.engine.pipeline import (
     SILENCE_FRAMES,
     make_generator,
@@ -35,8 +35,6 @@ from ppchat.engine.pipeline import (
 from ppchat.models.batch import BatchLMGen
 from ppchat.models.loader import LoadedModel
 from ppchat.sampling import Sampling
-
-FRAME_MS = FRAME_SECONDS * 1000
 
 
 @dataclass

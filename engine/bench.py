@@ -26,7 +26,7 @@ import mlx.nn as nn
 import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 
-from ppchat.constants import DEPFORMER_STEPS
+from ppchat.constants import DEPFORMER_STEPS, FRAME_MS
 from ppchat.engine.pipeline import ModelPipeline
 from ppchat.engine.prompts import resolve_prompt
 from ppchat.models.generator import VoiceEmbeddings
@@ -42,7 +42,6 @@ from ppchat.models.loader import (
 from ppchat.models.mimi import Mimi, MimiConfig
 from ppchat.sampling import Sampling
 
-FRAME_MS = 80.0
 PHASES = ("encode", "temporal", "depformer", "decode", "total")
 CONFIGS = ("7b",)
 MEMORY_SAMPLES = 20

@@ -17,7 +17,8 @@ import mlx.core as mx
 import numpy as np
 from mlx.utils import tree_flatten
 
-from ppchat.engine.batch import FRAME_MS, BatchPipeline
+from ppchat.constants import FRAME_MS
+from ppchat.engine.batch import BatchPipeline
 from ppchat.engine.bench import (
     BenchOptions,
     _input_frames,

@@ -457,8 +457,8 @@ def mimi_reference_shapes(cfg: dict[str, Any]) -> dict[str, Shape]:
     hop = 1
     for ratio in seanet["ratios"]:
         hop *= ratio
-    encoder_rate = cfg.get("sample_rate", 24000) / hop
-    stride = int(round(encoder_rate / cfg.get("frame_rate", 12.5)))
+    encoder_rate = cfg.get("sample_rate", SAMPLE_RATE) / hop
+    stride = int(round(encoder_rate / cfg.get("frame_rate", FRAME_RATE)))
     if stride > 1:
         shapes["downsample.conv.conv.conv.weight"] = (dimension, dimension, 2 * stride)
         groups_out = 1 if cfg.get("upsample_channel_wise_bug", True) else dimension

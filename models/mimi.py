@@ -18,6 +18,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
+from ppchat.constants import FRAME_RATE, SAMPLE_RATE
 from ppchat.errors import CheckpointError
 from ppchat.models import manifest
 from ppchat.models.conv import PAD_MODES, StreamingConv1d, StreamingConvTranspose1d
@@ -37,8 +38,8 @@ class MimiConfig:
     quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
     transformer: MimiTransformerConfig = field(default_factory=MimiTransformerConfig)
     num_codebooks: int = 8
-    sample_rate: int = 24000
-    frame_rate: float = 12.5
+    sample_rate: int = SAMPLE_RATE
+    frame_rate: float = FRAME_RATE
     # `upsample_channel_wise_bug` of the reference: the upsample is depthwise (groups = channels).
     upsample_depthwise: bool = True
 
@@ -111,8 +112,8 @@ class MimiConfig:
                     max_period=float(transformer["max_period"]),
                 ),
                 num_codebooks=int(cfg.get("num_codebooks", 8)),
-                sample_rate=int(cfg.get("sample_rate", 24000)),
-                frame_rate=float(cfg.get("frame_rate", 12.5)),
+                sample_rate=int(cfg.get("sample_rate", SAMPLE_RATE)),
+                frame_rate=float(cfg.get("frame_rate", FRAME_RATE)),
                 upsample_depthwise=bool(cfg.get("upsample_channel_wise_bug", True)),
             )
         except KeyError as err:

@@ -7,11 +7,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ppchat.constants import FRAME_SECONDS
+from ppchat.constants import FRAME_MS
 from ppchat.engine.events import PHASES, StepEvent
-
-FRAME_MS = FRAME_SECONDS * 1000.0
-
 
 # What `ppchat talk --server` measures besides the server's step (see ppchat.net.remote).
 NETWORK_KEYS = ("rtt", "jitter", "buffer")

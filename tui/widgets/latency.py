@@ -18,8 +18,9 @@ from rich.style import Style
 from textual.strip import Strip
 from textual.widget import Widget
 
+from ppchat.constants import FRAME_MS
 from ppchat.engine.events import PHASES, StepEvent
-from ppchat.tui.latency_stats import FRAME_MS, LatencyStats
+from ppchat.tui.latency_stats import LatencyStats
 from ppchat.tui.levels import EIGHTHS
 from ppchat.tui.widgets.strips import runs_to_strip
 

@@ -13,13 +13,13 @@ import sys
 import traceback
 
 from ppchat import __version__, logfile, paths
-from ppchat.commands import bench, models, monitor, serve, sessions, talk, transcribe
+from ppchat.commands import aec, bench, models, monitor, serve, sessions, talk, transcribe
 from ppchat.errors import PPChatError, Terminated
 
 log = logging.getLogger(__name__)
 
 # Each module exposes register(subparsers) and attaches a handler with set_defaults(func=...).
-COMMAND_MODULES = (talk, serve, monitor, sessions, transcribe, models, bench)
+COMMAND_MODULES = (talk, serve, monitor, sessions, transcribe, models, bench, aec)
 
 
 def _terminate(signum, frame) -> None:

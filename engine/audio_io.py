@@ -341,6 +341,7 @@ class DuplexAudio:
 
     realtime = True
     DUPLEX_ATTEMPTS = 2
+    MAX_RESTARTS = 3
     START_WAIT_S = 3.0  # PulseAudio's first callback was seen to take up to 2 s
 
     def __init__(
@@ -404,6 +405,7 @@ class DuplexAudio:
             self._fall_back(f"the device refused a duplex stream ({exc})")
         self._started = False
         self._closed = False
+        self._restarts = 0
 
     def _open(self, duplex: bool) -> list:
         sd = self._sd
@@ -514,14 +516,39 @@ class DuplexAudio:
         return False
 
     def check(self) -> None:
-        """Raise `AudioError` if a callback failed or a started stream stopped by itself."""
+        """Raise `AudioError` if a callback failed or a started stream stopped by itself.
+
+        With echo cancellation a stream that stops is first reopened, up to `MAX_RESTARTS`
+        times: PortAudio's ALSA duplex polling also aborted running streams on a loaded
+        machine (the same ContinuePoll error as at start-up). The rings carry on, so the
+        recording stays aligned; the echo path measures the new loop delay by itself."""
         if self.buffers.error is not None:
             raise AudioError(f"the audio callback failed: {self.buffers.error!r}")
         if self._started and not self._closed and not all(s.active for s in self._streams):
-            raise AudioError(
-                f"the audio stream on {self.input_device.name!r} / {self.output_device.name!r} stopped unexpectedly "
-                "(device disconnected?)"
-            )
+            if self.buffers.echo is None or self._restarts >= self.MAX_RESTARTS:
+                raise AudioError(
+                    f"the audio stream on {self.input_device.name!r} / {self.output_device.name!r} stopped unexpectedly "
+                    "(device disconnected?)"
+                )
+            self._restarts += 1
+            self._restart()
+
+    def _restart(self) -> None:
+        sd = self._sd
+        self._close_streams()
+        try:
+            if self.duplex and self._try_duplex(self.capture_rate):
+                pass
+            else:
+                if self.duplex:
+                    self._fall_back("the duplex stream stopped and did not come back")
+                else:
+                    self._streams = self._open(False)
+                for stream in self._streams:
+                    stream.start()
+        except (sd.PortAudioError, AudioError) as exc:
+            raise AudioError(f"the audio stream on {self.input_device.name!r} stopped and could not be reopened: {exc}") from exc
+        self.buffers.notes.append(f"the audio stream stopped by itself and was reopened ({self._restarts} of {self.MAX_RESTARTS})")
 
     def close(self) -> None:
         """Stop and close the streams; safe to call more than once."""

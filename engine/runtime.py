@@ -219,6 +219,7 @@ class DuplexRuntime:
         self._playback: _PlaybackFrames | None = None
         self._canceller = canceller
         self._aec_on = True
+        self._notes_seen = 0
         self.echo: EchoCancelledCapture | None = None
         self._mic_frame = np.zeros(self.frame_size, dtype=np.float32)
         self._playback = _PlaybackFrames(audio.buffers.playback, audio.playback_rate, self.sample_rate, self.frame_size)
@@ -306,8 +307,7 @@ class DuplexRuntime:
         try:
             self.audio.start()
             self._build_stages()
-            for note in self.audio.buffers.notes:
-                self.bus.publish(NoticeEvent("warning" if "echo" in note else "info", note, time.time()))
+            self._publish_notes()
             if self.echo is not None:
                 self._start_echo_path()
             if self._loop():
@@ -324,6 +324,13 @@ class DuplexRuntime:
                 log.exception("closing the audio device failed")
                 self.bus.publish(NoticeEvent("warning", f"closing the audio device failed: {exc}", time.time()))
             self._done.set()
+
+    def _publish_notes(self) -> None:
+        """What the endpoint noted about its streams since the last call (layout, restarts)."""
+        notes = self.audio.buffers.notes
+        for note in notes[self._notes_seen:]:
+            self.bus.publish(NoticeEvent("warning" if "echo" in note or "stopped" in note else "info", note, time.time()))
+        self._notes_seen = len(notes)
 
     def _start_echo_path(self) -> None:
         reported = self.audio.buffers.echo_delay_s()
@@ -344,6 +351,7 @@ class DuplexRuntime:
         policy = self.policy
         while not self._stop.is_set():
             self.audio.check()
+            self._publish_notes()
             self._warn_on_overruns()
             waiting = self._capture.frames_waiting()
             if waiting == 0:

@@ -260,3 +260,24 @@ def test_different_input_and_output_devices_say_what_that_means_for_echo(pulse_d
         assert "different devices" in note and "half-duplex gate" in note
     finally:
         audio.close()
+
+
+def test_aec_check_measures_the_virtual_device(pulse_device, capsys):
+    from benchmarks.aec_live import private_sink
+    from ppchat.cli import main
+
+    with private_sink(48000):
+        assert main(["aec-check", "--input-device", "pulse", "--output-device", "pulse", "--seconds", "8", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["layout"] == "duplex" and report["device_rate"] == 48000
+    assert report["echo_db"] > -6.0  # the sink's monitor hears the speaker at full level
+    assert report["measured_delay_ms"] is not None and report["erle_db"] >= 10.0, report  # measured 17.9-20.1 dB
+
+
+def test_aec_check_without_the_library_says_how_to_get_it(monkeypatch, capsys):
+    from ppchat.cli import main
+
+    monkeypatch.setitem(sys.modules, "pywebrtc_audio", None)
+    assert main(["aec-check"]) == 2
+    err = capsys.readouterr().err
+    assert "pywebrtc-audio" in err and "pip install" in err

@@ -393,7 +393,8 @@ class DuplexAudio:
         if echo_reference and not shared:
             self.buffers.notes.append(
                 f"echo cancellation: input {self.input_device.name!r} and output {self.output_device.name!r} are different "
-                "devices, so they run as two streams on two clocks; the echo delay is measured while the agent speaks. "
+                f"devices ({self.capture_rate} / {self.playback_rate} Hz), so they run as two streams on two clocks; the echo "
+                "delay is measured while the agent speaks. "
                 "If the agent still hears itself, press h for the half-duplex gate."
             )
         self._streams: list = []

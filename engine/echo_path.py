@@ -109,8 +109,12 @@ class EchoCancelledCapture:
     def _measure_delay(self) -> None:
         window = int(ESTIMATE_WINDOW_S * self._rate)
         start = self._pos - window
-        mic = self._mic.read(start, window)
-        far = self._far.read(start, window)
+        # The far end around the microphone's window by the largest lag searched either side,
+        # so that every lag is compared over the whole window.
+        reach = int(self.tracker.max_lag_s * self._rate)
+        far = self._far.read(start - reach, window + 2 * reach)
+        mic = np.zeros_like(far)
+        self._mic.read(start, window, mic[reach:reach + window])
         before = self.tracker.delay_s
         if self.tracker.update(far, mic):
             self.delay_log.append((self._pos / self._rate, self.tracker.delay_s))

@@ -26,7 +26,6 @@ from ppchat.tui.widgets.strips import runs_to_strip
 
 PHASE_LABELS = {"encode": "enc", "temporal": "tmp", "depformer": "dep", "decode": "dec"}
 TOP_HEADROOM = 1.5
-PHASE_COLORS = {"encode": "cyan", "temporal": "magenta", "depformer": "yellow", "decode": "blue"}
 # Distinct shades keep the phase bar readable under NO_COLOR.
 PHASE_CHARS = {"encode": "▓", "temporal": "█", "depformer": "▒", "decode": "░"}
 
@@ -74,7 +73,20 @@ class LatencyPanel(Widget):
 
     DEFAULT_CSS = """
     LatencyPanel { height: 1fr; width: 1fr; padding: 0 1; text-wrap: nowrap; text-overflow: clip; }
+    LatencyPanel > .latency--ok { color: ansi_green; }
+    LatencyPanel > .latency--over { color: ansi_red; text-style: bold; }
+    LatencyPanel > .latency--budget { color: ansi_yellow; }
+    LatencyPanel > .latency--label { text-style: dim; }
+    LatencyPanel > .latency--value { text-style: bold; }
+    LatencyPanel > .latency--encode { color: ansi_cyan; }
+    LatencyPanel > .latency--temporal { color: ansi_magenta; }
+    LatencyPanel > .latency--depformer { color: ansi_yellow; }
+    LatencyPanel > .latency--decode { color: ansi_blue; }
     """
+    COMPONENT_CLASSES = {
+        "latency--ok", "latency--over", "latency--budget", "latency--label", "latency--value",
+        *(f"latency--{p}" for p in PHASES),
+    }
 
     def __init__(self, budget_ms: float = FRAME_MS, *, name: str | None = None, id: str | None = None, classes: str | None = None) -> None:
         super().__init__(name=name, id=id, classes=classes)
@@ -85,13 +97,6 @@ class LatencyPanel(Widget):
         # view has seen.
         self.session_stats: dict | None = None
         self.window_label = "20 s"  # what the recent window is called ("attach" in a monitor)
-        self._styles = {
-            "ok": Style(color="green"),
-            "over": Style(color="red", bold=True),
-            "budget": Style(color="yellow"),
-        }
-        self._dim, self._bold = Style(dim=True), Style(bold=True)
-        self._phase_styles = {p: Style(color=PHASE_COLORS[p]) for p in PHASES}
         self._strips: list[Strip] | None = None
         self._strips_size = (0, 0)
 
@@ -114,8 +119,18 @@ class LatencyPanel(Widget):
             self._strips_size = (width, height)
         return self._strips[y] if 0 <= y < len(self._strips) else Strip.blank(width)
 
+    def notify_style_update(self) -> None:
+        super().notify_style_update()
+        self._strips = None  # the theme changed the component styles
+
+    def _style(self, name: str) -> Style:
+        return self.get_component_rich_style(f"latency--{name}", partial=True)
+
     def render_runs(self, width: int, height: int) -> list[list[tuple[str, Style | None]]]:
         """The panel as lines of (text, style) runs: title, chart, statistics, phase split."""
+        self._styles = {kind: self._style(kind) for kind in ("ok", "over", "budget")}
+        self._dim, self._bold = self._style("label"), self._style("value")
+        self._phase_styles = {p: self._style(p) for p in PHASES}
         s = self.stats
         dim, bold, over = self._dim, self._bold, self._styles["over"]
         info_lines = 6 if s.network else 5

@@ -40,7 +40,13 @@ class Monologue(ScrollView, can_focus=True):
            one-cell gutter so the wrap width does not change when the text overflows. */
         overflow-x: hidden; overflow-y: auto; scrollbar-gutter: stable; scrollbar-size-vertical: 1;
     }
+    Monologue > .monologue--stamp { text-style: dim; }
+    Monologue > .monologue--mark { color: ansi_magenta; text-style: bold; }
+    Monologue > .monologue--cursor { color: ansi_green; }
+    Monologue > .monologue--placeholder { text-style: dim italic; }
+    Monologue > .monologue--hint { color: ansi_black; background: ansi_yellow; text-style: bold; }
     """
+    COMPONENT_CLASSES = {"monologue--stamp", "monologue--mark", "monologue--cursor", "monologue--placeholder", "monologue--hint"}
     PLACEHOLDER = "The agent's inner monologue appears here as it speaks."
 
     def __init__(self, *, turn_gap_steps: int = 20, name: str | None = None, id: str | None = None, classes: str | None = None) -> None:
@@ -49,9 +55,6 @@ class Monologue(ScrollView, can_focus=True):
         self._dirty = True
         self._lines: list[Strip] = []
         self._wrapped: dict[int, tuple[tuple, list[Strip]]] = {}
-        self._stamp, self._mark = Style(dim=True), Style(color="magenta", bold=True)
-        self._cursor, self._placeholder = Style(color="green"), Style(dim=True, italic=True)
-        self._hint = Style(color="black", bgcolor="yellow", bold=True)
         self.following = True
         self._placed_y: float | None = None  # where the view last put scroll_y itself
 
@@ -111,7 +114,7 @@ class Monologue(ScrollView, can_focus=True):
     def _wrap_all(self, width: int) -> list[Strip]:
         entries = self.transcript.entries
         if not entries:
-            return self._wrap(Text(self.PLACEHOLDER, self._placeholder), width)
+            return self._wrap(Text(self.PLACEHOLDER, self._style("placeholder")), width)
         speaking = self.transcript.speaking
         cache, lines = {}, []
         for i, entry in enumerate(entries):
@@ -124,14 +127,17 @@ class Monologue(ScrollView, can_focus=True):
         self._wrapped = cache
         return lines
 
+    def _style(self, name: str) -> Style:
+        return self.get_component_rich_style(f"monologue--{name}", partial=True)
+
     def _entry_text(self, entry: Entry, live: bool) -> Text:
-        text = Text(format_clock(entry.start, tenths=False) + " ", self._stamp)
+        text = Text(format_clock(entry.start, tenths=False) + " ", self._style("stamp"))
         if entry.kind == "mark":
-            text.append("◆ mark", self._mark)
+            text.append("◆ mark", self._style("mark"))
         else:
             text.append(entry.text)
         if live:
-            text.append(CURSOR, self._cursor)
+            text.append(CURSOR, self._style("cursor"))
         return text
 
     def _wrap(self, text: Text, width: int) -> list[Strip]:
@@ -143,7 +149,7 @@ class Monologue(ScrollView, can_focus=True):
         index = scroll_y + y
         width = self.scrollable_content_region.width
         if y == self.scrollable_content_region.height - 1 and self.newer_below:
-            return runs_to_strip([(" " * max(0, width - len(NEWER_HINT)), None), (NEWER_HINT, self._hint)], width)
+            return runs_to_strip([(" " * max(0, width - len(NEWER_HINT)), None), (NEWER_HINT, self._style("hint"))], width)
         strip = self._lines[index] if index < len(self._lines) else Strip.blank(width)
         return strip.crop_extend(scroll_x, scroll_x + width, None).apply_style(self.rich_style)
 

@@ -11,15 +11,9 @@ from textual.widget import Widget
 
 from ppchat.engine.transcript import format_clock
 
-STATE_STYLES = {
-    "live": ("● LIVE", Style(color="black", bgcolor="green", bold=True)),
-    "starting": ("◌ PREFILL", Style(color="black", bgcolor="yellow", bold=True)),
-    "stopping": ("◌ SAVING", Style(color="black", bgcolor="yellow", bold=True)),
-    "stopped": ("■ STOPPED", Style(reverse=True, bold=True)),
-    "replay": ("▶ REPLAY", Style(color="black", bgcolor="cyan", bold=True)),
-    "paused": ("‖ PAUSED", Style(color="black", bgcolor="cyan", bold=True)),
-    "monitor": ("◉ MONITOR", Style(color="black", bgcolor="cyan", bold=True)),
-    "disconnected": ("○ NO LINK", Style(color="black", bgcolor="red", bold=True)),
+STATE_LABELS = {
+    "live": "● LIVE", "starting": "◌ PREFILL", "stopping": "◌ SAVING", "stopped": "■ STOPPED", "replay": "▶ REPLAY",
+    "paused": "‖ PAUSED", "ended": "■ END", "monitor": "◉ MONITOR", "disconnected": "○ NO LINK",
 }
 
 
@@ -52,7 +46,20 @@ class StatusBar(Widget):
 
     DEFAULT_CSS = """
     StatusBar { height: 2; width: 1fr; background: $panel; padding: 0 1; text-wrap: nowrap; text-overflow: ellipsis; }
+    StatusBar > .statusbar--live { color: ansi_black; background: ansi_green; text-style: bold; }
+    StatusBar > .statusbar--starting, StatusBar > .statusbar--stopping { color: ansi_black; background: ansi_yellow; text-style: bold; }
+    StatusBar > .statusbar--stopped, StatusBar > .statusbar--ended { text-style: bold reverse; }
+    StatusBar > .statusbar--replay, StatusBar > .statusbar--paused, StatusBar > .statusbar--monitor {
+        color: ansi_black; background: ansi_cyan; text-style: bold;
+    }
+    StatusBar > .statusbar--disconnected { color: ansi_black; background: ansi_red; text-style: bold; }
+    StatusBar > .statusbar--badge { color: ansi_black; background: ansi_yellow; text-style: bold; }
+    StatusBar > .statusbar--demo { color: ansi_black; background: ansi_magenta; text-style: bold; }
+    StatusBar > .statusbar--rec { color: ansi_red; text-style: bold; }
+    StatusBar > .statusbar--label { text-style: dim; }
+    StatusBar > .statusbar--value { text-style: bold; }
     """
+    COMPONENT_CLASSES = {f"statusbar--{name}" for name in (*STATE_LABELS, "badge", "demo", "rec", "label", "value")}
 
     def __init__(self, *, name: str | None = None, id: str | None = None, classes: str | None = None) -> None:
         super().__init__(name=name, id=id, classes=classes)
@@ -70,22 +77,28 @@ class StatusBar(Widget):
         if changed:
             self.refresh()
 
+    def _style(self, name: str) -> Style:
+        if not self.is_attached:
+            return Style()  # drawn outside an app (tests of the layout): no stylesheet
+        return self.get_component_rich_style(f"statusbar--{name}", partial=True)
+
     def render(self) -> Text:
         return self.render_text(self.content_size.width)
 
     def render_text(self, width: int) -> Text:
         st, info = self.status, self.status.info
-        dim, bold = Style(dim=True), Style(bold=True)
-        label, style = STATE_STYLES.get(str(st.state), (str(st.state).upper(), Style(reverse=True)))
+        dim, bold = self._style("label"), self._style("value")
+        state = str(st.state)
+        label, style = STATE_LABELS.get(state, state.upper()), self._style(state if state in STATE_LABELS else "stopped")
         head = [(f" {label} ", style), (f" {format_clock(st.elapsed, tenths=False)}", bold)]
         if st.extra:
             head += [(" ", None), (st.extra, dim)]
         # Mic state first: it is what a person most needs to see at a glance.
         for on, badge in ((st.muted, "MUTED"), (st.half_duplex, "HALF-DUPLEX")):
             if on:
-                head += [(" ", None), (f" {badge} ", Style(color="black", bgcolor="yellow", bold=True))]
+                head += [(" ", None), (f" {badge} ", self._style("badge"))]
         model = [(str(info.get("model") or "no model"), bold)]
-        demo = [(" DEMO ", Style(color="black", bgcolor="magenta", bold=True))] if info.get("is_demo") else []
+        demo = [(" DEMO ", self._style("demo"))] if info.get("is_demo") else []
         quant = [(str(info["quantization"]), dim)] if info.get("quantization") else []
         voice = [("voice ", dim), (os.path.basename(str(info.get("voice") or "–")) or "–", bold)]  # a file: its name
         prompt = [("prompt ", dim), (str(info.get("prompt_name") or "custom"), bold)]
@@ -101,7 +114,7 @@ class StatusBar(Widget):
                    (" → out ", dim), (str(info.get("output_device") or "–"), None)]
         session = info.get("session_dir")
         if session:
-            rec = [("session ", dim)] if st.playback else [("● rec ", Style(color="red", bold=True))]
+            rec = [("session ", dim)] if st.playback else [("● rec ", self._style("rec"))]
             rec[-1] = (rec[-1][0].rstrip(), rec[-1][1])
             path = short_path(str(session), len(str(session)))  # ~ for the home folder
             line2 = fit_items([Item(devices, 2), Item(rec, 9, joined_to_next=True), Item([(path, None)], 8, path=True)], width)

@@ -98,11 +98,11 @@ class Waveform(Widget):
     Waveform > .waveform--label { text-style: bold; }
     Waveform > .waveform--readout { text-style: dim; }
     Waveform > .waveform--badge { color: $warning; text-style: bold reverse; }
-    Waveform > .waveform--speech { color: green; text-style: bold; }
+    Waveform > .waveform--speech { color: ansi_green; text-style: bold; }
     Waveform > .waveform--quiet { color: $text-muted; }
     Waveform > .waveform--clip { color: $error; text-style: bold; }
     Waveform > .waveform--gap { color: $error; }
-    Waveform > .waveform--mark { background: magenta; }
+    Waveform > .waveform--mark { background: ansi_magenta; }
     """
     COMPONENT_CLASSES = {
         "waveform--label", "waveform--readout", "waveform--badge",

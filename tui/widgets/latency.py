@@ -124,6 +124,8 @@ class LatencyPanel(Widget):
         self._strips = None  # the theme changed the component styles
 
     def _style(self, name: str) -> Style:
+        if not self.is_attached:
+            return Style()  # drawn outside an app (tests of the layout): no stylesheet
         return self.get_component_rich_style(f"latency--{name}", partial=True)
 
     def render_runs(self, width: int, height: int) -> list[list[tuple[str, Style | None]]]:

@@ -314,3 +314,14 @@ def test_status_bar_keeps_what_matters_at_80_columns_and_drops_the_rest_in_order
     assert narrow[1].startswith("● rec ") and narrow[1].endswith("2026-12-01T13-15-51_a38a") and len(narrow[1]) <= 80
     tiny = bar.render_text(50).plain.splitlines()[0]
     assert tiny == " ● LIVE  00:42  MUTED  │ prompt custom…"  # below the 80-column minimum, more goes
+
+
+def test_latency_figures_of_a_slow_session_fit_the_narrow_panel():
+    from ppchat.tui.widgets.latency import LatencyPanel
+
+    panel = LatencyPanel()
+    panel.session_stats = {"total_ms": {"p50": 160.5, "p95": 820.4, "max": 1612.3}, "late_frames": 1200,
+                           "dropped_frames": 3400, "underruns": 5000, "xruns": 12}
+    panel.add(step(0, total=1612.3))
+    lines = ["".join(t for t, _ in line) for line in panel.render_runs(34, 20)]
+    assert "session p50 160 p95 820 max 1612" in lines and "late 1200 drop 3400 und 5000 xr 12" in lines

@@ -30,7 +30,7 @@ FIGURES = [
                        "queued for the speaker."),
     ("late drop under xrun", "since the start: steps over budget; microphone frames dropped to "
                              "catch up (--max-backlog); speaker callbacks that found no audio; "
-                             "audio device over/underruns."),
+                             "audio device over/underruns (und/xr, or l/d/u/x, when large counts need the room)."),
     ("enc tmp dep dec", "mean ms per phase: Mimi encode, temporal transformer, depformer, Mimi "
                         "decode; the bar above shows them to scale, the full width being 80 ms."),
     ("AEC nn", "beside the mic: echo cancellation is on and removes about nn dB of the agent's "

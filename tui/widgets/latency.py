@@ -146,8 +146,8 @@ class LatencyPanel(Widget):
         for line in chart_cells(values, rows, top, self.budget_ms):
             lines.append([(" " * (width - len(line)), None)] + [(char, self._styles.get(kind)) for char, kind in line])
 
-        def fmt(v: float | None) -> str:
-            return "–" if v is None else f"{v:.1f}"
+        def fmt(v: float | None) -> str:  # whole ms from 100 on: "session p50 … max 1234" fits 34 cells
+            return "–" if v is None else f"{v:.1f}" if v < 100 else f"{v:.0f}"
 
         def flagged(v: float | None, bad: bool) -> tuple[str, Style]:
             return fmt(v), over if bad else bold
@@ -165,9 +165,12 @@ class LatencyPanel(Widget):
                       (" max ", dim), flagged(top_ms, False)])
         lines.append([("RTF ", dim), ("–" if rtf is None else f"{rtf:.2f}", over if rtf and rtf > 1 else bold),
                       (" queue in ", dim), (str(s.queue_in), bold), (" out ", dim), (str(s.queue_out), bold)])
-        counters = []
-        for label, value in zip(("late", "drop", "under", "xrun"), counts):
-            counters += [(f" {label} " if counters else f"{label} ", dim), (str(value), over if value else bold)]
+        for labels in (("late", "drop", "under", "xrun"), ("late", "drop", "und", "xr"), ("l", "d", "u", "x")):
+            counters = []  # the shortest labels that let four large counts fit (the help names them)
+            for label, value in zip(labels, counts):
+                counters += [(f" {label} " if counters else f"{label} ", dim), (str(value), over if value else bold)]
+            if sum(len(text) for text, _ in counters) <= width:
+                break
         lines.append(counters)
         if s.network:  # a remote model: what the client measures of the network
             net = s.network

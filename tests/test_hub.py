@@ -45,6 +45,8 @@ def fake(monkeypatch, tmp_path):
     # A token and a reachable hub, as the online errors below need (the pre-checks are tested apart).
     monkeypatch.setenv("HF_TOKEN", "hf_test")
     monkeypatch.setattr(hub, "_reachability_problem", lambda: None)
+    # .ci/run exports HF_HUB_OFFLINE=1 as a guard; these tests stand in for a hub that can be reached.
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
 
     def install(**kwargs):
         fake_hub = FakeHub(tmp_path / "snapshots" / "abc123", **kwargs)

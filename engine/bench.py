@@ -202,6 +202,19 @@ def _stats(values: list[float]) -> dict[str, float]:
     }
 
 
+def model_description(options, model, depformer_steps: int) -> dict:
+    """The model part of a bench result: what ran, quantised how, and how big its LM weights are."""
+    return {
+        "source": options.config and f"random {options.config}" or options.model,
+        "quantization": model.info.quantization,
+        "group_size": model.info.group_size,
+        "kv_bits": model.info.kv_bits or 16,
+        "lm_dtype": model.info.lm_dtype,
+        "depformer_steps": depformer_steps,
+        "lm_weight_bytes": sum(v.nbytes for _, v in tree_flatten(model.lm.parameters())),
+    }
+
+
 def device_description() -> dict[str, str]:
     device = mx.default_device()
     info = {}
@@ -264,15 +277,7 @@ def run_bench(options: BenchOptions) -> dict:
         "command": "ppchat bench",
         "mlx_version": mx.__version__,
         **device_description(),
-        "model": {
-            "source": options.config and f"random {options.config}" or options.model,
-            "quantization": model.info.quantization,
-            "group_size": model.info.group_size,
-            "kv_bits": model.info.kv_bits or 16,
-            "lm_dtype": model.info.lm_dtype,
-            "depformer_steps": model.info.depformer_steps,
-            "lm_weight_bytes": sum(v.nbytes for _, v in tree_flatten(model.lm.parameters())),
-        },
+        "model": model_description(options, model, model.info.depformer_steps),
         "mode": "phases" if options.phases else "one-sync",
         "compiled": {"lm": pipeline.gen.compile, "mimi": model.mimi.compile_streaming},
         "frames": options.frames,

@@ -15,7 +15,6 @@ import time
 
 import mlx.core as mx
 import numpy as np
-from mlx.utils import tree_flatten
 
 from ppchat.constants import FRAME_MS
 from ppchat.engine.batch import BatchPipeline
@@ -26,6 +25,7 @@ from ppchat.engine.bench import (
     _voice_prompt,
     build_model,
     device_description,
+    model_description,
 )
 from ppchat.engine.prompts import PRESETS
 from ppchat.sampling import Sampling
@@ -93,15 +93,7 @@ def run_batch_bench(options: BenchOptions) -> dict:
         "command": "ppchat bench",
         "mlx_version": mx.__version__,
         **device_description(),
-        "model": {
-            "source": options.config and f"random {options.config}" or options.model,
-            "quantization": model.info.quantization,
-            "group_size": model.info.group_size,
-            "kv_bits": model.info.kv_bits or 16,
-            "lm_dtype": model.info.lm_dtype,
-            "depformer_steps": pipeline.depformer_steps,
-            "lm_weight_bytes": sum(v.nbytes for _, v in tree_flatten(model.lm.parameters())),
-        },
+        "model": model_description(options, model, pipeline.depformer_steps),
         "mode": "batched",
         "conversations": n,
         "compiled": {"lm": pipeline.lm.compile, "mimi": model.mimi.compile_streaming},

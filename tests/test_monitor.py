@@ -272,7 +272,7 @@ def test_monitor_app_shows_the_remote_conversation(runtime):
     from ppchat.tui.widgets.statusbar import StatusBar
 
     bus = EventBus()
-    server = MonitorServer(bus, INFO).start()
+    server = MonitorServer(bus, dict(INFO, session_dir="/data/sessions/2025-01-01T10-00-00_ab12")).start()
     feed = MonitorFeed(None, retry_s=0.05).start()
 
     async def go():
@@ -292,6 +292,7 @@ def test_monitor_app_shows_the_remote_conversation(runtime):
             text = screen_text(app)
             # No session statistics from this server: the figures say they are this monitor's own.
             assert "step ms since attach" in text and "attach p50 30.0 p95 30.0 max 30.0" in text
+            assert "● rec /data/sessions/2025-01-01T10-00-00_ab12" in text
             status = app.query_one(StatusBar).status
             assert status.state == "monitor" and status.info["model"] == "PersonaPlex 7B"
             server.close()
@@ -300,6 +301,7 @@ def test_monitor_app_shows_the_remote_conversation(runtime):
                 await pilot.pause(0.02)
             await pilot.pause(0.2)
             assert app.query_one(StatusBar).status.state == "disconnected"
+            assert "○ NO LINK" in screen_text(app) and "● rec" not in screen_text(app)
 
     try:
         asyncio.run(go())

@@ -127,6 +127,7 @@ class MonitorApp(LivePump, ConsoleApp):
         last = self.live.last_step
         self.status_bar.set(
             state=UiState.MONITOR if self.feed.connected else UiState.DISCONNECTED,
+            playback=not self.feed.connected,  # no "● rec" for a recording we can no longer see
             info=dict(self.feed.info),
             elapsed=last.audio_time + FRAME_SECONDS if last else 0.0,
         )

@@ -71,6 +71,8 @@ class LivePump:
 
     def pump(self) -> None:
         """Apply everything published since the last tick, in one redraw."""
+        if not self.live.children:
+            return  # not composed yet, or being taken down: the events wait for the next tick
         events = self.select_events(self._feed.drain())
         if events:
             for notice in self.live.apply(events):

@@ -178,7 +178,8 @@ class ChatServer:
         live = asyncio.Event()
         sub = conv.bus.subscribe(maxlen=64, name=f"serve {client}")
         loop = asyncio.get_running_loop()
-        reader = asyncio.create_task(self._receive(ws, audio, live))
+        ended = asyncio.Event()  # the connection is over: the reader and writer end on it, cancelled or not
+        reader = asyncio.create_task(self._receive(ws, audio, live, ended))
         start = loop.run_in_executor(None, lambda: conv.start(
             voice, params.text_prompt, audio=audio, sampling=sampling, client=client))
         reason: str | None = None
@@ -194,36 +195,52 @@ class ChatServer:
                 raise Refused(str(exc)) from None
             self.served += 1
             send = functools.partial(self._send, ws, request.transport)
-            reason = await _outcome(self._live(send, sub, audio, live, reader, sampling, params.metadata))
+            reason = await _outcome(self._live(send, sub, audio, live, reader, ended, sampling, params.metadata))
             return reason
         finally:
+            ended.set()
             reader.cancel()
             audio.finish()
             if reason and conv.running:  # into the session's log: why the conversation ended
                 conv.bus.publish(NoticeEvent("warning", f"{client}: {reason}", time.time()))
-            await loop.run_in_executor(None, conv.stop)
+            cancelled = False
+            if reason:  # at once: the client need not wait while the conversation stops and is saved
+                cancelled = await _despite_cancellation(_close_with_error(ws, request, reason))
             sub.close()
+            # A stop must not overtake a start still running in its thread (that conversation would
+            # then run on with nobody to stop it), and a cancelled handler still stops and saves.
+            cancelled |= await _despite_cancellation(start)
+            stopped = loop.run_in_executor(None, conv.stop)
+            cancelled |= await _despite_cancellation(stopped)
+            if cancelled:
+                raise asyncio.CancelledError
+            stopped.result()
 
-    async def _live(self, send, sub, audio: SocketAudio, live: asyncio.Event, reader: asyncio.Task,
+    async def _live(self, send, sub, audio: SocketAudio, live: asyncio.Event, reader: asyncio.Task, ended: asyncio.Event,
                     sampling: Sampling, metadata: bool) -> str | None:
         live.set()  # before the handshake leaves: a client may answer it at once
         await send(protocol.handshake())
         if metadata:
             await send(protocol.metadata(self._info_message(sampling)))
-        writer = asyncio.create_task(self._write(send, sub, audio, metadata))
+        writer = asyncio.create_task(self._write(send, sub, audio, ended, metadata))
         done, _ = await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
+        # Cancelling alone is not enough: on Python < 3.12 `asyncio.wait_for` (in `_send`) drops a
+        # cancellation that arrives as its send completes, and the writer would then wait for steps
+        # that never come while this waited for it. `ended` ends both loops within a poll either way.
+        ended.set()
         for task in (reader, writer):
             if task not in done:
                 task.cancel()
-        await asyncio.gather(reader, writer, return_exceptions=True)
+        await asyncio.wait({reader, writer}, timeout=5.0)
         return await (writer if writer in done else reader)
 
-    async def _receive(self, ws: web.WebSocketResponse, audio: SocketAudio, live: asyncio.Event) -> str | None:
+    async def _receive(self, ws: web.WebSocketResponse, audio: SocketAudio, live: asyncio.Event,
+                       ended: asyncio.Event) -> str | None:
         """Read until the client leaves; audio before the handshake is read and dropped, as the reference does."""
         decoder = OggOpusDecoder(audio.capture_rate)
         limit = self.options.max_message_bytes
         last = time.monotonic()
-        while True:
+        while not ended.is_set():
             try:
                 msg = await ws.receive(timeout=0.5)
             except asyncio.TimeoutError:
@@ -247,12 +264,13 @@ class ChatServer:
                 if pcm.size:
                     audio.push(pcm)
             # Control, text, ping and metadata from a client mean nothing to this server (nor the reference's).
+        return None
 
-    async def _write(self, send, sub, audio: SocketAudio, metadata: bool) -> str | None:
+    async def _write(self, send, sub, audio: SocketAudio, ended: asyncio.Event, metadata: bool) -> str | None:
         """Send each step's audio, text and timings as the step thread publishes them."""
         encoder = OggOpusEncoder(audio.playback_rate, packet_ms=80, packets_per_page=1)
         loop = asyncio.get_running_loop()
-        while True:
+        while not ended.is_set():
             event = await loop.run_in_executor(None, sub.get, 0.25)
             if event is None:
                 if not self.conversation.running:
@@ -271,6 +289,7 @@ class ChatServer:
                 await send(protocol.text(event.text_piece))
             if metadata:
                 await send(protocol.metadata({"type": "step", **step_record(event)}))
+        return None
 
     def _bound_send_buffer(self, request: web.Request) -> None:
         # Without this the kernel grows a socket's send buffer to megabytes: minutes of this
@@ -329,6 +348,19 @@ async def _outcome(awaitable) -> str | None:
         return "the client stopped reading (a send timed out)"
     except ConnectionError:
         return None
+
+
+async def _despite_cancellation(awaitable) -> bool:
+    """Wait for `awaitable` to end even if this task is cancelled meanwhile; True if it was
+    (the caller passes the cancellation on once its clean-up is done)."""
+    future = asyncio.ensure_future(awaitable)
+    cancelled = False
+    while not future.done():
+        try:
+            await asyncio.wait({future})
+        except asyncio.CancelledError:
+            cancelled = True
+    return cancelled
 
 
 def _peer(request: web.Request) -> str:

@@ -43,26 +43,47 @@ def conversation(tmp_path_factory):
         yield conv
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def server(conversation):
+    # One per test (the expensive part, the model, is the module's): a test that leaves a handler
+    # stuck takes only its own server down with it.
     chat = ChatServer(conversation, ServeOptions(port=0, idle_timeout=60.0, send_timeout=1.0, max_message_bytes=8192))
     with ServerThread(chat) as thread:
         yield thread
 
 
+IDLE_TIMEOUT = 30.0  # a conversation's stop (steps to finish, the recording to close) on a loaded 2-core machine
+
+
 @pytest.fixture(autouse=True)
 def idle(request):
-    """Each test starts once the previous conversation is fully finished."""
-    if "server" in request.fixturenames:
-        _wait_idle(request.getfixturevalue("server"))
+    """Each test starts with no conversation running and leaves none behind. One left running fails
+    the test that left it (at teardown) and is stopped here, so the next test is not its victim."""
+    if "conversation" not in request.fixturenames:
+        yield
+        return
+    conversation = request.getfixturevalue("conversation")
+    _wait_until(lambda: not conversation.running, "a conversation was already running")
     yield
+    if not _wait_until(lambda: not conversation.running, None):
+        conversation.stop()
+        pytest.fail(f"the test left a conversation running for {IDLE_TIMEOUT:g} s after its server stopped")
 
 
-def _wait_idle(thread: ServerThread, timeout: float = 15.0) -> None:
+def _wait_until(ready, failure: str | None, timeout: float = IDLE_TIMEOUT) -> bool:
     deadline = time.monotonic() + timeout
-    while thread.server.running or thread.server.conversation.running:
-        assert time.monotonic() < deadline, "the previous conversation did not finish"
+    while not ready():
+        if time.monotonic() > deadline:
+            assert failure is None, failure
+            return False
         time.sleep(0.05)
+    return True
+
+
+def _wait_idle(thread: ServerThread) -> None:
+    """Until the server's last conversation is fully finished (stopped, recording saved)."""
+    _wait_until(lambda: not (thread.server.running or thread.server.conversation.running),
+                "the previous conversation did not finish")
 
 
 def _speech(seconds: float, seed: int = 0) -> np.ndarray:
@@ -228,6 +249,43 @@ def test_a_bad_message_gets_an_error_and_closes_that_connection_only(server, raw
     _wait_idle(server)
     again = _talk(server.port, "", _speech(1.0), linger=10.0, until_steps=10)  # the server goes on
     assert again.errors == [] and len(again.steps()) >= 5
+
+
+def test_a_bad_message_ends_the_conversation_even_when_a_send_swallows_the_cancellation(server, monkeypatch):
+    # On Python < 3.12, asyncio.wait_for (as in ChatServer._send) returns normally when the send it
+    # waits on completes as a cancellation arrives: the cancellation is lost. Here every send is slow
+    # and does just that, so the writer is (nearly) always in one when the bad message ends the
+    # connection. Cancelling it must not be the only way to end it, or this handler waits forever.
+    real = server.server._send
+
+    async def send_that_ignores_cancellation(ws, transport, data):
+        try:
+            await asyncio.sleep(0.1)
+        except asyncio.CancelledError:
+            pass
+        await real(ws, transport, data)
+
+    monkeypatch.setattr(server.server, "_send", send_that_ignores_cancellation)
+    t = _talk(server.port, "", _speech(0.5), extra=[b"\x09\x00\x01"], linger=5.0)
+    assert len(t.errors) == 1 and "unknown message kind 0x09" in t.errors[0]
+    _wait_idle(server)
+
+
+def test_the_error_comes_before_a_slow_stop(server, conversation, monkeypatch):
+    # Stopping a conversation waits for its step thread and saves the recording: seconds on a busy
+    # machine. The client is told why its connection ends at once, not after that.
+    real = conversation.stop
+    stopping = []
+
+    def slow_stop(*args, **kwargs):
+        stopping.append(time.monotonic())
+        time.sleep(6.0)
+        real(*args, **kwargs)
+
+    monkeypatch.setattr(conversation, "stop", slow_stop)
+    t = _talk(server.port, "", _speech(0.5), extra=[b"\x09\x00\x01"], linger=5.0)
+    assert stopping and len(t.errors) == 1 and "unknown message kind 0x09" in t.errors[0]
+    _wait_idle(server)
 
 
 @pytest.mark.parametrize("query,expected", [

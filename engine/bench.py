@@ -202,6 +202,18 @@ def _stats(values: list[float]) -> dict[str, float]:
     }
 
 
+def memory_description(load_peak: int, active_start: int, active_end: int) -> dict:
+    """The memory part of a bench result: peaks while loading and streaming, and what streaming kept."""
+    return {
+        "peak_bytes": max(load_peak, mx.get_peak_memory()),
+        "load_peak_bytes": load_peak,
+        "streaming_peak_bytes": mx.get_peak_memory(),
+        "active_start_bytes": active_start,
+        "active_end_bytes": active_end,
+        "active_growth_bytes": active_end - active_start,
+    }
+
+
 def model_description(options, model, depformer_steps: int) -> dict:
     """The model part of a bench result: what ran, quantised how, and how big its LM weights are."""
     return {
@@ -296,15 +308,7 @@ def run_bench(options: BenchOptions) -> dict:
         "real_time_factor": total["mean"] / FRAME_MS,
         "real_time_factor_median": total["median"] / FRAME_MS,
         "late_frames": int(sum(v > FRAME_MS for v in timings["total"])),
-        "memory": {
-            "peak_bytes": max(load_peak, mx.get_peak_memory()),
-            "load_peak_bytes": load_peak,
-            "streaming_peak_bytes": mx.get_peak_memory(),
-            "active_start_bytes": active_start,
-            "active_end_bytes": active_end,
-            "active_growth_bytes": active_end - active_start,
-            "active_trace": memory_trace,
-        },
+        "memory": {**memory_description(load_peak, active_start, active_end), "active_trace": memory_trace},
     }
 
 

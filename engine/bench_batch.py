@@ -25,6 +25,7 @@ from ppchat.engine.bench import (
     _voice_prompt,
     build_model,
     device_description,
+    memory_description,
     model_description,
 )
 from ppchat.engine.prompts import PRESETS
@@ -117,14 +118,7 @@ def run_batch_bench(options: BenchOptions) -> dict:
              "p99_ms": float(np.percentile(r.frame_ms, 99)) if r.frame_ms else None}
             for r in rows
         ],
-        "memory": {
-            "peak_bytes": max(load_peak, mx.get_peak_memory()),
-            "load_peak_bytes": load_peak,
-            "streaming_peak_bytes": mx.get_peak_memory(),
-            "active_start_bytes": active_start,
-            "active_end_bytes": active_end,
-            "active_growth_bytes": active_end - active_start,
-        },
+        "memory": memory_description(load_peak, active_start, active_end),
     }
 
 

@@ -5,14 +5,16 @@ padding) -> split RVQ codes. Decode: codes -> RVQ sum -> depthwise learnt upsamp
 -> SEANet decoder -> PCM. Public tensors use the reference layout (PCM `[B, 1, T]`, codes `[B, K, F]`);
 inside, activations are NLC.
 
-Loading maps the reference state dict (spec §3.2) onto this module tree, one parameter at a time
-(`_ReferenceParam`), so that key names, expected shapes and layout transforms come from one place.
+Loading checks the reference state dict (spec §3.2) against `manifest.mimi_reference_shapes` of the
+config (the one key → shape set, also used to check a checkpoint's header before anything is loaded),
+then maps it onto this module tree one parameter at a time (`_ReferenceParam`: the source keys and the
+layout transform).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -30,18 +32,28 @@ from ppchat.models.seanet import SEANetConfig, SEANetDecoder, SEANetEncoder
 Shape = tuple[int, ...]
 
 
+# What this implementation builds, beyond the hyper-parameters a `MimiConfig` holds: the reference
+# settings `from_reference` requires (or, for `layer_scale`, requires set: the layers have learnt
+# scales, whatever their initial value), written back by `reference_config`.
+_SEANET_SETTINGS = {"causal": True, "activation": "ELU", "true_skip": True, "norm": "none", "lstm": 0}
+_TRANSFORMER_SETTINGS = {
+    "causal": True, "gating": "none", "norm": "layer_norm", "positional_embedding": "rope", "layer_scale": 1.0,
+}  # fmt: skip
+
+
 @dataclass(frozen=True)
 class MimiConfig:
-    """Everything that shapes a Mimi codec. The defaults are PersonaPlex's (spec §2.1-2.2)."""
+    """Everything that shapes a Mimi codec. PersonaPlex's is `personaplex()`, from the manifest (the
+    one place its values are written); any other comes from a checkpoint's config (`from_reference`)."""
 
-    seanet: SEANetConfig = field(default_factory=SEANetConfig)
-    quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
-    transformer: MimiTransformerConfig = field(default_factory=MimiTransformerConfig)
-    num_codebooks: int = 8
-    sample_rate: int = SAMPLE_RATE
-    frame_rate: float = FRAME_RATE
+    seanet: SEANetConfig
+    quantizer: QuantizerConfig
+    transformer: MimiTransformerConfig
+    num_codebooks: int
+    sample_rate: int
+    frame_rate: float
     # `upsample_channel_wise_bug` of the reference: the upsample is depthwise (groups = channels).
-    upsample_depthwise: bool = True
+    upsample_depthwise: bool
 
     @property
     def frame_size(self) -> int:
@@ -80,6 +92,11 @@ class MimiConfig:
         _expect(transformer, "transformer", "gating", ("none",))
         _expect(transformer, "transformer", "norm", ("layer_norm",))
         _expect(transformer, "transformer", "positional_embedding", ("rope",))
+        if transformer.get("layer_scale") is None:
+            raise CheckpointError(
+                "Mimi config transformer.layer_scale = None is not supported (ppchat builds learnt layer scales)"
+            )
+        _expect(quantizer, "quantizer", "n_q_semantic", (1,), default=1)
         _expect(cfg, "config", "resample_method", ("conv",), default="conv")
         try:
             config = cls(
@@ -126,6 +143,34 @@ class MimiConfig:
             ) from None
         config._check_consistent(cfg, transformer)
         return config
+
+    def reference_config(self) -> dict:
+        """The reference-style config (fixture / manifest layout) that builds this codec: its
+        hyper-parameters and the settings this implementation requires. `from_reference` of it is
+        this config again, and `manifest.mimi_reference_shapes` of it the one key → shape set."""
+        s, q, t, d = self.seanet, self.quantizer, self.transformer, self.seanet.dimension
+        return {
+            "seanet": {
+                **_SEANET_SETTINGS, "channels": s.channels, "dimension": d, "n_filters": s.n_filters,
+                "ratios": list(s.ratios), "kernel_size": s.kernel_size, "residual_kernel_size": s.residual_kernel_size,
+                "last_kernel_size": s.last_kernel_size, "n_residual_layers": s.n_residual_layers,
+                "dilation_base": s.dilation_base, "compress": s.compress, "pad_mode": s.pad_mode,
+            },
+            "quantizer": {
+                "dimension": q.dimension, "n_q": q.n_q, "n_q_semantic": 1, "bins": q.bins,
+                "input_dimension": q.input_dimension, "output_dimension": q.output_dimension,
+            },
+            "transformer": {
+                **_TRANSFORMER_SETTINGS, "d_model": t.d_model, "num_heads": t.num_heads, "num_layers": t.num_layers,
+                "dim_feedforward": t.dim_feedforward, "context": t.context, "max_period": t.max_period,
+                "input_dimension": d, "output_dimensions": [d],
+            },
+            "num_codebooks": self.num_codebooks,
+            "sample_rate": self.sample_rate,
+            "frame_rate": self.frame_rate,
+            "resample_method": "conv",
+            "upsample_channel_wise_bug": self.upsample_depthwise,
+        }  # fmt: skip
 
     def _check_consistent(self, cfg: dict, transformer: dict) -> None:
         """The pieces must fit together the way MimiModel wires them (no extra projections anywhere)."""
@@ -190,11 +235,10 @@ def fold_weight_norm(weights: dict[str, mx.array]) -> dict[str, mx.array]:
 
 @dataclass(frozen=True)
 class _ReferenceParam:
-    """One parameter of this module and the reference state-dict entries it is made from."""
+    """One parameter of this module, the reference state-dict entries it is made from and how."""
 
     name: str
     sources: tuple[str, ...]
-    shapes: tuple[Shape, ...]
     convert: Callable[..., mx.array]
 
 
@@ -209,13 +253,12 @@ def _reference_param(path: str, leaf: str, module: nn.Module, shape: Shape) -> _
         # SEANet convs are wrapped twice (StreamingConv1d.conv.conv); `downsample` adds one more level.
         prefix = "downsample.conv.conv.conv" if path == "downsample" else f"{path}.conv.conv"
         if leaf == "bias":
-            return _ReferenceParam(name, (f"{prefix}.bias",), (shape,), _same)
-        out_ch, k, in_ch = shape
-        return _ReferenceParam(name, (f"{prefix}.weight",), ((out_ch, in_ch, k),), lambda w: w.transpose(0, 2, 1))
+            return _ReferenceParam(name, (f"{prefix}.bias",), _same)
+        return _ReferenceParam(name, (f"{prefix}.weight",), lambda w: w.transpose(0, 2, 1))
     if isinstance(module, StreamingConvTranspose1d):
         prefix = "upsample.convtr.convtr.convtr" if path == "upsample" else f"{path}.convtr.convtr"
         if leaf == "bias":
-            return _ReferenceParam(name, (f"{prefix}.bias",), (shape,), _same)
+            return _ReferenceParam(name, (f"{prefix}.bias",), _same)
         # PyTorch [in, out/groups, k] -> MLX [out, k, in/groups], group by group.
         out_ch, k, in_per_group = shape
         g = module.groups
@@ -223,23 +266,22 @@ def _reference_param(path: str, leaf: str, module: nn.Module, shape: Shape) -> _
         def convtr(w: mx.array) -> mx.array:
             return w.reshape(g, in_per_group, out_ch // g, k).transpose(0, 2, 3, 1).reshape(out_ch, k, in_per_group)
 
-        return _ReferenceParam(name, (f"{prefix}.weight",), ((in_per_group * g, out_ch // g, k),), convtr)
+        return _ReferenceParam(name, (f"{prefix}.weight",), convtr)
     if isinstance(module, EuclideanCodebook):
         rvq, _, index = path.rsplit(".", 2)
         base = f"{rvq}.vq.layers.{index}._codebook"
-        bins = shape[0]
 
         def codebook(embedding_sum: mx.array, cluster_usage: mx.array) -> mx.array:
             return embedding_sum / mx.maximum(cluster_usage, 1e-5)[:, None]
 
-        return _ReferenceParam(name, (f"{base}.embedding_sum", f"{base}.cluster_usage"), (shape, (bins,)), codebook)
+        return _ReferenceParam(name, (f"{base}.embedding_sum", f"{base}.cluster_usage"), codebook)
     if path.startswith("quantizer."):
         # The RVQ projections are 1x1 Conv1d in the reference.
-        return _ReferenceParam(name, (name,), (shape + (1,),), lambda w: w[:, :, 0])
+        return _ReferenceParam(name, (name,), lambda w: w[:, :, 0])
     if path.startswith(("encoder_transformer.", "decoder_transformer.")):
         top, rest = name.split(".", 1)
         source = f"{top}.transformer.{rest}".replace("self_attn.in_proj.weight", "self_attn.in_proj_weight")
-        return _ReferenceParam(name, (source,), (shape,), _same)
+        return _ReferenceParam(name, (source,), _same)
     raise TypeError(f"no reference mapping for parameter {name}")
 
 
@@ -390,32 +432,15 @@ class Mimi(nn.Module):
             params.append(_reference_param(path, leaf, modules[path], tuple(value.shape)))
         return params
 
-    def _unused_reference_keys(self) -> dict[str, Shape]:
-        """Reference keys this codec reads past: `_initialized` flags and the codebooks beyond `num_codebooks`."""
-        q = self.config.quantizer
-        unused: dict[str, Shape] = {}
-        for rvq, n_layers, n_used in (("rvq_first", 1, 1), ("rvq_rest", q.n_q - 1, self.num_codebooks - 1)):
-            for i in range(n_layers):
-                base = f"quantizer.{rvq}.vq.layers.{i}._codebook"
-                unused[f"{base}._initialized"] = (1,)
-                if i >= n_used:
-                    unused[f"{base}.embedding_sum"] = (q.bins, q.dimension)
-                    unused[f"{base}.cluster_usage"] = (q.bins,)
-        return unused
-
-    def reference_key_shapes(self) -> dict[str, Shape]:
-        """Every key of the reference state dict for this config, with its shape (spec §3.2)."""
-        shapes = {s: shape for p in self._reference_params() for s, shape in zip(p.sources, p.shapes)}
-        return {**shapes, **self._unused_reference_keys()}
-
     def sanitize(self, weights: dict[str, mx.array]) -> dict[str, mx.array]:
         """Reference state dict -> this module's parameters (float32, MLX layouts, codebooks precomputed).
 
-        Unused entries are dropped; keys it does not know are passed through for strict loading to report.
+        Reference entries it does not read (`_initialized` flags, codebooks beyond `num_codebooks`) are
+        dropped; keys the reference does not have are passed through for strict loading to report.
         """
         weights = fold_weight_norm(weights)
         params = self._reference_params()
-        known = {s for p in params for s in p.sources} | set(self._unused_reference_keys())
+        known = manifest.mimi_reference_shapes(self.config.reference_config())
         out = {k: v for k, v in weights.items() if k not in known}
         for p in params:
             if all(s in weights for s in p.sources):
@@ -425,12 +450,14 @@ class Mimi(nn.Module):
     def load_reference_weights(self, weights: dict[str, mx.array]) -> None:
         """Load a reference state dict (e.g. `mx.load` of the Mimi safetensors), strictly.
 
-        Raises CheckpointError naming every missing, unexpected or wrongly shaped reference key.
+        The keys and shapes are checked against `manifest.mimi_reference_shapes` of this codec's
+        config; those no parameter is made from may be absent. Raises CheckpointError naming every
+        missing, unexpected or wrongly shaped reference key.
         """
         weights = fold_weight_norm(weights)
-        expected = self.reference_key_shapes()
-        unused = self._unused_reference_keys()
-        problems = shape_problems(weights, expected, optional=unused)
+        expected = manifest.mimi_reference_shapes(self.config.reference_config())
+        read = {s for p in self._reference_params() for s in p.sources}
+        problems = shape_problems(weights, expected, optional=expected.keys() - read)
         if problems:
             raise CheckpointError(
                 "Mimi weights do not match the Mimi config: "

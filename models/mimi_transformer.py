@@ -30,12 +30,12 @@ from ppchat.models.layers import pick
 class MimiTransformerConfig:
     """The `transformer` kwargs of the reference that change the network."""
 
-    d_model: int = 512
-    num_heads: int = 8
-    num_layers: int = 8
-    dim_feedforward: int = 2048
-    context: int = 250
-    max_period: float = 10000.0
+    d_model: int
+    num_heads: int
+    num_layers: int
+    dim_feedforward: int
+    context: int
+    max_period: float
 
     @property
     def head_dim(self) -> int:

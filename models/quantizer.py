@@ -17,11 +17,11 @@ import mlx.nn as nn
 class QuantizerConfig:
     """The `quantizer` kwargs of the reference."""
 
-    dimension: int = 256
-    n_q: int = 32
-    bins: int = 2048
-    input_dimension: int = 512
-    output_dimension: int = 512
+    dimension: int
+    n_q: int
+    bins: int
+    input_dimension: int
+    output_dimension: int
 
 
 class EuclideanCodebook(nn.Module):

@@ -19,17 +19,17 @@ from ppchat.models.conv import StreamingConv1d, StreamingConvTranspose1d
 class SEANetConfig:
     """The `seanet` kwargs of the reference that change the network (shared by encoder and decoder)."""
 
-    channels: int = 1
-    dimension: int = 512
-    n_filters: int = 64
-    ratios: tuple[int, ...] = (8, 6, 5, 4)
-    kernel_size: int = 7
-    residual_kernel_size: int = 3
-    last_kernel_size: int = 3
-    n_residual_layers: int = 1
-    dilation_base: int = 2
-    compress: int = 2
-    pad_mode: str = "constant"
+    channels: int
+    dimension: int
+    n_filters: int
+    ratios: tuple[int, ...]
+    kernel_size: int
+    residual_kernel_size: int
+    last_kernel_size: int
+    n_residual_layers: int
+    dilation_base: int
+    compress: int
+    pad_mode: str
 
     @property
     def hop_length(self) -> int:

@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 
 from ppchat.errors import CheckpointError
+from ppchat.models import manifest
+from ppchat.models.checkpoint import read_safetensors_header
 from ppchat.models.mimi import Mimi, MimiConfig
 from tests.conftest import fixture_params
 
@@ -24,6 +26,18 @@ def _config_dict(fixture_dir) -> dict:
 def _mimi_and_weights(fixture_dir) -> tuple[Mimi, dict[str, mx.array]]:
     mimi = Mimi(MimiConfig.from_reference(_config_dict(fixture_dir)))
     return mimi, mx.load(str(fixture_dir / "weights.safetensors"))
+
+
+@pytest.mark.parametrize("fixture_dir", MIMI_FIXTURES)
+def test_reference_config_rebuilds_the_config_and_the_checkpoint_key_set(fixture_dir):
+    # Mimi checks weights against manifest.mimi_reference_shapes(config.reference_config()): that
+    # config must describe the network the checkpoint's own config.json does, key for key.
+    config = MimiConfig.from_reference(_config_dict(fixture_dir))
+    assert MimiConfig.from_reference(config.reference_config()) == config
+    header = read_safetensors_header(fixture_dir / "weights.safetensors")
+    assert manifest.mimi_reference_shapes(config.reference_config()) == {k: t.shape for k, t in header.items()}
+    seven_b = MimiConfig.personaplex()
+    assert MimiConfig.from_reference(seven_b.reference_config()) == seven_b
 
 
 @pytest.mark.parametrize("fixture_dir", MIMI_FIXTURES)
@@ -118,7 +132,10 @@ def test_config_missing_key_is_named(fixture_dir):
 
 @pytest.mark.parametrize(
     "section,key,value",
-    [("transformer", "gating", "silu"), ("seanet", "true_skip", False), ("transformer", "norm", "rms_norm")],
+    [
+        ("transformer", "gating", "silu"), ("seanet", "true_skip", False), ("transformer", "norm", "rms_norm"),
+        ("transformer", "layer_scale", None), ("quantizer", "n_q_semantic", 2),
+    ],
 )
 @pytest.mark.parametrize("fixture_dir", MIMI_FIXTURES)
 def test_config_with_unsupported_network_is_rejected(fixture_dir, section, key, value):

@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 from mlx.utils import tree_flatten, tree_map
 
+from ppchat.models import manifest as manifest_module
 from ppchat.models.conv import StreamingConv1d, StreamingConvTranspose1d
 from ppchat.models.mimi import Mimi, MimiConfig
 from ppchat.models.mimi_transformer import MimiTransformer, MimiTransformerConfig
@@ -139,13 +140,14 @@ def test_personaplex_config_matches_manifest_kwargs():
     assert MimiConfig.from_reference(sections) == MimiConfig.personaplex()
 
 
-def test_reference_keys_match_real_checkpoint():
-    """Every key and shape of the real 318-key codec file, without needing the file (nothing is allocated)."""
-    manifest = _manifest_mimi()
-    want = {k: tuple(v) for k, v in manifest["keys"].items()}
-    got = Mimi(MimiConfig.personaplex()).reference_key_shapes()
-    assert sorted(set(want) - set(got)) == [] and sorted(set(got) - set(want)) == []
-    assert {k: s for k, s in got.items() if want[k] != s} == {}
+def test_real_checkpoint_loads_into_this_module_tree():
+    """The real 318-key codec file, as its keys and shapes (lazy zeros, never evaluated: nothing is
+    allocated), passes the key check and converts into exactly this module's parameters."""
+    want = {k: tuple(v) for k, v in _manifest_mimi()["keys"].items()}
+    mimi = Mimi(MimiConfig.personaplex())
+    assert manifest_module.mimi_reference_shapes(mimi.config.reference_config()) == want
+    weights = {k: mx.zeros(shape) for k, shape in want.items()}
+    mimi.load_weights(list(mimi.sanitize(weights).items()), strict=True)  # raises on a missing or mis-shaped one
 
 
 # --- KV ring: streaming against a first-principles NumPy transformer ------------------------------
@@ -192,7 +194,7 @@ def _np_transformer(params: dict, cfg: MimiTransformerConfig, x: np.ndarray, vis
 
 
 def _random_transformer(context: int) -> tuple[MimiTransformer, MimiTransformerConfig]:
-    cfg = MimiTransformerConfig(d_model=16, num_heads=2, num_layers=2, dim_feedforward=24, context=context)
+    cfg = MimiTransformerConfig(d_model=16, num_heads=2, num_layers=2, dim_feedforward=24, context=context, max_period=1e4)
     model = MimiTransformer(cfg)
     mx.random.seed(0)
     model.update(tree_map(lambda p: 0.5 * mx.random.normal(p.shape), model.parameters()))

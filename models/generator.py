@@ -7,15 +7,13 @@ and 1 return nothing.
 
 Spec §5.6 shortcuts (output-identical): a call whose target column is entirely provided (every prompt
 call) skips the depformer and sampling, and with `batch_prefill` its transformer input is queued and
-run later as one causal batch (`flush`); live calls may run only the first 8 depformer steps. With
-`trace=True` every call that runs the model does the full reference computation (all depformer steps
-the model has) and records it in `last_trace`; with `trace=True, batch_prefill=False` that is every
-call, as in the reference.
+run later as one causal batch (`flush`); live calls may run only the first 8 depformer steps.
+`TracingLMGen` (`tracing.py`) is the parity tests' generator: the full reference computation at every
+call that runs the model, recorded.
 
 The token ring (`TokenRing`) is tiny host (numpy) state; the model work of a call that samples is
 `LMStep.run`, array-only over the ring KV caches (two `mx.compile`d graphs with `compile=True`, the
-default on a GPU), so the only host synchronisation in a live step is reading the sampled tokens. Trace
-mode is that same call with its logits evaluated and recorded.
+default on a GPU), so the only host synchronisation in a live step is reading the sampled tokens.
 `step_live` goes one step further for the duplex loop: it builds the call lazily from device-resident
 user codes (which call n does not read when only agent streams are predicted) so that the caller can
 evaluate Mimi encode, this call and Mimi decode together, with one host synchronisation per frame.
@@ -57,22 +55,6 @@ class StepOutput:
     @property
     def user_codes(self) -> np.ndarray:
         return self.tokens[9:17]
-
-
-@dataclass(frozen=True)
-class StepTrace:
-    """What one model call computed (recorded with `trace=True`)."""
-
-    model_input: np.ndarray | None
-    """Token column [17] fed to the transformer; None when an embedding was replayed."""
-    text_logits: np.ndarray
-    """float32 [text_card]."""
-    dep_text_in: int
-    """Text token fed to depformer step 0 (provided text, else the sampled one)."""
-    dep_logits: np.ndarray
-    """float32 [steps, card]."""
-    dep_sampled: np.ndarray
-    """[steps] sampled token of each step, before forcing."""
 
 
 @dataclass(frozen=True)
@@ -126,7 +108,6 @@ class LMGen:
         depformer_steps: int | None = None,
         batch_prefill: bool = True,
         prefill_chunk: int = PREFILL_CHUNK,
-        trace: bool = False,
         seed: int | None = None,
         silence_tokens: Sequence[int] = SILENCE_TOKENS,
         sine_tokens: Sequence[int] = SINE_TOKENS,
@@ -151,7 +132,6 @@ class LMGen:
             raise ValueError(f"depformer_steps must be in 1..{lm.depformer.steps}, got {depformer_steps}")
         if prefill_chunk < 1:
             raise ValueError(f"prefill_chunk must be positive, got {prefill_chunk}")
-        self.trace = trace
         self.batch_prefill = batch_prefill
         self.prefill_chunk = prefill_chunk
         self.per_speaker = config.n_q // 2
@@ -159,7 +139,6 @@ class LMGen:
         self.sine_tokens = self._codes(sine_tokens, "sine_tokens")
         self.text_pad = config.text_padding_id if text_pad is None else text_pad
         self.seed = seed
-        self.last_trace: StepTrace | None = None
         self.phase_timing = True
         """Time the temporal transformer and the depformer separately (`last_timings_ms`)."""
         self._step = LMStep(lm, text_sampling, audio_sampling,
@@ -190,11 +169,12 @@ class LMGen:
         self._keys = None if self.seed is None else mx.random.key(self.seed)[None]
         self._pending: list[np.ndarray | mx.array] = []
         self._live_open = False
-        self.last_trace = None
 
     def reseed(self, seed: int | None) -> None:
-        """Draw from an explicit key stream started at `seed` from now on (None: MLX's global generator)."""
-        self._key = None if seed is None else mx.random.key(seed)
+        """Draw from an explicit key stream started at `seed` from now on, and again at each `reset`
+        (None: MLX's global generator)."""
+        self.seed = seed
+        self._keys = None if seed is None else mx.random.key(seed)[None]
 
     def eval_state(self) -> None:
         """Evaluate every lazy state array now.
@@ -239,7 +219,6 @@ class LMGen:
         Returns call-frame n-1, or None for calls 0 and 1.
         """
         self._refuse_open_live_step()
-        self.last_trace = None
         user = None if user_codes is None else self._codes(user_codes, "user_codes")
         agent = None if agent_codes is None else self._codes(agent_codes, "agent_codes")
         if not self._prepare(user, agent, text_token):
@@ -256,11 +235,8 @@ class LMGen:
         synchronously with `step` and returned already resolved.
         """
         self._refuse_open_live_step()
-        self.last_trace = None
-        if self.trace or self.offset <= self.config.max_delay or self.depformer_steps > self.per_speaker:
-            out = self.step(user_codes=np.array(user_codes))
-            done = None if out is None else mx.array(out.agent_codes.astype(np.int32))
-            return LiveStep(done, [], lambda: out)
+        if self.offset <= self.config.max_delay or self.depformer_steps > self.per_speaker:
+            return self._step_resolved(user_codes)
         call = live_call(self.ring, self.per_speaker, self.depformer_steps)
         self.flush()
         arrays = self._launch(call, call.model_input, self.depformer_steps)
@@ -281,6 +257,12 @@ class LMGen:
 
         return LiveStep(agent_codes, [arrays.sampled, user_codes, agent_codes, *self.pending_arrays()], commit)
 
+    def _step_resolved(self, user_codes: mx.array) -> LiveStep:
+        """A live call made synchronously with `step`, as an already resolved `LiveStep`."""
+        out = self.step(user_codes=np.array(user_codes))
+        done = None if out is None else mx.array(out.agent_codes.astype(np.int32))
+        return LiveStep(done, [], lambda: out)
+
     def step_embeddings(self, embedding: np.ndarray | mx.array) -> StepOutput | None:
         """Replay one stored input embedding [dim] instead of the embedded token column (spec §6.3).
 
@@ -288,7 +270,6 @@ class LMGen:
         first call also lets call 0 pass.
         """
         self._refuse_open_live_step()
-        self.last_trace = None
         embedding = mx.array(embedding).reshape(-1)
         if embedding.shape[0] != self.config.dim:
             raise ValueError(f"voice embedding has {embedding.shape[0]} values, the LM dim is {self.config.dim}")
@@ -387,14 +368,13 @@ class LMGen:
     def _model_call(self, embedding: mx.array | None) -> StepOutput | None:
         call = self.ring.columns()
         source = embedding if embedding is not None else call.model_input
-        if not call.provided.all() or (self.trace and not self.batch_prefill):
+        if not call.provided.all():
             self.flush()
             self.ring.fill_target(call, self._predict(call, source))
         elif self.batch_prefill:
             self._pending.append(source)
         else:
-            self.lm.prefill(self._embed_source(source), self._cache)
-            mx.eval([c.state for c in self._cache])
+            self._prefill_call(call, source)
         out = self.ring.finish_call(call)
         return None if out is None else StepOutput(out)
 
@@ -402,10 +382,11 @@ class LMGen:
         if self._live_open:
             raise RuntimeError("the previous LiveStep has not been resolved: call its result() first")
 
-    def _embed_source(self, source: np.ndarray | mx.array) -> mx.array:
-        if isinstance(source, np.ndarray):
-            return self.lm.embed_codes(mx.array(source)[None, :, None])
-        return source.reshape(1, 1, -1)
+    def _prefill_call(self, call: CallColumns, source: np.ndarray | mx.array) -> None:
+        """A call whose target is entirely provided, run now: the transformer only, for its KV cache."""
+        x = self.lm.embed_codes(mx.array(source)[None, :, None]) if isinstance(source, np.ndarray) else source.reshape(1, 1, -1)
+        self.lm.prefill(x, self._cache)
+        mx.eval([c.state for c in self._cache])
 
     def _launch(self, call: CallColumns, source: np.ndarray | mx.array, steps: int) -> StepArrays:
         """The call's model work through `LMStep` (lazy), KV caches and key updated."""
@@ -418,30 +399,17 @@ class LMGen:
             mx.array(call.provided[:1]),
             mx.array(call.target[None, 1 : 1 + steps].astype(np.int32)),
             mx.array(call.provided[None, 1 : 1 + steps]),
-            phase_timing=self.phase_timing and not self.trace,
+            phase_timing=self.phase_timing,
         )
         return arrays
 
     def _predict(self, call: CallColumns, source: np.ndarray | mx.array) -> np.ndarray:
         """Transformer on the input column, text sample, depformer; returns the sampled
-        [1 + steps] tokens (text, then streams 1..steps) before forcing. In trace mode every
-        depformer step runs and the call's logits are recorded in `last_trace`."""
-        steps = self.depformer_steps if not self.trace else self.lm.depformer.steps
-        check_predictable(call.provided, steps)
-        arrays = self._launch(call, source, steps)
-        if not self.trace:
-            mx.eval(arrays.sampled, self.pending_arrays())
-            return np.array(arrays.sampled[0], dtype=np.int64)
-        mx.eval(arrays.sampled, arrays.text_in, arrays.text_logits, arrays.dep_logits, self.pending_arrays())
-        tokens = np.array(arrays.sampled[0], dtype=np.int64)
-        self.last_trace = StepTrace(
-            model_input=call.model_input if isinstance(source, np.ndarray) else None,
-            text_logits=np.array(arrays.text_logits[0]),
-            dep_text_in=int(arrays.text_in[0]),
-            dep_logits=np.array(arrays.dep_logits[0]),
-            dep_sampled=tokens[1:],
-        )
-        return tokens
+        [1 + steps] tokens (text, then streams 1..steps) before forcing."""
+        check_predictable(call.provided, self.depformer_steps)
+        arrays = self._launch(call, source, self.depformer_steps)
+        mx.eval(arrays.sampled, self.pending_arrays())
+        return np.array(arrays.sampled[0], dtype=np.int64)
 
 
 def check_predictable(provided: np.ndarray, steps: int) -> None:

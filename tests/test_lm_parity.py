@@ -19,6 +19,7 @@ from ppchat.models.generator import LMGen, StepOutput
 from ppchat.models.kv_cache import RingKVCache
 from ppchat.models.lm import LM, LMConfig
 from ppchat.models.sampling import SamplingParams, sample_token
+from ppchat.models.tracing import TracingLMGen
 from tests.conftest import fixture_params
 
 ATOL = 1e-4
@@ -36,11 +37,10 @@ def load_lm(lm_dir: Path, depformer_steps: int | None = None) -> tuple[LM, dict]
     return lm, config
 
 
-def make_gen(lm: LM, config: dict, **kwargs) -> LMGen:
-    return LMGen(
+def make_gen(lm: LM, config: dict, generator: type[LMGen] = LMGen, **kwargs) -> LMGen:
+    kwargs = {"text_sampling": GREEDY, "audio_sampling": GREEDY, **kwargs}
+    return generator(
         lm,
-        text_sampling=GREEDY,
-        audio_sampling=GREEDY,
         silence_tokens=config["silence_tokens"],
         sine_tokens=config["sine_tokens"],
         text_pad=config["zero_text_code"],
@@ -72,7 +72,7 @@ def argmax_gap(logits: np.ndarray) -> np.ndarray:
 
 
 def check_call(
-    gen: LMGen, out: StepOutput | None, rows: dict[str, np.ndarray], n: int, worst: dict[str, float], dep_logits: bool = True
+    gen: TracingLMGen, out: StepOutput | None, rows: dict[str, np.ndarray], n: int, worst: dict[str, float], dep_logits: bool = True
 ) -> None:
     """Compare what call n returned and computed (`gen.last_trace`) with fixture row n."""
     if rows["out"][n][0] < 0:
@@ -129,7 +129,7 @@ def prompt_plan(rows: dict[str, np.ndarray]) -> tuple[list[int], int, int]:
 def test_every_call_matches_reference(io_path: Path) -> None:
     lm, config = load_lm(io_path.parent)
     rows = rows_of(load_file(str(io_path)))
-    gen = make_gen(lm, config, trace=True, batch_prefill=False)
+    gen = make_gen(lm, config, TracingLMGen, batch_prefill=False)
     worst: dict[str, float] = {}
     for n in range(len(rows["phase"])):
         check_call(gen, drive_call(gen, rows, n), rows, n, worst)
@@ -142,7 +142,7 @@ def test_batched_prompt_prefill_gives_reference_live_calls(io_path: Path) -> Non
     rows = rows_of(load_file(str(io_path)))
     text_tokens, silence, first_live = prompt_plan(rows)
     # A small chunk makes the prefill cross chunk boundaries.
-    gen = make_gen(lm, config, trace=True, batch_prefill=True, prefill_chunk=3)
+    gen = make_gen(lm, config, TracingLMGen, batch_prefill=True, prefill_chunk=3)
     gen.run_system_prompts(voice=None, text_tokens=text_tokens, silence_frames=silence)
     assert gen.offset == first_live
     worst: dict[str, float] = {}
@@ -170,6 +170,26 @@ def test_live_fast_path_gives_reference_tokens(io_path: Path) -> None:
             np.testing.assert_array_equal(out.tokens, rows["out"][n], err_msg=f"call {n}")
             assert out.text_token == rows["out"][n][0]
             np.testing.assert_array_equal(out.agent_codes, rows["out"][n][1 : 1 + per_speaker])
+
+
+@pytest.mark.parametrize("lm_dir", fixture_params("lm"))
+def test_reseed_draws_as_a_generator_made_with_that_seed(lm_dir: Path) -> None:
+    """`reseed` (a conversation's new sampling settings) takes effect, also across `reset`."""
+    lm, config = load_lm(lm_dir)
+    warm = SamplingParams(1.5, 50)
+
+    def tokens(gen: LMGen) -> list[list[int]]:
+        gen.reset()
+        gen.run_system_prompts(text_tokens=[5, 6], silence_frames=2)
+        outs = [gen.step(user_codes=config["sine_tokens"]) for _ in range(12)]
+        return [out.tokens.tolist() for out in outs if out is not None]
+
+    made = tokens(make_gen(lm, config, text_sampling=warm, audio_sampling=warm, seed=7))
+    other = tokens(make_gen(lm, config, text_sampling=warm, audio_sampling=warm, seed=8))
+    assert made != other  # the seed decides the draws at this temperature
+    gen = make_gen(lm, config, text_sampling=warm, audio_sampling=warm, seed=8)
+    gen.reseed(7)
+    assert tokens(gen) == made
 
 
 @pytest.mark.parametrize("lm_dir", fixture_params("lm"))
@@ -226,7 +246,7 @@ def test_bfloat16_model_runs_close_to_float32(lm_dir: Path) -> None:
     lm16 = LM(lm32.config, dtype=mx.bfloat16)
     lm16.load_reference_weights(mx.load(str(lm_dir / "weights.safetensors")))
     assert lm16.transformer.layers[0].self_attn.in_proj.weight.dtype == mx.bfloat16
-    gens = [make_gen(lm, config, trace=True, batch_prefill=False) for lm in (lm32, lm16)]
+    gens = [make_gen(lm, config, TracingLMGen, batch_prefill=False) for lm in (lm32, lm16)]
     for _ in range(6):
         for gen in gens:
             gen.step(user_codes=config["sine_tokens"], agent_codes=config["silence_tokens"], text_token=3)

@@ -11,6 +11,7 @@ import pytest
 from safetensors.numpy import load_file
 
 from ppchat.models.generator import VoiceEmbeddings
+from ppchat.models.tracing import TracingLMGen
 from tests.conftest import fixture_params
 from tests.test_lm_parity import check_call, drive_call, load_lm, make_gen, prompt_plan, rows_of
 
@@ -25,7 +26,7 @@ def load_voice_fixture(voice_dir: Path):
 def test_voice_codes_prompt_matches_reference(voice_dir: Path) -> None:
     lm, lm_config, io = load_voice_fixture(voice_dir)
     rows = rows_of(io, "a_")
-    gen = make_gen(lm, lm_config, trace=True, batch_prefill=False)
+    gen = make_gen(lm, lm_config, TracingLMGen, batch_prefill=False)
     worst: dict[str, float] = {}
     for n in range(len(rows["phase"])):
         out = drive_call(gen, rows, n)
@@ -40,7 +41,7 @@ def test_pt_voice_replay_matches_reference(voice_dir: Path) -> None:
     rows = rows_of(io, "b_")
     replayed = np.flatnonzero(rows["from_embedding"] == 1)
     assert len(replayed) == len(io["pt_embeddings"])
-    gen = make_gen(lm, lm_config, trace=True, batch_prefill=False)
+    gen = make_gen(lm, lm_config, TracingLMGen, batch_prefill=False)
     worst: dict[str, float] = {}
     for n in range(len(rows["phase"])):
         if rows["from_embedding"][n]:
@@ -63,7 +64,7 @@ def test_batched_system_prompts_give_reference_live_calls(voice_dir: Path, run: 
         voice = io["voice_codes"]
     else:
         voice = VoiceEmbeddings(io["pt_embeddings"], io["pt_cache"])
-    gen = make_gen(lm, lm_config, trace=True, batch_prefill=True, prefill_chunk=4)
+    gen = make_gen(lm, lm_config, TracingLMGen, batch_prefill=True, prefill_chunk=4)
     gen.run_system_prompts(voice=voice, text_tokens=text_tokens, silence_frames=silence)
     worst: dict[str, float] = {}
     for n in range(first_live, len(rows["phase"])):

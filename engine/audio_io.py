@@ -132,19 +132,6 @@ def _default_indices(sd: Any) -> tuple[int, int]:
         return -1, -1
 
 
-def refresh_devices() -> None:
-    """Re-initialise PortAudio so it sees devices that appeared after import.
-
-    PortAudio enumerates devices once, at `import sounddevice`; a PulseAudio server
-    started later (for example by tools/virtual-audio.sh) is invisible until this is
-    called. No stream may be open while it runs.
-    """
-    sd = _sounddevice()
-    # sounddevice has no public call for this; terminate + initialize is what its author advises.
-    sd._terminate()
-    sd._initialize()
-
-
 def resolve_device(spec: str | int | None, kind: str = "input") -> DeviceInfo:
     """Find the device meant by `spec` for `kind` ("input" or "output").
 

@@ -92,10 +92,6 @@ class BatchLMGen:
         self._step.compile = value
 
     @property
-    def active_rows(self) -> list[int]:
-        return [row for row, ring in enumerate(self.rings) if ring is not None]
-
-    @property
     def free_rows(self) -> list[int]:
         return [row for row, ring in enumerate(self.rings) if ring is None]
 

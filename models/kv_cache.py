@@ -189,12 +189,6 @@ class RingKVCache:
         self.values = mx.put_along_axis(self.values, slots, value_codes, axis=2)
         self.value_scales = mx.put_along_axis(self.value_scales, slots, value_scales, axis=2)
 
-    def update_and_fetch(self, keys: mx.array, values: mx.array) -> tuple[mx.array, mx.array, mx.array]:
-        """`update` plus its mask: (keys, values, mask [T, S], True where a key is visible)."""
-        mask = self.mask_for(keys.shape[2])
-        all_keys, all_values = self.update(keys, values)
-        return all_keys, all_values, mask
-
     def _write_chunk(self, keys: mx.array, values: mx.array) -> None:
         # Only the last `context` tokens of a long chunk survive in the ring.
         t = keys.shape[2]

@@ -302,10 +302,6 @@ class LM(nn.Module):
         h = self.out_norm(self.transformer(x.astype(self.dtype), cache))
         return h, project(self.text_linear, h).astype(mx.float32)
 
-    def forward_codes(self, tokens: mx.array, cache: list[RingKVCache]) -> tuple[mx.array, mx.array]:
-        """`forward_embeddings(embed_codes(tokens))`."""
-        return self.forward_embeddings(self.embed_codes(tokens), cache)
-
     def prefill(self, x: mx.array, cache: list[RingKVCache]) -> None:
         """Only fill the KV caches with x [B, T, dim] (no head): evaluate `cache` state afterwards."""
         self.transformer(x.astype(self.dtype), cache)

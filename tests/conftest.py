@@ -82,11 +82,17 @@ def pulse_device():
     if proc.returncode != 0:
         unavailable(f"tools/virtual-audio.sh failed: {proc.stderr.strip() or proc.stdout.strip()}")
 
-    from ppchat.engine.audio_io import refresh_devices, resolve_device
+    from ppchat.engine.audio_io import resolve_device
 
     try:
-        # PortAudio enumerated devices at import, possibly before the server existed.
-        refresh_devices()
+        import sounddevice
+
+        # PortAudio enumerated devices at import, possibly before the server existed. sounddevice
+        # has no public call to enumerate again; terminate + initialize is what its author advises.
+        sounddevice._terminate()
+        sounddevice._initialize()
         return resolve_device("pulse", "input")
+    except OSError as exc:  # no libportaudio
+        unavailable(f"PortAudio cannot be loaded: {exc}")
     except AudioError as exc:
         unavailable(str(exc))

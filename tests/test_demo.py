@@ -124,7 +124,7 @@ def test_demo_loads_into_the_lm_and_gives_finite_logits(demo_dir):
     lm.load_reference_weights(read_safetensors(ckpt.lm_weights_path))
     kw = ckpt.lm_config["lm_kwargs"]
     tokens = mx.array([[kw["text_card"]] + [kw["card"]] * kw["n_q"]])[:, :, None]  # the all-INIT column
-    h, logits = lm.forward_codes(tokens, lm.make_cache())
+    h, logits = lm.forward_embeddings(lm.embed_codes(tokens), lm.make_cache())
     logits = np.array(logits)
     assert logits.shape == (1, 1, kw["text_card"]) and np.all(np.isfinite(logits))
     assert 0.1 < logits.std() < 10  # fan-in scaling keeps logits O(1)

@@ -210,18 +210,25 @@ def test_batched_transformer_equals_one_position_at_a_time(lm_dir: Path) -> None
         np.testing.assert_allclose(np.array(batched), np.array(single), rtol=1e-4, atol=1e-4, err_msg=f"chunk {chunk}")
 
 
+def _write_and_mask(cache: RingKVCache, t: int) -> mx.array:
+    """Write t tokens; the mask [t, S] they attend with (True where a key is visible)."""
+    mask = cache.mask_for(t)
+    cache.update(mx.zeros((1, 1, t, 2)), mx.zeros((1, 1, t, 2)))
+    return mask
+
+
 def test_ring_cache_visibility() -> None:
     """Query p sees exactly the written positions p-context+2 .. p (the reference's window, see kv_cache.py)."""
     context = 5
     cache = RingKVCache(1, 1, 2, context, mx.float32)
     for p in range(3 * context):
-        _, _, mask = cache.update_and_fetch(mx.zeros((1, 1, 1, 2)), mx.zeros((1, 1, 1, 2)))
+        mask = _write_and_mask(cache, 1)
         visible = sorted(np.array(cache.positions)[np.array(mask[0])].tolist())
         assert visible == list(range(max(0, p - context + 2), p + 1)), p
 
     chunked = RingKVCache(1, 1, 2, context, mx.float32)
-    chunked.update_and_fetch(mx.zeros((1, 1, 3, 2)), mx.zeros((1, 1, 3, 2)))
-    _, _, mask = chunked.update_and_fetch(mx.zeros((1, 1, 9, 2)), mx.zeros((1, 1, 9, 2)))
+    _write_and_mask(chunked, 3)
+    mask = _write_and_mask(chunked, 9)
     key_pos = np.concatenate([np.array([0, 1, 2, -1, -1]), np.arange(3, 12)])
     for row, p in enumerate(range(3, 12)):
         visible = sorted(key_pos[np.array(mask[row])].tolist())

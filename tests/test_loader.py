@@ -21,7 +21,7 @@ from tests.conftest import fixture_dirs, fixtures_root
 def _init_column_logits(model):
     kw = model.config.lm_config["lm_kwargs"]
     tokens = mx.array([[kw["text_card"]] + [kw["card"]] * kw["n_q"]])[:, :, None]
-    _, logits = model.lm.forward_codes(tokens, model.lm.make_cache())
+    _, logits = model.lm.forward_embeddings(model.lm.embed_codes(tokens), model.lm.make_cache())
     return np.array(logits).ravel()
 
 

@@ -11,7 +11,6 @@ from ppchat.engine.transcript import Transcript, format_clock
 from ppchat.tui.levels import FLOOR_DB, level_db, level_fraction
 from ppchat.tui.widgets.latency import LatencyStats, chart_cells, chart_top, phase_segment
 from ppchat.tui.widgets.statusbar import short_path
-from ppchat.tui.widgets.strips import strip_text
 from ppchat.tui.widgets.waveform import FrameShape, Waveform, column_chars, dot_extent
 
 
@@ -105,7 +104,7 @@ def test_waveform_scrolls_newest_right_and_draws_speech_and_silence_differently(
     wave._style = lambda name: styles.get(name, Style())  # the widget is not mounted: no CSS
     strips = wave.render_strips(rows=3, width=7 + 20)
     assert len(strips) == 3 and all(strip.cell_length == 27 for strip in strips)
-    lines = [strip_text(strip) for strip in strips]
+    lines = [strip.text for strip in strips]
     assert lines[0].startswith("mic") and lines[1].startswith(" -60dB")  # the newest frame is the filled one
     chart = [line[7:] for line in lines]
     assert all(row[:8] == " " * 8 for row in chart)  # 12 frames right-aligned in 20 columns

@@ -33,7 +33,3 @@ def runs_to_strip(runs: Iterable[tuple[str, Style | None]], width: int) -> Strip
         segments.append(Segment("".join(text_parts), current))
     return Strip(segments).crop_extend(0, width, NULL_STYLE)
 
-
-def strip_text(strip: Strip) -> str:
-    """The characters of a strip (for tests and plain-text exports)."""
-    return "".join(segment.text for segment in strip)

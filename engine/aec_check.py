@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from ppchat.constants import FRAME_RATE, FRAME_SAMPLES, SAMPLE_RATE
 from ppchat.engine.aec import EchoCanceller
 from ppchat.engine.events import EventBus, NoticeEvent, StepEvent
 from ppchat.engine.runtime import DuplexRuntime, FrameResult
@@ -29,7 +30,7 @@ NO_ECHO_DB = -50.0  # echo quieter than this relative to the test signal: nothin
 class SignalPlayer:
     """A frame processor that plays `signal`, then silence: the stand-in for the agent."""
 
-    def __init__(self, signal: np.ndarray, frame_size: int = 1920, sample_rate: int = 24000) -> None:
+    def __init__(self, signal: np.ndarray, frame_size: int = FRAME_SAMPLES, sample_rate: int = SAMPLE_RATE) -> None:
         self.frame_size = frame_size
         self.sample_rate = sample_rate
         self._signal = signal
@@ -92,7 +93,7 @@ def run_check(audio, seconds: float = 10.0, *, level_rms: float = 0.05, seed: in
 
     The test signal is speech-like at `level_rms` while active (-26 dBFS by default).
     """
-    signal = speech_like(seconds + 1.0, 24000, seed=seed, rms=level_rms)
+    signal = speech_like(seconds + 1.0, SAMPLE_RATE, seed=seed, rms=level_rms)
     player = SignalPlayer(signal)
     bus = EventBus()
     sub = bus.subscribe(maxlen=100_000, name="aec-check")
@@ -120,7 +121,7 @@ def run_check(audio, seconds: float = 10.0, *, level_rms: float = 0.05, seed: in
     errors = [n.message for n in notices if n.level == "error"]
     if runtime.error is not None or errors:
         raise AudioError(f"the echo check could not run: {errors[0] if errors else runtime.error}")
-    settle = int(SETTLE_S * 12.5)
+    settle = int(SETTLE_S * FRAME_RATE)
     measured_steps = [e for e in steps[settle:] if e.mic_pcm is not None]
     mic = np.concatenate([e.mic_pcm for e in measured_steps]) if measured_steps else np.zeros(1, np.float32)
     cleaned = np.concatenate([e.user_pcm for e in measured_steps]) if measured_steps else np.zeros(1, np.float32)

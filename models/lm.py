@@ -266,7 +266,7 @@ class LM(nn.Module):
             raise CheckpointError(
                 f"{source} has a {steps}-step depformer (depformer.layers.0.self_attn.in_proj_weight, linears.*), "
                 f"but PersonaPlex needs {dep_q} steps; this looks like a Kyutai Moshi checkpoint, "
-                "not nvidia/personaplex-7b-v1"
+                f"not {REPO_ID}"
             )
 
     # ----------------------------------------------------------------------------------- forward

@@ -12,6 +12,7 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 
 from ppchat.asr.captions import CaptionEvent
+from ppchat.constants import FRAME_MS
 from ppchat.engine.events import NoticeEvent, StepEvent
 from ppchat.tui.widgets.captions import Captions
 from ppchat.tui.widgets.latency import LatencyPanel
@@ -42,7 +43,7 @@ class LiveView(Vertical):
     LiveView #latency { width: 36; }
     """
 
-    def __init__(self, *, budget_ms: float = 80.0, turn_gap_steps: int = 20, id: str | None = None) -> None:
+    def __init__(self, *, budget_ms: float = FRAME_MS, turn_gap_steps: int = 20, id: str | None = None) -> None:
         super().__init__(id=id)
         self._budget_ms = budget_ms
         self._turn_gap_steps = turn_gap_steps

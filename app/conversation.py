@@ -130,6 +130,11 @@ class Conversation:
         runtime = self.runtime  # read once: stop() may clear it on another thread
         return runtime is not None and runtime.running
 
+    def for_client(self) -> Conversation:
+        """The conversation that a new network client is to run (`ppchat serve`): this one, which
+        runs one at a time (`ppchat.served.ServedBatch` hands out one per client)."""
+        return self
+
     def voices(self) -> list[str]:
         found = available_voices(self.model.voices_dir)
         names = found or ([NO_VOICE] if self.model.info.is_demo else list(PRESET_VOICES))
@@ -177,12 +182,11 @@ class Conversation:
                 audio = self._audio_factory()
             canceller = self._echo_canceller(audio, processor.sample_rate)
             recorder = self._start_recorder(client, mic_track=canceller is not None) if self.options.record else None
-            runtime = DuplexRuntime(
+            runtime = self._new_runtime(
                 processor,
                 audio,
-                self.bus,
                 RuntimePolicy(max_backlog_frames=self.options.max_backlog_frames, half_duplex_gate=self.options.half_duplex),
-                canceller=canceller,
+                canceller,
             )
             runtime.aec_enabled = self._aec_on
             with self._state_lock:
@@ -260,11 +264,17 @@ class Conversation:
     # ------------------------------------------------- the model side (a subclass may put it elsewhere)
 
     def _load(self, model: LoadedModel | None) -> None:
-        self.model = model or load_model(
-            pick_model_source(self.options.model), quantize=self.options.quantize, depformer_steps=DEPFORMER_STEPS
-        )
+        self.model = model or self._load_model()
         self.pipeline = ModelPipeline(self.model, self.options.sampling)
         self._warm_up()
+
+    def _load_model(self) -> LoadedModel:
+        return load_model(pick_model_source(self.options.model), quantize=self.options.quantize, depformer_steps=DEPFORMER_STEPS)
+
+    def _new_runtime(self, processor: FrameProcessor, audio: AudioEndpoint, policy: RuntimePolicy,
+                     canceller) -> DuplexRuntime:
+        """What steps `processor` against `audio` (not yet started)."""
+        return DuplexRuntime(processor, audio, self.bus, policy, canceller=canceller)
 
     def _default_voice(self) -> str:
         return DEFAULT_VOICE if self.model.voices_dir else NO_VOICE

@@ -6,8 +6,8 @@ frame is one lazy graph for every row — Mimi encode → LM step → Mimi decod
 `ModelPipeline` does for one conversation. Sampling temperatures and top-k are the batch's; the seed,
 voice and role prompt are each conversation's.
 
-`join` conditions a new conversation alone (its prompt phases on a one-row `LMGen`) and moves it into
-a free row, between frames; `leave` frees a row. Both run on the thread that runs the frames (MLX
+`join` conditions a new conversation alone (its prompt phases on a one-row `LMGen`: `condition`) and
+moves it into a free row (`admit`), between frames; `leave` frees a row. Both run on the thread that runs the frames (MLX
 evaluates a graph only on the thread that built it). Conditioning takes a prompt's prefill time
 (BENCHMARKS.md), during which no frame runs: a server admits joins between frames and counts that
 time against the rows already talking.
@@ -28,11 +28,13 @@ import numpy as np
 from ppchat.constants import DEPFORMER_STEPS, FRAME_MS
 from ppchat.engine.pipeline import (
     SILENCE_FRAMES,
+    PrefillReport,
     make_generator,
     role_prompt_tokens,
     voice_argument,
 )
 from ppchat.models.batch import BatchLMGen
+from ppchat.models.generator import LMGen
 from ppchat.models.loader import LoadedModel
 from ppchat.sampling import Sampling
 
@@ -52,6 +54,14 @@ class RowStats:
         self.frames += 1
         self.late += ms > FRAME_MS
         self.frame_ms.append(ms)
+
+
+@dataclass(frozen=True)
+class Conditioned:
+    """A conversation whose prompts have run, waiting for a row (`BatchPipeline.admit`)."""
+
+    gen: LMGen
+    report: PrefillReport
 
 
 @dataclass(frozen=True)
@@ -103,22 +113,34 @@ class BatchPipeline:
     def join(self, voice, prompt_text: str, seed: int | None = None) -> int:
         """Condition a conversation (voice: a loaded voice prompt, `VoiceEmbeddings` or None; the role
         prompt text; its seed, or a fresh random one) and give it a free row; returns the row."""
-        if not self.free_rows:
-            raise RuntimeError(f"all {self.capacity} conversations are taken: one must leave first")
+        return self.admit(self.condition(voice, prompt_text, seed))
+
+    def condition(self, voice, prompt_text: str, seed: int | None = None) -> Conditioned:
+        """`join`'s first half: run a conversation's prompts on its own, without taking a row yet (a
+        server conditions while the connection sets up, and admits the row once it can step it)."""
         t0 = time.perf_counter()
         if seed is None:
             seed = int(np.random.default_rng().integers(2**31))
         sampling = replace(self.sampling, seed=seed)
         gen = make_generator(self.model, sampling, self.depformer_steps)
         gen.phase_timing = False
-        voice_arg, _ = voice_argument(voice, self.mimi)
-        gen.run_system_prompts(voice=voice_arg, text_tokens=role_prompt_tokens(self.model, prompt_text),
-                               silence_frames=SILENCE_FRAMES)
-        row = self.lm.join(gen)
+        voice_arg, voice_frames = voice_argument(voice, self.mimi)
+        text_tokens = role_prompt_tokens(self.model, prompt_text)
+        gen.run_system_prompts(voice=voice_arg, text_tokens=text_tokens, silence_frames=SILENCE_FRAMES)
+        gen.eval_state()
+        report = PrefillReport(voice_frames=voice_frames, prompt_tokens=len(text_tokens), calls=gen.offset,
+                               seconds=time.perf_counter() - t0)
+        return Conditioned(gen, report)
+
+    def admit(self, conditioned: Conditioned) -> int:
+        """`join`'s second half: move a conditioned conversation into a free row; returns the row."""
+        if not self.free_rows:
+            raise RuntimeError(f"all {self.capacity} conversations are taken: one must leave first")
+        row = self.lm.join(conditioned.gen)
         # The encoder heard the voice prompt on its own stream; live audio starts on a fresh one.
         self.mimi.reset_row(row)
         mx.eval(self.mimi.streaming_state())
-        self.rows[row] = RowStats(next(self._ids), self.frames, time.perf_counter() - t0)
+        self.rows[row] = RowStats(next(self._ids), self.frames, conditioned.report.seconds)
         return row
 
     def leave(self, row: int) -> RowStats:

@@ -364,16 +364,21 @@ class DuplexRuntime:
                         return self._step(dropped=0, queue_in=0)
                     return True
                 continue
-            dropped = 0
-            if self.audio.realtime and waiting > policy.max_backlog_frames:
-                dropped = waiting - 1
-                for _ in range(dropped):
-                    self._next_frame()
-                    self._publish_dropped()
+            dropped = self._catch_up(waiting)
             self._next_frame()
             if not self._step(dropped=dropped, queue_in=waiting - 1 - dropped):
                 return False
         return False
+
+    def _catch_up(self, waiting: int) -> int:
+        """The late-frame policy: with more than `max_backlog_frames` waiting on a real-time endpoint,
+        drop (and publish) all but the newest; returns how many were dropped."""
+        if not (self.audio.realtime and waiting > self.policy.max_backlog_frames):
+            return 0
+        for _ in range(waiting - 1):
+            self._next_frame()
+            self._publish_dropped()
+        return waiting - 1
 
     def _warn_on_overruns(self) -> None:
         """A full ring loses audio outside the step log: say so (rare: needs a long stall)."""
@@ -407,20 +412,36 @@ class DuplexRuntime:
 
     def _step(self, dropped: int, queue_in: int) -> bool:
         """Run the model on the current frame and publish; False if the model failed."""
-        replaced = self._gate_mic()
-        user = self._frame.copy()
+        user, replaced = self._take_user()
         started = time.perf_counter()
         try:
             result = self.processor.process(user.copy())
+        except Exception as exc:  # noqa: BLE001 - `_failed` reports and logs it, then the runtime stops cleanly
+            return self._failed(exc)
+        return self._deliver(user, replaced, result, (time.perf_counter() - started) * 1000.0, dropped, queue_in)
+
+    def _take_user(self) -> tuple[np.ndarray, bool]:
+        """The current frame as the model is to hear it, and whether silence replaced it (mute, gate)."""
+        replaced = self._gate_mic()
+        return self._frame.copy(), replaced
+
+    def _failed(self, exc: Exception) -> bool:
+        """A step failed: reported and logged, then the runtime stops cleanly."""
+        log.exception("model step %d failed", self.steps)
+        self.error = exc
+        self.bus.publish(NoticeEvent("error", f"model step {self.steps} failed: {type(exc).__name__}: {exc}", time.time()))
+        return False
+
+    def _deliver(self, user: np.ndarray, replaced: bool, result: FrameResult, elapsed_ms: float, dropped: int,
+                 queue_in: int) -> bool:
+        """Queue the agent's frame for playback and publish the step; False if the result is unusable."""
+        try:
             agent = np.array(result.pcm, dtype=np.float32).reshape(-1)
             if agent.shape[0] != self.frame_size:
                 raise ValueError(f"the processor returned {agent.shape[0]} samples, expected {self.frame_size}")
-        except Exception as exc:  # reported and logged, then the runtime stops cleanly
-            log.exception("model step %d failed", self.steps)
-            self.error = exc
-            self.bus.publish(NoticeEvent("error", f"model step {self.steps} failed: {type(exc).__name__}: {exc}", time.time()))
-            return False
-        total_ms = (time.perf_counter() - started) * 1000.0 if result.compute_ms is None else float(result.compute_ms)
+        except Exception as exc:  # noqa: BLE001 - as in `_step`
+            return self._failed(exc)
+        total_ms = elapsed_ms if result.compute_ms is None else float(result.compute_ms)
         self._playback.write(agent)
         self._recent_out_rms.append(_rms(agent))
         timings = {k: float(v) for k, v in result.timings_ms.items()}

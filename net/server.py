@@ -42,6 +42,7 @@ from ppchat.net.opus import OggOpusDecoder, OggOpusEncoder, OpusStreamError
 from ppchat.net.params import ChatParams
 from ppchat.net.protocol import Kind, ProtocolError
 from ppchat.sampling import Sampling, SamplingParams
+from ppchat.served import ServedBatch
 from ppchat.sessions.schema import step_record
 
 log = logging.getLogger(__name__)
@@ -171,9 +172,9 @@ class ChatServer:
             params = ChatParams.from_query(request.query)
         except ProtocolError as exc:
             raise Refused(str(exc)) from None
-        conv = self.conversation
         voice = self._voice(params.voice_prompt)
-        sampling = self._sampling(params)
+        sampling, unapplied = self._sampling(params)
+        conv = self.conversation.for_client()  # with --max-conversations N, a row of the batch
         audio = SocketAudio(SAMPLE_RATE, FRAME_SAMPLES)
         live = asyncio.Event()
         sub = conv.bus.subscribe(maxlen=64, name=f"serve {client}")
@@ -194,8 +195,14 @@ class ChatServer:
             except PPChatError as exc:
                 raise Refused(str(exc)) from None
             self.served += 1
+            if unapplied:
+                log.info("%s: %s", client, unapplied)
+                conv.bus.publish(NoticeEvent("warning", unapplied, time.time()))  # into the session's log
+            if conv is not self.conversation and conv.monitor is not None:
+                log.info("%s: ppchat monitor --socket %s", client, conv.monitor.path)
             send = functools.partial(self._send, ws, request.transport)
-            reason = await _outcome(self._live(send, sub, audio, live, reader, ended, sampling, params.metadata))
+            info = self._info_message(conv, sampling, unapplied)
+            reason = await _outcome(self._live(send, sub, conv, audio, live, reader, ended, info if params.metadata else None))
             return reason
         finally:
             ended.set()
@@ -210,19 +217,19 @@ class ChatServer:
             # A stop must not overtake a start still running in its thread (that conversation would
             # then run on with nobody to stop it), and a cancelled handler still stops and saves.
             cancelled |= await _despite_cancellation(start)
-            stopped = loop.run_in_executor(None, conv.stop)
+            stopped = loop.run_in_executor(None, conv.stop if conv is self.conversation else conv.close)
             cancelled |= await _despite_cancellation(stopped)
             if cancelled:
                 raise asyncio.CancelledError
             stopped.result()
 
-    async def _live(self, send, sub, audio: SocketAudio, live: asyncio.Event, reader: asyncio.Task, ended: asyncio.Event,
-                    sampling: Sampling, metadata: bool) -> str | None:
+    async def _live(self, send, sub, conv: Conversation, audio: SocketAudio, live: asyncio.Event, reader: asyncio.Task,
+                    ended: asyncio.Event, info: dict | None) -> str | None:
         live.set()  # before the handshake leaves: a client may answer it at once
         await send(protocol.handshake())
-        if metadata:
-            await send(protocol.metadata(self._info_message(sampling)))
-        writer = asyncio.create_task(self._write(send, sub, audio, ended, metadata))
+        if info is not None:
+            await send(protocol.metadata(info))
+        writer = asyncio.create_task(self._write(send, sub, conv, audio, ended, info is not None))
         done, _ = await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
         # Cancelling alone is not enough: on Python < 3.12 `asyncio.wait_for` (in `_send`) drops a
         # cancellation that arrives as its send completes, and the writer would then wait for steps
@@ -266,14 +273,15 @@ class ChatServer:
             # Control, text, ping and metadata from a client mean nothing to this server (nor the reference's).
         return None
 
-    async def _write(self, send, sub, audio: SocketAudio, ended: asyncio.Event, metadata: bool) -> str | None:
+    async def _write(self, send, sub, conv: Conversation, audio: SocketAudio, ended: asyncio.Event,
+                     metadata: bool) -> str | None:
         """Send each step's audio, text and timings as the step thread publishes them."""
         encoder = OggOpusEncoder(audio.playback_rate, packet_ms=80, packets_per_page=1)
         loop = asyncio.get_running_loop()
         while not ended.is_set():
             event = await loop.run_in_executor(None, sub.get, 0.25)
             if event is None:
-                if not self.conversation.running:
+                if not conv.running:
                     return "the engine stopped"
                 continue
             if isinstance(event, NoticeEvent):
@@ -304,11 +312,14 @@ class ChatServer:
         if unsent > self.options.send_buffer_bytes:
             raise Refused(f"the client is not reading ({unsent} bytes waiting to be sent)")
 
-    def _info_message(self, sampling: Sampling) -> dict:
-        info = self.conversation.info
-        return {"type": "info", "version": __version__, "model": info["model_id"], "is_demo": info["is_demo"],
-                "quantization": info["quantization"], "voice": info["voice"], "prompt": info["prompt"],
-                "sampling": sampling.to_json()}
+    def _info_message(self, conv: Conversation, sampling: Sampling, unapplied: str | None) -> dict:
+        info = conv.info
+        message = {"type": "info", "version": __version__, "model": info["model_id"], "is_demo": info["is_demo"],
+                   "quantization": info["quantization"], "voice": info["voice"], "prompt": info["prompt"],
+                   "sampling": sampling.to_json(), "max_conversations": self.options.max_conversations}
+        if unapplied:
+            message["note"] = unapplied
+        return message
 
     def _voice(self, requested: str | None) -> str | None:
         """The voice file for a `voice_prompt` name, looked up in the voices folder only."""
@@ -323,7 +334,13 @@ class ChatServer:
         names = ", ".join(p.name for p in usable) or "none (this model has no voices folder; leave voice_prompt out)"
         raise Refused(f"voice_prompt {requested!r} is not in this server's voices folder; available: {names}")
 
-    def _sampling(self, params: ChatParams) -> Sampling:
+    def _sampling(self, params: ChatParams) -> tuple[Sampling, str | None]:
+        """The settings a connection runs with, and what it asked for that is not applied (or None).
+
+        One conversation at a time honours every parameter. A batch (`--max-conversations N` > 1)
+        draws every row in one sampling step at its own temperatures and top-k: a client that asks
+        for others still talks, at the batch's values, and is told so (0x04 info, the session's log,
+        the server's log) rather than refused, as NVIDIA's web UI always sends its own values."""
         base = self.conversation.options.sampling
         text = SamplingParams(
             base.text.temp if params.text_temperature is None else params.text_temperature,
@@ -333,7 +350,20 @@ class ChatServer:
             base.audio.temp if params.audio_temperature is None else params.audio_temperature,
             base.audio.top_k if params.audio_topk is None else params.audio_topk,
         )
-        return Sampling(text, audio, seed=base.seed if params.seed is None else params.seed)
+        wanted = Sampling(text, audio, seed=base.seed if params.seed is None else params.seed)
+        if not isinstance(self.conversation, ServedBatch):
+            return wanted, None
+        applied = self.conversation.row_sampling(wanted.seed)
+        asked = {name: value for name, value, batch in (
+            ("text_temperature", params.text_temperature, base.text.temp), ("text_topk", params.text_topk, base.text.top_k),
+            ("audio_temperature", params.audio_temperature, base.audio.temp), ("audio_topk", params.audio_topk, base.audio.top_k),
+        ) if value is not None and value != batch}
+        if not asked:
+            return applied, None
+        return applied, (
+            "sampling " + ", ".join(f"{k}={v:g}" for k, v in asked.items()) + " not applied: this server steps "
+            f"{self.options.max_conversations} conversations in one batch at text temperature {base.text.temp:g}, "
+            f"top-k {base.text.top_k}, audio temperature {base.audio.temp:g}, top-k {base.audio.top_k}")
 
 
 async def _outcome(awaitable) -> str | None:

@@ -23,6 +23,7 @@ from ppchat.net import webui
     (["serve", "--port", "70000"], "--port 70000 is not a port number"),
     (["serve", "--idle-timeout", "0"], "--idle-timeout must be positive"),
     (["serve", "--max-backlog", "0"], "--max-backlog must be at least 1"),
+    (["serve", "--max-conversations", "0"], "--max-conversations must be at least 1"),
     (["serve", "--static", "."], "has no index.html"),
 ])
 def test_bad_options_are_refused_before_the_model_loads(argv, expected, capsys):

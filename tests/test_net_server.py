@@ -141,9 +141,12 @@ async def _converse(port: int, query: str = "", pcm: np.ndarray | None = None, *
                 encoder = OggOpusEncoder(packet_ms=packet_ms, packets_per_page=per_page)
                 t0 = time.monotonic()
                 for i in range(0, len(pcm), chunk):
-                    for page in encoder.encode(pcm[i:i + chunk]):
-                        await ws.send_bytes(protocol.audio(page))
-                        out.sent_audio.append(page)
+                    try:
+                        for page in encoder.encode(pcm[i:i + chunk]):
+                            await ws.send_bytes(protocol.audio(page))
+                            out.sent_audio.append(page)
+                    except ConnectionResetError:  # the server closed this connection (its 0x05 is read)
+                        break
                     await asyncio.sleep(max(0.0, t0 + (i + chunk) / 24000 - time.monotonic()))
             for raw in extra:
                 if not ws.closed:

@@ -20,8 +20,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "serve", help="serve the model over the PersonaPlex websocket protocol (NVIDIA's web UI, `ppchat talk --server`)",
         description="Serve PersonaPlex over NVIDIA's websocket protocol: GET /api/chat (Ogg/Opus audio both ways, the "
                     "monologue as text, per-step timings as metadata), GET /health (JSON for load balancers), and "
-                    "NVIDIA's web UI at / when it is available. One conversation at a time; another client gets an "
-                    "error naming /health. Every conversation is recorded as a session of kind 'served'.",
+                    "NVIDIA's web UI at / when it is available. Up to --max-conversations at once (one batched step "
+                    "for all); a client beyond that gets an error naming /health. Every conversation is recorded as "
+                    "a session of kind 'served'.",
     )
     _model_args(p)
     g = p.add_argument_group("network")
@@ -40,6 +41,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--max-backlog", type=int, default=MAX_BACKLOG_FRAMES, metavar="FRAMES",
                    help="when the model falls behind, drop incoming frames beyond this backlog "
                         f"(default {MAX_BACKLOG_FRAMES} = {MAX_BACKLOG_FRAMES * FRAME_SECONDS * 1000:.0f} ms)")
+    g.add_argument("--max-conversations", type=int, default=1, metavar="N",
+                   help="run up to N conversations at once, stepped together in one batch (default 1). Each has "
+                        "its own voice, role prompt, seed, recording and monitor socket; temperatures and top-k "
+                        "are the server's for all (--temp-text, --topk-text, --temp, --topk), and a client asking for others is told so")
     p.add_argument("--no-monitor", action="store_true", help="do not open the `ppchat monitor` socket")
     p.set_defaults(func=cmd_serve)
 
@@ -87,6 +92,8 @@ def cmd_serve(args) -> int:
         raise PPChatError(f"--port {args.port} is not a port number (0-65535)")
     if args.idle_timeout <= 0:
         raise PPChatError(f"--idle-timeout must be positive, got {args.idle_timeout}")
+    if args.max_conversations < 1:
+        raise PPChatError(f"--max-conversations must be at least 1, got {args.max_conversations}")
     if args.max_backlog < 1:
         raise PPChatError(f"--max-backlog must be at least 1, got {args.max_backlog}")
     if args.static is not None and not (args.static / "index.html").is_file():
@@ -96,11 +103,17 @@ def cmd_serve(args) -> int:
     if not _loopback(args.host) and args.token is None:
         print(f"ppchat: warning: listening on {args.host} without --token: anyone who can reach this port can talk "
               "to the model and fill the sessions folder", file=sys.stderr)
-    conv = Conversation(_options(args, monitor=not args.no_monitor, max_backlog_frames=args.max_backlog))
+    options = _options(args, monitor=not args.no_monitor, max_backlog_frames=args.max_backlog)
+    if args.max_conversations > 1:
+        from ppchat.served import ServedBatch
+
+        conv = ServedBatch(options, args.max_conversations)
+    else:
+        conv = Conversation(options)
     _banner(conv)
     static = args.static or find_web_ui()
     options = ServeOptions(host=args.host, port=args.port, token=args.token, static_dir=static,
-                           idle_timeout=args.idle_timeout)
+                           idle_timeout=args.idle_timeout, max_conversations=args.max_conversations)
     server = ServerThread(ChatServer(conv, options), ssl_context=ssl_context)
     try:
         server.start()
@@ -110,6 +123,9 @@ def cmd_serve(args) -> int:
               f"websocket {where.replace('http', 'ws', 1)}/api/chat, health {where}/health", file=sys.stderr)
         if conv.monitor is not None:
             print(f"monitor: ppchat monitor --socket {conv.monitor.path}", file=sys.stderr)
+        elif args.max_conversations > 1 and not args.no_monitor:
+            print("monitor: each conversation has its own socket (logged as it starts); `ppchat monitor` "
+                  "attaches to the newest", file=sys.stderr)
         server.wait()
     finally:
         server.stop()

@@ -13,9 +13,11 @@ PortAudio library becomes an `AudioError` instead of an import-time crash.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,6 +33,20 @@ NO_DEVICE_HINT = (
     "(see `ppchat --list-devices`), or on a machine without a sound card start the virtual "
     "device with tools/virtual-audio.sh."
 )
+VIRTUAL_AUDIO_RUNTIME_DIR = Path("/tmp/ppchat-xdg")  # where tools/virtual-audio.sh puts PulseAudio by default
+
+
+def no_device_hint() -> str:
+    """NO_DEVICE_HINT, or, when tools/virtual-audio.sh's PulseAudio is running but this process was
+    started without the XDG_RUNTIME_DIR that finds it (the usual first-contact mistake), the export
+    that fixes it."""
+    socket = VIRTUAL_AUDIO_RUNTIME_DIR / "pulse" / "native"
+    if not os.environ.get("XDG_RUNTIME_DIR") and socket.is_socket():
+        return (
+            f"The virtual sound card of tools/virtual-audio.sh is running, but this shell cannot see it: "
+            f"run `export XDG_RUNTIME_DIR={VIRTUAL_AUDIO_RUNTIME_DIR}` and start ppchat again."
+        )
+    return NO_DEVICE_HINT
 
 
 def _sounddevice():
@@ -99,7 +115,7 @@ def list_devices() -> list[DeviceInfo]:
     try:
         raw = list(sd.query_devices())
     except sd.PortAudioError as exc:
-        raise AudioError(f"cannot list audio devices: {exc}. {NO_DEVICE_HINT}") from exc
+        raise AudioError(f"cannot list audio devices: {exc}. {no_device_hint()}") from exc
     try:
         hostapis = [h["name"] for h in sd.query_hostapis()]
     except sd.PortAudioError:
@@ -145,7 +161,7 @@ def resolve_device(spec: str | int | None, kind: str = "input") -> DeviceInfo:
     devices = list_devices()
     usable = [d for d in devices if d.channels(kind) > 0]
     if not usable:
-        raise AudioError(f"no audio {kind} device found. {NO_DEVICE_HINT}")
+        raise AudioError(f"no audio {kind} device found. {no_device_hint()}")
     listing = "\n".join(d.describe() for d in usable)
 
     if spec is None or (isinstance(spec, str) and not spec.strip()):

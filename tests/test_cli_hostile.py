@@ -313,6 +313,32 @@ def test_no_audio_devices_is_said_with_what_to_do(argv, monkeypatch, capsys):
     assert "no audio devices found" in captured.err and "tools/virtual-audio.sh" in captured.err
 
 
+
+def test_a_running_virtual_card_the_shell_cannot_see_is_named_with_the_export(request, monkeypatch, capsys):
+    """tools/virtual-audio.sh puts PulseAudio under /tmp/ppchat-xdg; a shell without that
+    XDG_RUNTIME_DIR sees no device, and the error says the one line that fixes it."""
+    import shutil
+    import socket
+    import tempfile
+
+    sd = pytest.importorskip("sounddevice")
+    from ppchat.cli import main
+    from ppchat.engine import audio_io
+
+    runtime = Path(tempfile.mkdtemp(prefix="xdg", dir="/tmp"))  # short: a socket path has 108 bytes
+    (runtime / "pulse").mkdir()
+    request.addfinalizer(lambda: shutil.rmtree(runtime, ignore_errors=True))
+    monkeypatch.setattr(audio_io, "VIRTUAL_AUDIO_RUNTIME_DIR", runtime)
+    monkeypatch.setattr(sd, "query_devices", lambda *a, **k: [])
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    assert audio_io.no_device_hint() == audio_io.NO_DEVICE_HINT  # no PulseAudio there: the usual advice
+    with socket.socket(socket.AF_UNIX) as server:
+        server.bind(str(runtime / "pulse" / "native"))
+        assert main(["devices"]) == 2
+        assert f"export XDG_RUNTIME_DIR={runtime}" in capsys.readouterr().err
+        monkeypatch.setenv("XDG_RUNTIME_DIR", "/elsewhere")  # the user chose a runtime dir: not ours to judge
+        assert audio_io.no_device_hint() == audio_io.NO_DEVICE_HINT
+
 # --- 16.19 a warning raised before anyone listens ----------------------------------------------
 
 

@@ -125,12 +125,12 @@ def _banner(conv) -> None:
 
 
 def cmd_devices(args) -> int:
-    from ppchat.engine.audio_io import NO_DEVICE_HINT, list_devices
+    from ppchat.engine.audio_io import list_devices, no_device_hint
     from ppchat.errors import AudioError
 
     devices = list_devices()
     if not devices:
-        raise AudioError(f"no audio devices found. {NO_DEVICE_HINT}")
+        raise AudioError(f"no audio devices found. {no_device_hint()}")
     for d in devices:
         print(d.describe())
     return 0

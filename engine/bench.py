@@ -114,7 +114,7 @@ def build_random_model(
     group_size: int | None = None,
     kv_bits: int | None | str = "auto",
     dtype: mx.Dtype = mx.bfloat16,
-    depformer_steps: int = 8,
+    depformer_steps: int = DEPFORMER_STEPS,
     compile_streaming: bool | None = None,
     seed: int = 0,
 ) -> LoadedModel:

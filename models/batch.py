@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import mlx.core as mx
 import numpy as np
 
+from ppchat.constants import DEPFORMER_STEPS
 from ppchat.models.generator import LMGen, StepOutput, fresh_agent_codes, live_call
 from ppchat.models.lm import LM
 from ppchat.models.lm_step import LMStep
@@ -53,7 +54,7 @@ class BatchLMGen:
         *,
         text_sampling: SamplingParams = TEXT_DEFAULTS,
         audio_sampling: SamplingParams = AUDIO_DEFAULTS,
-        depformer_steps: int = 8,
+        depformer_steps: int = DEPFORMER_STEPS,
         compile: bool | None = None,
         kv_bits: int | None = None,
     ):

@@ -151,16 +151,18 @@ def test_batched_prompt_prefill_gives_reference_live_calls(io_path: Path) -> Non
     print(f"{io_path.parent.name}/{io_path.name} batched prefill: worst abs error {worst}")
 
 
+@pytest.mark.parametrize("batch_prefill", [True, False])
 @pytest.mark.parametrize("io_path", io_params(with_prompts_only=True))
-def test_live_fast_path_gives_reference_tokens(io_path: Path) -> None:
-    """The live configuration: agent-only depformer (8 steps built), batched prefill, no trace."""
+def test_live_fast_path_gives_reference_tokens(io_path: Path, batch_prefill: bool) -> None:
+    """The live configuration: agent-only depformer (8 steps built), no trace; prompt calls
+    batched (as live) or run one by one."""
     lm_dir = io_path.parent
     config = json.loads((lm_dir / "config.json").read_text())
     per_speaker = config["lm_kwargs"]["n_q"] // 2
     lm, config = load_lm(lm_dir, depformer_steps=per_speaker)
     rows = rows_of(load_file(str(io_path)))
     text_tokens, silence, first_live = prompt_plan(rows)
-    gen = make_gen(lm, config)
+    gen = make_gen(lm, config, batch_prefill=batch_prefill)
     gen.run_system_prompts(text_tokens=text_tokens, silence_frames=silence)
     for n in range(first_live, len(rows["phase"])):
         out = gen.step(user_codes=rows["in_user"][n])

@@ -6,7 +6,9 @@ primitive is about one kernel launch (fewer where `mx.compile` fuses elementwise
 dispatch per kernel is what bounds the frame at batch 1 (BENCHMARKS.md), so fewer operations speed
 every backend (Apple Silicon included). With `--compiled` the graph is built through the
 `mx.compile`d step functions, and the count is of what their replay launches (fused elementwise
-groups count once).
+groups count once). A Concatenate is one operation but, on a GPU, one copy kernel per piece (MLX
+0.32's `concatenate_gpu`), so the pieces are counted too ("concatenated pieces"; on the CPU the q4
+embedding's dequantisation adds concatenations that a GPU does in one kernel).
 
 The model is the PersonaPlex 7B layout — 32 temporal layers, 6 depformer layers, 8 depformer steps,
 17 streams, the real Mimi — with thin widths (the op count does not depend on them), random weights.
@@ -33,9 +35,17 @@ VIEWS = {"Broadcast", "Reshape", "Slice", "Transpose", "Squeeze", "Flatten", "Un
 
 
 def primitives(*outputs) -> Counter:
+    """Nodes per primitive; under the key `concatenated` (not a primitive) the number of inputs of all
+    Concatenates, which is how many copy kernels they launch on a GPU (one per piece; on the CPU one op)."""
     dot = io.StringIO()
     mx.export_to_dot(dot, *outputs)
-    return Counter(re.findall(r'label ="([A-Za-z_]+)"', dot.getvalue()))
+    text = dot.getvalue()
+    counts = Counter(re.findall(r'label ="([A-Za-z_]+)"', text))
+    concats = set(re.findall(r'(\d+) \[label ="Concatenate"', text))
+    pieces = sum(1 for node in re.findall(r'"\w+" -> (\d+)', text) if node in concats)
+    if pieces:
+        counts["concatenated"] = pieces
+    return counts
 
 
 def thin_7b():
@@ -98,9 +108,11 @@ def count(compiled: bool, conversations: int, quantize: int | None = None) -> di
         "compiled": compiled,
         "conversations": conversations,
         "quantize": quantize,
-        "ops": {name: sum(c.values()) for name, c in phases.items()},
-        "ops_not_views": {name: sum(v for k, v in c.items() if k not in VIEWS) for name, c in phases.items()},
-        "by_primitive": dict(whole.most_common()),
+        "ops": {name: sum(v for k, v in c.items() if k != "concatenated") for name, c in phases.items()},
+        "ops_not_views": {name: sum(v for k, v in c.items() if k not in VIEWS and k != "concatenated")
+                          for name, c in phases.items()},
+        "concatenated_pieces": {name: c["concatenated"] for name, c in phases.items()},
+        "by_primitive": {k: v for k, v in whole.most_common() if k != "concatenated"},
     }
 
 
@@ -118,6 +130,9 @@ def main(argv: list[str]) -> int:
     for key, label in (("ops", "all ops"), ("ops_not_views", "ops that are not views")):
         o = result[key]
         print(f"{label}: frame {o['frame']} (encode {o['encode']}, LM step {o['lm_step']}, decode {o['decode']})")
+    c = result["concatenated_pieces"]
+    print(f"concatenated pieces (a copy kernel each on a GPU): frame {c['frame']} (encode {c['encode']}, "
+          f"LM step {c['lm_step']}, decode {c['decode']})")
     print(f"compiled={args.compiled} conversations={args.conversations} quantize={args.quantize}\n{top}")
     return 0
 

@@ -454,8 +454,8 @@ def section_p(small: bool, iters: int, dtype_name: str) -> None:
         ("greedy", lambda lg, key: sample_token(lg, 0.0, 250)),
     ):
         def column(h, key, draw=draw):
-            keys = iter(mx.random.split(key, 8))
-            return dep.sample_column(h, text, forced, forced_mask, lambda lg: draw(lg, next(keys)), 8)[0]
+            keys = mx.random.split(key, 8)
+            return dep.sample_column(h, text, forced, forced_mask, lambda lg, step: draw(lg, keys[step]), 8)[0]
 
         c = mx.compile(column)
         record("p", f"depformer column, 8 steps, {dtype_name}, {label}", timed(lambda: c(h, key), iters))

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import mlx.core as mx
 import mlx.nn as nn
+import numpy as np
 
 from ppchat.models.layers import GatedFFN, RMSNorm, embed_tokens, merge_heads, pick, project
 
@@ -25,12 +26,21 @@ from ppchat.models.layers import GatedFFN, RMSNorm, embed_tokens, merge_heads, p
 @dataclass
 class DepformerKV:
     """Keys and values of the steps already run in the current column: per layer, one
-    [2, B, H, steps, D] buffer (keys, then values) that step `s` fills at index `s` (allocated by
-    the first step). A step's key and value sit side by side in its fused projection's output, so
-    they go in with one copy; growing by concatenation was one copy per piece, two per step."""
+    [2, B, H, steps, D] buffer (keys, then values) holding step `s`'s at index `s` (made by the first
+    step). A step writes its key and value, side by side in its fused projection's output, with one
+    select against a constant slot mask (`slots[s]`, [steps, 1]): one fused elementwise kernel. A
+    `slice_update` was two on a GPU whenever the buffer could not be donated (a copy of the whole
+    buffer, then the write), and growing by concatenation one copy per piece."""
 
     kv: list[mx.array | None] = field(default_factory=list)
     steps: int = 0
+    slots: list[mx.array] = field(default_factory=list)
+
+    def write(self, layer: int, step: int, new: mx.array) -> mx.array:
+        """The layer's buffer with `new` ([2, B, H, 1, D]) at `step`; step 0 starts it (zeros elsewhere)."""
+        old = self.kv[layer] if step else mx.zeros((), new.dtype)
+        self.kv[layer] = mx.where(self.slots[step], new, old)
+        return self.kv[layer]
 
 
 class StepwiseAttention(nn.Module):
@@ -51,13 +61,12 @@ class StepwiseAttention(nn.Module):
             # The column's first query sees its own key only: softmax weight exactly 1, out = v.
             out = pick(qkv, 2)
             if kv.steps > 1:
-                kv.kv[layer] = mx.zeros((2, *out.shape[:2], kv.steps, out.shape[3]), out.dtype)
-                kv.kv[layer][:, :, :, :1] = qkv[1:]
+                kv.write(layer, 0, qkv[1:])
             return project(self.out_proj[step], merge_heads(out))
-        kv.kv[layer][:, :, :, step : step + 1] = qkv[1:]
+        buffer = kv.write(layer, step, qkv[1:])
         # One query after the earlier steps of this column: every key in the window is visible.
         first = max(0, step + 1 - self.window)
-        window = kv.kv[layer][:, :, :, first : step + 1]
+        window = buffer[:, :, :, first : step + 1]
         out = mx.fast.scaled_dot_product_attention(pick(qkv, 0), pick(window, 0), pick(window, 1), scale=self.scale)
         return project(self.out_proj[step], merge_heads(out))
 
@@ -109,7 +118,10 @@ class Depformer(nn.Module):
     def make_cache(self, steps: int | None = None) -> DepformerKV:
         """An empty per-column cache for `steps` steps (the reference restarts depformer streaming
         every column)."""
-        return DepformerKV([None] * len(self.layers), self.steps if steps is None else steps)
+        steps = self.steps if steps is None else steps
+        # Constants (made from numpy, so a compiled column captures them instead of computing them).
+        slots = [mx.array(np.arange(steps)[:, None] == step) for step in range(steps)]
+        return DepformerKV([None] * len(self.layers), steps, slots)
 
     def step_logits(self, step: int, projected: mx.array, prev_token: mx.array, kv: DepformerKV) -> mx.array:
         """Logits [B, card] of step `step`, given the column's input projection
@@ -127,15 +139,17 @@ class Depformer(nn.Module):
         text_token: mx.array,
         forced_tokens: mx.array,
         forced_mask: mx.array,
-        sample: Callable[[mx.array], mx.array],
+        sample: Callable[[mx.array, int], mx.array],
         num_steps: int | None = None,
-    ) -> tuple[mx.array, mx.array]:
+    ) -> tuple[list[mx.array], mx.array]:
         """Run steps 0..num_steps-1 for one column (spec §4.3).
 
         forced_tokens/forced_mask [B, >=num_steps]: stream s+1's provided token and whether it is
         provided; a provided token replaces the sampled one as the next step's input.
-        `sample` maps float32 logits [B, card] to tokens [B].
-        Returns (sampled tokens [B, num_steps] before forcing, float32 logits [B, num_steps, card]).
+        `sample(logits, step)` maps step `step`'s logits [B, card] (in the model's dtype) to tokens [B].
+        Returns (each step's sampled token, int32 [B], before forcing; float32 logits [B, num_steps, card]).
+        The tokens are left unstacked so that the caller can stack them with others in one pass
+        (`layers.stack_columns`).
         """
         num_steps = self.steps if num_steps is None else num_steps
         if not 0 < num_steps <= self.steps:
@@ -145,9 +159,12 @@ class Depformer(nn.Module):
         prev = text_token
         sampled, logits = [], []
         for step in range(num_steps):
-            step_logits = self.step_logits(step, projected, prev, kv).astype(mx.float32)
-            token = sample(step_logits)
+            step_logits = self.step_logits(step, projected, prev, kv)
+            token = sample(step_logits, step)
             sampled.append(token)
             logits.append(step_logits)
             prev = mx.where(forced_mask[:, step], forced_tokens[:, step], token)
-        return mx.stack(sampled, axis=1), mx.stack(logits, axis=1)
+        # Only a trace evaluates the stacked logits. Cast after the stack: a cast of each step's
+        # logits would be the same node as the sampler's (merged by `mx.compile`), which then could
+        # not fuse into the sampler's elementwise pass and would cost a kernel per step.
+        return sampled, mx.stack(logits, axis=1).astype(mx.float32)

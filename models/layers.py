@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import mlx.core as mx
 import mlx.nn as nn
+import numpy as np
 
 from ppchat.models import cuda_kernels
 from ppchat.models.kv_cache import RingKVCache, RingStep
@@ -67,6 +68,20 @@ def pick(x: mx.array, index: int, axis: int = 0) -> mx.array:
     where = [slice(None)] * x.ndim
     where[axis] = slice(index, index + 1)
     return mx.squeeze(x[tuple(where)], axis)
+
+
+def stack_columns(columns: list[mx.array]) -> mx.array:
+    """Integer arrays of one shape [B, ...] -> int32 [B, n, ...], as `mx.stack(columns, axis=1)`, built
+    as elementwise arithmetic (column i times the i-th unit vector, summed; exact for integers).
+    Under `mx.compile` that is one fused kernel (casts included); a stack on a GPU launches one copy
+    kernel per column."""
+    n = len(columns)
+    units = np.eye(n, dtype=np.int32).reshape(n, n, *([1] * (columns[0].ndim - 1)))
+    out = None
+    for column, unit in zip(columns, units):
+        term = mx.expand_dims(column.astype(mx.int32), 1) * mx.array(unit)
+        out = term if out is None else out + term
+    return out
 
 
 def split_qkv(qkv: mx.array, num_heads: int) -> tuple[mx.array, mx.array, mx.array]:
@@ -141,6 +156,11 @@ class RopeAttention(nn.Module):
 
 
 def embed_tokens(table: nn.Embedding, tokens: mx.array) -> mx.array:
-    """Embedding lookup where token -1 gives an exact zero row (the reference `ScaledEmbedding`)."""
-    rows = table(mx.maximum(tokens, 0))
-    return mx.where((tokens >= 0)[..., None], rows, mx.zeros((), dtype=rows.dtype))
+    """Embedding lookup where token -1 gives an exact zero row (the reference `ScaledEmbedding`).
+
+    A -1 is looked up as is (MLX's gathers wrap a negative index, as numpy's do: the last row) and
+    its row replaced by zeros. The test reads the tokens through a view, so that it fuses into the
+    select (and whatever elementwise work follows) under `mx.compile`: clamping the index first, or
+    testing `tokens >= 0` before the reshape, was two kernels more per lookup."""
+    rows = table(tokens)
+    return mx.where(tokens[..., None] >= 0, rows, mx.zeros((), dtype=rows.dtype))

@@ -285,9 +285,10 @@ class LM(nn.Module):
         c = self.config
         # Stream s's rows start at its table's offset in `input_emb` (text first, as in `tokens`).
         starts = mx.array([0] + [c.text_card + 1 + q * (c.card + 1) for q in range(c.n_q)], dtype=mx.int32)
-        # The -1 handling of `embed_tokens`, done once for all 17 streams rather than per stream.
-        rows = self.input_emb(mx.maximum(tokens, 0) + starts[:, None])
-        rows = mx.where((tokens >= 0)[..., None], rows, mx.zeros((), dtype=rows.dtype))
+        # The -1 handling of `embed_tokens`, done once for all 17 streams rather than per stream (a -1
+        # looks up a row of the previous table, or the last one, and is replaced by zeros).
+        rows = self.input_emb(tokens + starts[:, None])
+        rows = mx.where(tokens[..., None] >= 0, rows, mx.zeros((), dtype=rows.dtype))
         x = pick(rows, 1, axis=1)
         for stream in range(2, c.num_codebooks):
             x = x + pick(rows, stream, axis=1)
@@ -299,8 +300,16 @@ class LM(nn.Module):
         Returns (h = out_norm(output) [B, T, dim], float32 text logits [B, T, text_card]); `h` is the
         depformer's input too (spec pitfall 8).
         """
-        h = self.out_norm(self.transformer(x.astype(self.dtype), cache))
-        return h, project(self.text_linear, h).astype(mx.float32)
+        h = self.hidden(x, cache)
+        return h, self.text_head(h).astype(mx.float32)
+
+    def hidden(self, x: mx.array, cache: list[RingKVCache]) -> mx.array:
+        """h = out_norm(transformer(x)) [B, T, dim] at the cache's next positions."""
+        return self.out_norm(self.transformer(x.astype(self.dtype), cache))
+
+    def text_head(self, h: mx.array) -> mx.array:
+        """Text logits of h, in the model's dtype (sampling takes them so; `forward_embeddings` casts)."""
+        return project(self.text_linear, h)
 
     def prefill(self, x: mx.array, cache: list[RingKVCache]) -> None:
         """Only fill the KV caches with x [B, T, dim] (no head): evaluate `cache` state afterwards."""

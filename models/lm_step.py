@@ -20,8 +20,9 @@ from dataclasses import dataclass
 import mlx.core as mx
 
 from ppchat.models.kv_cache import RingKVCache
+from ppchat.models.layers import stack_columns
 from ppchat.models.lm import LM
-from ppchat.models.sampling import SamplingParams, sample_rows, split_rows
+from ppchat.models.sampling import SamplingParams, draw, gumbel_rows, sample_rows, split_rows
 
 
 @dataclass(frozen=True)
@@ -77,11 +78,11 @@ class LMStep:
         for index, c in enumerate(cache):
             c.state = list(state[per_cache * index : per_cache * (index + 1)])
         if phase_timing:
-            mx.eval(h, text_in, state, [] if keys is None else keys, mx.random.state)
+            mx.eval(h, text_sampled, text_in, state, [] if keys is None else keys, mx.random.state)
         t1 = time.perf_counter()
-        audio, dep_logits, key_out = depformer([] if keys is None else [keys], h, text_in, forced, forced_mask)
+        sampled, dep_logits, key_out = depformer([] if keys is None else [keys], h, text_sampled, text_in, forced,
+                                                 forced_mask)
         keys = key_out[0] if key_out else None
-        sampled = mx.concatenate([text_sampled[:, None], audio], axis=1)
         if phase_timing:
             mx.eval(sampled, [] if keys is None else keys, mx.random.state)
             self.last_timings_ms = {"temporal": (t1 - t0) * 1e3, "depformer": (time.perf_counter() - t1) * 1e3}
@@ -93,8 +94,8 @@ class LMStep:
         def temporal(state, source, text_given, text_mask):
             return self._temporal(state, source, text_given, text_mask, global_keys)
 
-        def depformer(keys, h, text_in, forced, forced_mask):
-            return self._depformer(steps, keys, h, text_in, forced, forced_mask)
+        def depformer(keys, h, text_sampled, text_in, forced, forced_mask):
+            return self._depformer(steps, keys, h, text_sampled, text_in, forced, forced_mask)
 
         if not self.compile:
             return temporal, depformer
@@ -117,26 +118,34 @@ class LMStep:
         for index, c in enumerate(cache):
             c.state = list(arrays[per_cache * index : per_cache * (index + 1)])
         x = lm.embed_codes(source[:, :, None]) if source.dtype == mx.int32 else source[:, None, :]
-        h, text_logits = lm.forward_embeddings(x, cache)
-        text_logits = text_logits[:, 0]
-        keys, draw = (None, None) if keys is None else split_rows(keys)
-        text_sampled = sample_rows(self.text_sampling, text_logits, draw)
+        h = lm.hidden(x, cache)
+        raw = lm.text_head(h)[:, 0]
+        text_logits = raw.astype(mx.float32)  # an output for traces; the draw takes the raw logits
+        keys, now = (None, None) if keys is None else split_rows(keys)
+        text_sampled = sample_rows(self.text_sampling, raw, now)
         text_in = mx.where(text_mask, text_given, text_sampled)
         new_state = [a for c in cache for a in c.state] + ([] if keys is None else [keys])
         return h, text_logits, text_sampled, text_in, new_state
 
-    def _depformer(self, steps: int, keys: list[mx.array], h: mx.array, text_in: mx.array, forced: mx.array,
-                   forced_mask: mx.array):
-        """Pure in its arguments and the weights: (audio tokens [B, steps] before forcing, logits,
-        [new keys] or [])."""
+    def _depformer(self, steps: int, keys: list[mx.array], h: mx.array, text_sampled: mx.array, text_in: mx.array,
+                   forced: mx.array, forced_mask: mx.array):
+        """Pure in its arguments and the weights: (sampled [B, 1 + steps]: the text token, then the
+        audio tokens before forcing; logits; [new keys] or [])."""
         rows = list(keys)
+        params = self.audio_sampling
+        noise = None
+        if params.temp > 0:
+            # The column's Gumbel noise in one draw (each row from its own key): one random-bits
+            # kernel for the column instead of a key split and a draw per step.
+            shape = (h.shape[0], steps, self.lm.config.card)
+            if rows:
+                rows[0], now = split_rows(rows[0])
+                noise = gumbel_rows(now, shape[1:])
+            else:
+                noise = mx.random.gumbel(shape)
 
-        def draw(logits: mx.array) -> mx.array:
-            if not rows:
-                return sample_rows(self.audio_sampling, logits)
-            rows[0], now = split_rows(rows[0])
-            return sample_rows(self.audio_sampling, logits, now)
+        def sample(logits: mx.array, step: int) -> mx.array:
+            return draw(logits, params.temp, params.top_k, None if noise is None else noise[:, step])
 
-        audio, logits = self.lm.depformer.sample_column(h, text_in, forced, forced_mask, draw, steps)
-        return audio, logits, rows
-
+        audio, logits = self.lm.depformer.sample_column(h, text_in, forced, forced_mask, sample, steps)
+        return stack_columns([text_sampled, *audio]), logits, rows

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import mlx.core as mx
 import mlx.nn as nn
 
+from ppchat.models.layers import stack_columns
+
 
 @dataclass(frozen=True)
 class QuantizerConfig:
@@ -32,11 +34,23 @@ class EuclideanCodebook(nn.Module):
         self.embedding = mx.zeros((bins, dimension))
 
     def encode(self, x: mx.array) -> mx.array:
-        """Index of the nearest vector by Euclidean distance, `[..., D]` -> `[...]` int32."""
-        e = self.embedding
+        """Index of the nearest vector by Euclidean distance, `[..., D]` -> `[...]` uint32 (MLX's
+        argmax type; a gather takes it as is, and `SplitResidualVectorQuantizer` casts all codes in one
+        pass)."""
         # |x - e|^2 = |x|^2 - 2 (x.e - |e|^2 / 2): |x|^2 is the same for every candidate.
-        score = x @ e.T - 0.5 * mx.sum(e * e, axis=-1)
-        return mx.argmax(score, axis=-1).astype(mx.int32)
+        return mx.argmax(x @ self.embedding.T - self.half_norms(), axis=-1)
+
+    def half_norms(self) -> mx.array:
+        """|e|^2 / 2 of every vector, computed (and evaluated) once per embedding array, so that a
+        compiled encode reads it as a constant instead of recomputing it every frame (a multiply and a
+        reduction per codebook)."""
+        cached = self.__dict__.get("_half_norms")
+        if cached is None or cached[0] is not self.embedding:
+            e = self.embedding
+            norms = 0.5 * mx.sum(e * e, axis=-1)
+            mx.eval(norms)
+            cached = self.__dict__["_half_norms"] = (e, norms)
+        return cached[1]
 
     def decode(self, codes: mx.array) -> mx.array:
         return self.embedding[codes]
@@ -51,15 +65,19 @@ class ResidualVectorQuantizer(nn.Module):
         self.output_proj = nn.Linear(cfg.dimension, cfg.output_dimension, bias=False)
         self.codebooks = [EuclideanCodebook(cfg.bins, cfg.dimension) for _ in range(n_codebooks)]
 
-    def encode(self, x: mx.array) -> mx.array:
-        """Latent `[B, T, input_dimension]` -> codes `[B, n_codebooks, T]`."""
+    def encode_codes(self, x: mx.array) -> list[mx.array]:
+        """Latent `[B, T, input_dimension]` -> each codebook's codes `[B, T]` (uint32)."""
         residual = self.input_proj(x)
         codes = []
         for codebook in self.codebooks:
             c = codebook.encode(residual)
             residual = residual - codebook.decode(c)
             codes.append(c)
-        return mx.stack(codes, axis=1)
+        return codes
+
+    def encode(self, x: mx.array) -> mx.array:
+        """Latent `[B, T, input_dimension]` -> codes `[B, n_codebooks, T]` int32."""
+        return stack_columns(self.encode_codes(x))
 
     def decode(self, codes: mx.array) -> mx.array:
         """Codes `[B, n_codebooks, T]` -> latent `[B, T, output_dimension]`."""
@@ -82,10 +100,11 @@ class SplitResidualVectorQuantizer(nn.Module):
 
     def encode(self, x: mx.array) -> mx.array:
         """Latent `[B, T, D]` -> codes `[B, num_codebooks, T]` int32."""
-        first = self.rvq_first.encode(x)
-        if self.num_codebooks == 1:
-            return first
-        return mx.concatenate([first, self.rvq_rest.encode(x)], axis=1)
+        codes = self.rvq_first.encode_codes(x)
+        if self.num_codebooks > 1:
+            codes += self.rvq_rest.encode_codes(x)
+        # One pass (a fused kernel when compiled) for the casts and the stack of all the codebooks.
+        return stack_columns(codes)
 
     def decode(self, codes: mx.array) -> mx.array:
         """Codes `[B, num_codebooks, T]` -> latent `[B, T, D]`."""

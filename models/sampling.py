@@ -1,9 +1,10 @@
 """Token sampling as in the reference `sample_token` (spec §4.5).
 
-Logits are used in float32. With `temp > 0` the draw is categorical over the `top_k` largest logits
-scaled by `1/temp` (the reference's softmax + top-k + exponential race is the same distribution; here
-it is a Gumbel-max draw);
-with `temp <= 0` it is the argmax. PAD/EPAD are ordinary classes: nothing is masked.
+With `temp > 0` the draw is categorical over the `top_k` largest logits scaled by `1/temp` (the
+reference's softmax + top-k + exponential race is the same distribution; here it is a Gumbel-max
+draw); with `temp <= 0` it is the argmax. PAD/EPAD are ordinary classes: nothing is masked.
+Logits may come in the model's dtype (bf16): the top-k threshold and the argmax are taken on them
+as they are (bf16 -> float32 is exact and keeps the order), the scores are formed in float32.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ def sample_token(logits: mx.array, temp: float, top_k: int, key: mx.array | None
 
     `key` is an `mx.random.key`; without one the global MLX generator (`mx.random.seed`) is used.
     """
-    return _draw(logits, temp, top_k, lambda shape: mx.random.gumbel(shape, key=key))
+    noise = None if temp <= 0 else mx.random.gumbel(logits.shape, key=key)
+    return draw(logits, temp, top_k, noise)
 
 
 def sample_rows(params: SamplingParams, logits: mx.array, keys: mx.array | None = None) -> mx.array:
@@ -27,8 +29,12 @@ def sample_rows(params: SamplingParams, logits: mx.array, keys: mx.array | None 
     and its key, so a conversation samples the same tokens alone or in a batch with others."""
     if keys is None:
         return sample_token(logits, params.temp, params.top_k)
-    return _draw(logits, params.temp, params.top_k,
-                 lambda shape: mx.vmap(lambda key: mx.random.gumbel(shape[1:], key=key))(keys))
+    return draw(logits, params.temp, params.top_k, gumbel_rows(keys, logits.shape[1:]))
+
+
+def gumbel_rows(keys: mx.array, shape: tuple[int, ...]) -> mx.array:
+    """Standard Gumbel noise [B, *shape], row b from its own key `keys[b]` alone."""
+    return mx.vmap(lambda key: mx.random.gumbel(shape, key=key))(keys)
 
 
 def split_rows(keys: mx.array) -> tuple[mx.array, mx.array]:
@@ -37,16 +43,18 @@ def split_rows(keys: mx.array) -> tuple[mx.array, mx.array]:
     return pairs[:, 0], pairs[:, 1]
 
 
-def _draw(logits: mx.array, temp: float, top_k: int, gumbel) -> mx.array:
+def draw(logits: mx.array, temp: float, top_k: int, noise: mx.array | None) -> mx.array:
+    """The draw of `sample_token` with its Gumbel noise given (same shape as `logits`; unused, and
+    may be None, when `temp <= 0`). Noise drawn ahead for several draws at once (a depformer column's
+    eight) costs one random-bits kernel instead of one (plus a key split) per draw."""
     # Gumbel-max: argmax(logits / temp + Gumbel noise) is a categorical draw from softmax(logits / temp);
     # restricted to the logits at or above the k-th largest it is the top-k draw. One partition finds
-    # that threshold: no index arrays to gather from, four operations per draw (partition, random
-    # bits, one fused elementwise pass, argmax). A tie at the threshold admits every tied logit.
-    logits = logits.astype(mx.float32)
+    # that threshold: no index arrays to gather from; the cast, scaling, noise and cut are one fused
+    # elementwise pass, then the argmax. A tie at the threshold admits every tied logit.
     if temp <= 0:
         return mx.argmax(logits, axis=-1).astype(mx.int32)
     vocab = logits.shape[-1]
-    scores = logits / temp + gumbel(logits.shape)
+    scores = logits.astype(mx.float32) / temp + noise
     if 0 < top_k < vocab:
         cut = vocab - top_k
         threshold = mx.partition(logits, kth=cut, axis=-1)[..., cut : cut + 1]

@@ -70,15 +70,19 @@ def test_depformer_column_gathers_only_its_embeddings() -> None:
     steps = 8
     audio, logits = lm.depformer.sample_column(
         h, mx.array([0]), mx.zeros((1, steps), dtype=mx.int32), mx.zeros((1, steps), dtype=mx.bool_),
-        lambda x: mx.argmax(x, axis=-1).astype(mx.int32), steps,
+        lambda x, step: mx.argmax(x, axis=-1).astype(mx.int32), steps,
     )
-    counts = primitives(audio, logits)
+    counts = primitives(*audio, logits)
     assert counts["Gather"] == steps, counts  # the previous token's embedding, once per step
-    # Each step's key and value go into a per-column buffer together (one static SliceUpdate), not
-    # grown by concatenation.
     layers = config.depformer_num_layers
-    # (The two Concatenates are the column's outputs: the stacked tokens and logits.)
-    assert counts["SliceUpdate"] == layers * steps and counts["Concatenate"] == 2, counts
+    # Each step's key and value go into a per-column buffer together, with one select against a
+    # constant slot mask: no slice_update (a copy of the buffer and the write), no concatenation.
+    # The other selects: per step the embedding's -1 rule, and the forcing of the token of every step
+    # but the last (whose forced token is no step's input).
+    assert counts["SliceUpdate"] == 0 and counts["Select"] == layers * steps + 2 * steps - 1, counts
+    # The one Concatenate is the stacked logits, which only a trace evaluates; the tokens come back
+    # unstacked (the caller stacks them in one fused pass).
+    assert counts["Concatenate"] == 1, counts
     # Step 0 attends to its own key only (its output is its value): no attention op; the steps'
     # input projections are one mat-vec.
     assert counts["ScaledDotProductAttention"] + counts["Softmax"] == layers * (steps - 1), counts

@@ -119,14 +119,9 @@ def validate(weights_or_shapes: Mapping[str, Any], expected: Mapping[str, tuple[
     CheckpointError listing missing keys, unexpected keys and shape mismatches.
     """
     problems = manifest.shape_problems(weights_or_shapes, expected)
-    if not problems:
-        return
-    missing = [k for k in expected if k not in weights_or_shapes]
-    hint = "it does not match the model configuration; use the matching config or re-download it"
-    if any(k.startswith("depformer") and ("gating.8." in k or "depformer_in.8." in k) for k in missing):
-        # Spec §3.1: a Kyutai-Moshi-style 8-step depformer cannot drive PersonaPlex's 16 steps.
-        hint = "it looks like an 8-step (Kyutai Moshi) checkpoint, but PersonaPlex needs 16 depformer steps"
-    raise CheckpointError(f"{source}: {'; '.join(problems)}; {hint}")
+    if problems:
+        hint = "it does not match the model configuration; use the matching config or re-download it"
+        raise CheckpointError(f"{source}: {'; '.join(problems)}; {hint}")
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -189,11 +184,10 @@ class CheckpointDir:
 
     def validate_weights(self) -> None:
         """Check both weight files' headers against the configs (no tensor is loaded)."""
-        validate(
-            read_safetensors_header(self.lm_weights_path),
-            manifest.lm_reference_shapes(self.lm_config["lm_kwargs"]),
-            source=str(self.lm_weights_path),
-        )
+        lm_kwargs, lm_header = self.lm_config["lm_kwargs"], read_safetensors_header(self.lm_weights_path)
+        lm_shapes = manifest.lm_reference_shapes(lm_kwargs)  # checks the config first
+        manifest.refuse_short_depformer(lm_header, lm_kwargs, str(self.lm_weights_path))
+        validate(lm_header, lm_shapes, source=str(self.lm_weights_path))
         validate(
             read_safetensors_header(self.mimi_weights_path),
             manifest.mimi_reference_shapes(self.mimi_config),

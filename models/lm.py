@@ -245,8 +245,9 @@ class LM(nn.Module):
         Raises `CheckpointError` naming every missing, unexpected or mis-shaped key, and refuses a
         checkpoint whose depformer has fewer steps than `dep_q` (Kyutai's 8-step Moshi layout).
         """
-        expected = manifest.lm_reference_shapes(self.config.reference_kwargs())
-        self._refuse_short_depformer(weights, source)
+        kwargs = self.config.reference_kwargs()
+        expected = manifest.lm_reference_shapes(kwargs)
+        manifest.refuse_short_depformer(weights, kwargs, source)
         problems = shape_problems(weights, expected)
         if problems:
             raise CheckpointError(
@@ -255,19 +256,6 @@ class LM(nn.Module):
             )
         sanitized = {k: v.astype(self.dtype) for k, v in self.sanitize(weights).items()}
         self.load_weights(list(sanitized.items()), strict=True)
-
-    def _refuse_short_depformer(self, weights: Mapping[str, mx.array], source: str) -> None:
-        dd, dep_q = self.config.depformer_dim, self.config.dep_q
-        in_proj = weights.get("depformer.layers.0.self_attn.in_proj_weight")
-        steps_in_proj = in_proj.shape[0] // (3 * dd) if in_proj is not None and in_proj.ndim == 2 else dep_q
-        steps_in_heads = sum(1 for s in range(dep_q) if f"linears.{s}.weight" in weights)
-        steps = min(steps_in_proj, steps_in_heads) if steps_in_heads else steps_in_proj
-        if steps < dep_q:
-            raise CheckpointError(
-                f"{source} has a {steps}-step depformer (depformer.layers.0.self_attn.in_proj_weight, linears.*), "
-                f"but PersonaPlex needs {dep_q} steps; this looks like a Kyutai Moshi checkpoint, "
-                f"not {REPO_ID}"
-            )
 
     # ----------------------------------------------------------------------------------- forward
 

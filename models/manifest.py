@@ -11,7 +11,7 @@ import copy
 from collections.abc import Collection, Mapping
 from typing import Any
 
-from ppchat.constants import FRAME_RATE, FRAME_SAMPLES, SAMPLE_RATE, SILENCE_TOKENS, SINE_TOKENS
+from ppchat.constants import FRAME_RATE, FRAME_SAMPLES, REPO_ID, SAMPLE_RATE, SILENCE_TOKENS, SINE_TOKENS
 from ppchat.errors import CheckpointError
 
 Shape = tuple[int, ...]
@@ -218,7 +218,7 @@ def shape_problems(actual: Mapping[str, Any], expected: Mapping[str, Shape], opt
     (`missing keys (N): …`, `unexpected keys (N): …`, `wrong shapes (N): key [got] (expected [want])`);
     empty when it matches. `actual` maps keys to arrays, `TensorInfo`s or shapes; `optional` keys
     may be missing."""
-    shapes = {k: tuple(v.shape) if hasattr(v, "shape") else tuple(v) for k, v in actual.items()}
+    shapes = _shapes(actual)
     missing = sorted(k for k in expected if k not in shapes and k not in optional)
     unexpected = sorted(k for k in shapes if k not in expected)
     wrong = sorted(
@@ -228,6 +228,27 @@ def shape_problems(actual: Mapping[str, Any], expected: Mapping[str, Shape], opt
     )
     return [_listed(label, items) for label, items in (("missing keys", missing), ("unexpected keys", unexpected),
                                                        ("wrong shapes", wrong)) if items]
+
+
+def refuse_short_depformer(actual: Mapping[str, Any], lm_kwargs: Mapping[str, Any], source: str) -> None:
+    """Refuse an LM key set whose depformer holds fewer steps than `dep_q` (Kyutai's 8-step Moshi
+    layout, spec §3.1) with that diagnosis, rather than as a list of missing keys. `actual` maps keys
+    to arrays, `TensorInfo`s or shapes."""
+    shapes = _shapes(actual)
+    dep_q, dep_dim = lm_kwargs["dep_q"], lm_kwargs["depformer_dim"]
+    in_proj = shapes.get("depformer.layers.0.self_attn.in_proj_weight")
+    steps_in_proj = in_proj[0] // (3 * dep_dim) if in_proj is not None and len(in_proj) == 2 else dep_q
+    steps_in_heads = sum(1 for s in range(dep_q) if f"linears.{s}.weight" in shapes)
+    steps = min(steps_in_proj, steps_in_heads) if steps_in_heads else steps_in_proj
+    if steps < dep_q:
+        raise CheckpointError(
+            f"{source} has a {steps}-step depformer (depformer.layers.0.self_attn.in_proj_weight, linears.*), "
+            f"but PersonaPlex needs {dep_q} steps; this looks like a Kyutai Moshi checkpoint, not {REPO_ID}"
+        )
+
+
+def _shapes(actual: Mapping[str, Any]) -> dict[str, Shape]:
+    return {k: tuple(v.shape) if hasattr(v, "shape") else tuple(v) for k, v in actual.items()}
 
 
 def _listed(label: str, items: list[str], limit: int = 8) -> str:

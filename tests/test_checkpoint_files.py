@@ -78,7 +78,7 @@ def test_validate_summarises_long_lists():
 
 def test_eight_step_depformer_is_called_out():
     kwargs = manifest.personaplex_lm_config()["lm_kwargs"]
-    real = manifest.lm_reference_shapes(kwargs)
+    manifest.refuse_short_depformer(manifest.lm_reference_shapes(kwargs), kwargs, "model.safetensors")
     eight_step = manifest.lm_reference_shapes({**kwargs, "dep_q": 8})
-    with pytest.raises(CheckpointError, match="8-step"):
-        validate(eight_step, real)
+    with pytest.raises(CheckpointError, match="model.safetensors has a 8-step depformer .* needs 16 steps; .*Moshi"):
+        manifest.refuse_short_depformer(eight_step, kwargs, "model.safetensors")

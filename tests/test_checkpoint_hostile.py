@@ -120,3 +120,29 @@ def test_a_good_header_still_reads(tmp_path):
     path = tmp_path / "ok.safetensors"
     save_file({"w": np.zeros((2, 3), np.float32)}, str(path))
     assert read_safetensors_header(path)["w"].shape == (2, 3)
+
+
+def test_an_eight_step_depformer_is_diagnosed_before_allocating(bundle, tmp_path):
+    """Kyutai's Moshi layout (a depformer with half the steps, spec §3.1), from its header alone."""
+    from safetensors.numpy import load_file
+
+    weights = bundle / "lm" / "weights.safetensors"
+    dep_q = json.loads((bundle / "lm" / "config.json").read_text())["lm_kwargs"]["dep_q"]
+    half, short = dep_q // 2, {}
+    for key, value in load_file(str(weights)).items():
+        parts = key.split(".")
+        if parts[0] in ("depformer_in", "linears") and int(parts[1]) >= half:
+            continue
+        if parts[0] == "depformer_emb" and int(parts[1]) >= half - 1:
+            continue
+        if parts[0] == "depformer" and "gating" in parts and int(parts[parts.index("gating") + 1]) >= half:
+            continue
+        if parts[0] == "depformer" and parts[3] == "self_attn":
+            value = value[: value.shape[0] // 2]
+        short[key] = value
+    save_file(short, str(weights))
+    mx.clear_cache()
+    mx.reset_peak_memory()
+    with pytest.raises(CheckpointError, match=rf"{weights} has a {half}-step depformer .* needs {dep_q} steps"):
+        load_model(bundle, cache_root=tmp_path / "cache", show_progress=False)
+    assert mx.get_peak_memory() == 0

@@ -71,8 +71,6 @@ class BatchLMGen:
                 f"got {depformer_steps}"
             )
         self.depformer_steps = depformer_steps
-        self.text_sampling = text_sampling
-        self.audio_sampling = audio_sampling
         self._step = LMStep(lm, text_sampling, audio_sampling,
                             mx.default_device() == mx.gpu if compile is None else compile)
         self.kv_bits = kv_bits
@@ -91,6 +89,14 @@ class BatchLMGen:
     @compile.setter
     def compile(self, value: bool) -> None:
         self._step.compile = value
+
+    @property
+    def text_sampling(self) -> SamplingParams:
+        return self._step.text_sampling
+
+    @property
+    def audio_sampling(self) -> SamplingParams:
+        return self._step.audio_sampling
 
     @property
     def free_rows(self) -> list[int]:

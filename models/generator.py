@@ -125,8 +125,6 @@ class LMGen:
         self.kv_bits = kv_bits
         self.lm = lm
         self.config = config
-        self.text_sampling = text_sampling
-        self.audio_sampling = audio_sampling
         self.depformer_steps = lm.depformer.steps if depformer_steps is None else depformer_steps
         if not 0 < self.depformer_steps <= lm.depformer.steps:
             raise ValueError(f"depformer_steps must be in 1..{lm.depformer.steps}, got {depformer_steps}")
@@ -155,6 +153,22 @@ class LMGen:
     @compile.setter
     def compile(self, value: bool) -> None:
         self._step.compile = value
+
+    @property
+    def text_sampling(self) -> SamplingParams:
+        return self._step.text_sampling
+
+    @text_sampling.setter
+    def text_sampling(self, value: SamplingParams) -> None:
+        self._step.text_sampling = value
+
+    @property
+    def audio_sampling(self) -> SamplingParams:
+        return self._step.audio_sampling
+
+    @audio_sampling.setter
+    def audio_sampling(self, value: SamplingParams) -> None:
+        self._step.audio_sampling = value
 
     @property
     def last_timings_ms(self) -> dict[str, float]:

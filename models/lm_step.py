@@ -99,8 +99,12 @@ class LMStep:
 
         if not self.compile:
             return temporal, depformer
-        signature = (steps, global_keys, tokens)
+        # The sampling settings are constants of a traced graph: new settings, new graphs (and the
+        # old settings' dropped, so that changing them often does not pile graphs up).
+        settings = (self.text_sampling, self.audio_sampling)
+        signature = (steps, global_keys, tokens, *settings)
         if signature not in self._compiled:
+            self._compiled = {k: v for k, v in self._compiled.items() if k[3:] == settings}
             # An unseeded draw uses MLX's global generator: capture its state so it advances as eagerly.
             capture = {"inputs": [mx.random.state], "outputs": [mx.random.state]} if global_keys else {}
             self._compiled[signature] = (mx.compile(temporal, **capture), mx.compile(depformer, **capture))

@@ -216,3 +216,27 @@ def test_batch_pipeline_rows_equal_single_conversation_pipelines(tmp_path_factor
     assert not np.allclose(got["x"][-1].pcm, got["y"][-1].pcm)
     stats = batch.leave(rows["x"])
     assert (stats.frames, stats.joined_frame) == (frames, 0) and stats.late <= stats.frames
+
+
+def test_a_pipelines_new_sampling_settings_take_effect(tmp_path_factory) -> None:
+    """`ModelPipeline.set_sampling` (each conversation's own settings, e.g. a `serve` client's): the
+    pipeline then samples exactly as one made with those settings."""
+    from ppchat.engine.bench import _input_frames
+    from ppchat.engine.pipeline import ModelPipeline
+    from ppchat.models.loader import load_model
+    from ppchat.sampling import Sampling
+
+    model = load_model("demo", cache_root=tmp_path_factory.mktemp("cache"), depformer_steps=8, show_progress=False)
+    audio = _input_frames(model.mimi.frame_size, model.mimi.sample_rate, 8, 4)
+    wanted = Sampling(text=SamplingParams(1.2, 40), audio=SamplingParams(1.1, 30), seed=5)
+
+    def text(pipeline: ModelPipeline) -> list[int | None]:
+        pipeline.start(None, "You enjoy having a good conversation.")
+        return [pipeline.run_frame(frame)[1] for frame in audio]
+
+    expected = text(ModelPipeline(model, wanted, phase_timing=False))
+    changed = ModelPipeline(model, Sampling(text=SamplingParams(0.0, 1), audio=SamplingParams(0.0, 1), seed=9),
+                            phase_timing=False)
+    assert text(changed) != expected  # greedy, other seed: the settings matter here
+    changed.set_sampling(wanted)
+    assert text(changed) == expected

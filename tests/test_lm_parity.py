@@ -174,9 +174,11 @@ def test_live_fast_path_gives_reference_tokens(io_path: Path, batch_prefill: boo
             np.testing.assert_array_equal(out.agent_codes, rows["out"][n][1 : 1 + per_speaker])
 
 
+@pytest.mark.parametrize("compile", [False, True])
 @pytest.mark.parametrize("lm_dir", fixture_params("lm"))
-def test_reseed_draws_as_a_generator_made_with_that_seed(lm_dir: Path) -> None:
-    """`reseed` (a conversation's new sampling settings) takes effect, also across `reset`."""
+def test_new_sampling_settings_take_effect(lm_dir: Path, compile: bool) -> None:
+    """A conversation's new sampling settings (`ModelPipeline.set_sampling`: temperatures, top-k and
+    seed) take effect, also in graphs compiled with the old ones, and last across `reset`."""
     lm, config = load_lm(lm_dir)
     warm = SamplingParams(1.5, 50)
 
@@ -186,10 +188,13 @@ def test_reseed_draws_as_a_generator_made_with_that_seed(lm_dir: Path) -> None:
         outs = [gen.step(user_codes=config["sine_tokens"]) for _ in range(12)]
         return [out.tokens.tolist() for out in outs if out is not None]
 
-    made = tokens(make_gen(lm, config, text_sampling=warm, audio_sampling=warm, seed=7))
-    other = tokens(make_gen(lm, config, text_sampling=warm, audio_sampling=warm, seed=8))
+    made = tokens(make_gen(lm, config, text_sampling=warm, audio_sampling=warm, seed=7, compile=compile))
+    other = tokens(make_gen(lm, config, text_sampling=warm, audio_sampling=warm, seed=8, compile=compile))
     assert made != other  # the seed decides the draws at this temperature
-    gen = make_gen(lm, config, text_sampling=warm, audio_sampling=warm, seed=8)
+    gen = make_gen(lm, config, seed=8, compile=compile)
+    greedy = tokens(gen)  # runs (and compiles) with the old settings: greedy, seed 8
+    assert greedy != made
+    gen.text_sampling, gen.audio_sampling = warm, warm
     gen.reseed(7)
     assert tokens(gen) == made
 

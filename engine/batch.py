@@ -122,8 +122,7 @@ class BatchPipeline:
         if seed is None:
             seed = int(np.random.default_rng().integers(2**31))
         sampling = replace(self.sampling, seed=seed)
-        gen = make_generator(self.model, sampling, self.depformer_steps)
-        gen.phase_timing = False
+        gen = make_generator(self.model, sampling, self.depformer_steps, phase_timing=False)
         voice_arg, voice_frames = voice_argument(voice, self.mimi)
         text_tokens = role_prompt_tokens(self.model, prompt_text)
         gen.run_system_prompts(voice=voice_arg, text_tokens=text_tokens, silence_frames=SILENCE_FRAMES)

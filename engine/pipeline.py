@@ -51,7 +51,9 @@ def _prompt_constant(tokens: tuple[int, ...], card: int) -> tuple[int, ...]:
     return tokens if card > max(tokens) else tuple(t % card for t in tokens)
 
 
-def make_generator(model: LoadedModel, sampling: Sampling, depformer_steps: int | None = DEPFORMER_STEPS) -> LMGen:
+def make_generator(
+    model: LoadedModel, sampling: Sampling, depformer_steps: int | None = DEPFORMER_STEPS, *, phase_timing: bool = True
+) -> LMGen:
     """The `LMGen` of one conversation with these sampling settings (and seed)."""
     lm = model.lm
     card = lm.config.card
@@ -64,6 +66,7 @@ def make_generator(model: LoadedModel, sampling: Sampling, depformer_steps: int 
         kv_bits=model.info.kv_bits,
         silence_tokens=_prompt_constant(SILENCE_TOKENS, card),
         sine_tokens=_prompt_constant(SINE_TOKENS, card),
+        phase_timing=phase_timing,
     )
 
 
@@ -132,8 +135,7 @@ class ModelPipeline:
         self.frame_size = self.mimi.frame_size
         self.sample_rate = self.mimi.sample_rate
         card = model.lm.config.card
-        self.gen = make_generator(model, self.sampling, depformer_steps)
-        self.gen.phase_timing = phase_timing
+        self.gen = make_generator(model, self.sampling, depformer_steps, phase_timing=phase_timing)
         self._silence_codes_mx = mx.array(np.array(_prompt_constant(SILENCE_TOKENS, card), dtype=np.int32))
         self._in = np.zeros((1, 1, self.frame_size), dtype=np.float32)
         self.started = False

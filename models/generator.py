@@ -114,13 +114,16 @@ class LMGen:
         text_pad: int | None = None,
         compile: bool | None = None,
         kv_bits: int | None = None,
+        phase_timing: bool = True,
     ):
         """`depformer_steps`: steps run per live call (default: all the model has; 8 suffices live).
         `seed`: use an explicit `mx.random.key` stream instead of the global MLX generator.
         `silence_tokens`/`sine_tokens`/`text_pad`: prompt-phase constants (defaults: the real ones).
         `compile`: run sampling calls through `mx.compile`d graphs (default: only on a GPU, where it
         pays; on the CPU backend every fused kernel is first built with the system C++ compiler).
-        `kv_bits`: 8 for 8-bit temporal KV rings (a loaded model's `ModelInfo.kv_bits`), None: the LM dtype."""
+        `kv_bits`: 8 for 8-bit temporal KV rings (a loaded model's `ModelInfo.kv_bits`), None: the LM dtype.
+        `phase_timing`: time the temporal transformer and the depformer separately (`last_timings_ms`;
+        a synchronisation between them)."""
         config = lm.config
         self.kv_bits = kv_bits
         self.lm = lm
@@ -137,8 +140,7 @@ class LMGen:
         self.sine_tokens = self._codes(sine_tokens, "sine_tokens")
         self.text_pad = config.text_padding_id if text_pad is None else text_pad
         self.seed = seed
-        self.phase_timing = True
-        """Time the temporal transformer and the depformer separately (`last_timings_ms`)."""
+        self.phase_timing = phase_timing
         self._step = LMStep(lm, text_sampling, audio_sampling,
                             mx.default_device() == mx.gpu if compile is None else compile)
         self._live_open = False

@@ -43,8 +43,8 @@ class TracingLMGen(LMGen):
         if kwargs.get("depformer_steps") not in (None, lm.depformer.steps):
             raise ValueError("a traced call runs every depformer step the model has")
         self.last_trace: StepTrace | None = None
-        super().__init__(lm, **kwargs)
-        self.phase_timing = False  # a trace evaluates the whole call at its end anyway
+        # No phase timing: a trace evaluates the whole call at its end anyway.
+        super().__init__(lm, **{**kwargs, "phase_timing": False})
 
     def reset(self) -> None:
         super().reset()

@@ -134,6 +134,9 @@ class BatchRuntime:
         self._wake = threading.Event()
         self._closing = False
         self._ready = threading.Event()
+        # Set by the step thread as its very last act; waited on rather than Thread.join, which a
+        # Ctrl-C landing inside it (CPython < 3.13) ends early with the thread still inside MLX.
+        self._done = threading.Event()
         self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="ppchat-batch-step", daemon=True)
 
@@ -156,7 +159,8 @@ class BatchRuntime:
         """End every lane (its input counts as ended) and the thread."""
         self._closing = True
         self.wake()
-        self._thread.join(timeout)
+        if self._thread.is_alive():
+            self._done.wait(timeout)
 
     def wake(self) -> None:
         self._wake.set()
@@ -178,7 +182,7 @@ class BatchRuntime:
         self._calls.put(run)
         self.wake()
         while not done.wait(0.5):
-            if not self._thread.is_alive():
+            if self._done.is_set():
                 raise PPChatError("the batch step thread has stopped; restart `ppchat serve`")
         if "error" in box:
             raise box["error"]
@@ -214,6 +218,7 @@ class BatchRuntime:
         except BaseException as exc:  # noqa: BLE001 - handed to start()
             self.error = exc
             self._ready.set()
+            self._done.set()
             return
         self._ready.set()
         first_ready: float | None = None
@@ -236,9 +241,11 @@ class BatchRuntime:
             for lane in list(self._lanes.values()):
                 self._end(lane, None, input_ended=True)
             self._run_calls()  # those that came meanwhile fail cleanly (`_closing`)
+            self._done.set()
 
     def _idle(self) -> None:
-        self._wake.wait(self.poll_s)
+        # With no conversation nothing is polled: a call, a join or `close` wakes the thread.
+        self._wake.wait(self.poll_s if self._lanes else 1.0)
         self._wake.clear()
 
     def _run_calls(self) -> None:

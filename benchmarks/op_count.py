@@ -56,6 +56,24 @@ def thin_7b():
                                depformer_hidden=256)
 
 
+def _capture_temporal(step) -> list:
+    """Record the outputs of every temporal-transformer graph `step` (an `LMStep`) runs."""
+    outputs = []
+    graphs = step._graphs
+
+    def recording(*args):
+        temporal, depformer = graphs(*args)
+
+        def run(*a):
+            outputs.append(temporal(*a))
+            return outputs[-1]
+
+        return run, depformer
+
+    step._graphs = recording
+    return outputs
+
+
 def count(compiled: bool, conversations: int, quantize: int | None = None) -> dict:
     from ppchat.engine.bench import _input_frames, _voice_prompt, build_random_model
     from ppchat.engine.pipeline import ModelPipeline
@@ -92,11 +110,17 @@ def count(compiled: bool, conversations: int, quantize: int | None = None) -> di
         for _ in range(2):
             pipeline.run_frame(frames[0])
         mimi, gen = pipeline.mimi, pipeline.gen
+        temporal_outputs = _capture_temporal(gen._step)
         codes = mimi.encode_step(mx.array(frames[0]).reshape(1, 1, -1))
         encode = primitives(codes, *mimi.streaming_state())
         mx.eval(codes, mimi.streaming_state())  # each phase is counted on its own
         live = gen.step_live(codes[0, :, 0])
         step = primitives(live.agent_codes, *live.arrays)
+        # The step's graph holds the temporal transformer's (what a live step evaluates of it: not the
+        # float32 text logits, which only a trace reads); the rest is the depformer's.
+        h, _, text_sampled, text_in, state = temporal_outputs[-1]
+        temporal = primitives(h, text_sampled, text_in, *state)
+        split = {"temporal": temporal, "depformer": step - temporal}
         mx.eval(live.agent_codes, live.arrays)
         audio = mimi.decode_step(live.agent_codes.reshape(1, -1, 1))
     decode = primitives(audio, *mimi.streaming_state())
@@ -104,6 +128,8 @@ def count(compiled: bool, conversations: int, quantize: int | None = None) -> di
     live.result()
     whole = encode + step + decode
     phases = {"encode": encode, "lm_step": step, "decode": decode, "frame": whole}
+    if not conversations:
+        phases.update(split)
     return {
         "compiled": compiled,
         "conversations": conversations,
@@ -129,7 +155,8 @@ def main(argv: list[str]) -> int:
     top = ", ".join(f"{k} {v}" for k, v in list(result["by_primitive"].items())[:12])
     for key, label in (("ops", "all ops"), ("ops_not_views", "ops that are not views")):
         o = result[key]
-        print(f"{label}: frame {o['frame']} (encode {o['encode']}, LM step {o['lm_step']}, decode {o['decode']})")
+        split = f": temporal {o['temporal']}, depformer {o['depformer']}" if "temporal" in o else ""
+        print(f"{label}: frame {o['frame']} (encode {o['encode']}, LM step {o['lm_step']}{split}, decode {o['decode']})")
     c = result["concatenated_pieces"]
     print(f"concatenated pieces (a copy kernel each on a GPU): frame {c['frame']} (encode {c['encode']}, "
           f"LM step {c['lm_step']}, decode {c['decode']})")

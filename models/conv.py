@@ -97,6 +97,10 @@ class StreamingConv1d(nn.Module):
         if x.shape[1] == 0:
             # The reference pads only on the first non-empty chunk, so an empty one must not consume it.
             return mx.zeros((x.shape[0], 0, self.out_channels))
+        if self.effective_kernel == 1 and self.stride == 1:
+            # Nothing to carry (a 1x1 conv): the chunk as it is, without a concatenation (a copy
+            # kernel per piece on a GPU).
+            return self._conv(x)
         previous = self._previous
         if self.pad_mode == "replicate":
             previous = mx.where(self._first[:, None, None], x[:, :1], previous)
@@ -156,7 +160,13 @@ class StreamingConvTranspose1d(nn.Module):
         if x.shape[1] == 0:
             return mx.zeros((x.shape[0], 0, self.out_channels))
         y = mx.conv_transpose1d(x, self.weight, stride=self.stride, groups=self.groups)
-        y = mx.concatenate([y[:, : self.tail] + self._partial, y[:, self.tail :]], axis=1)
         ready = y.shape[1] - self.tail
+        if ready == self.tail:
+            # The whole output overlaps the carried tail (one step through a kernel of twice the
+            # stride, as Mimi's upsample runs): one add, no concatenation (a copy per piece on a GPU).
+            out = y[:, :ready] + self._partial
+        else:
+            y = mx.concatenate([y[:, : self.tail] + self._partial, y[:, self.tail :]], axis=1)
+            out = y[:, :ready]
         self._partial = y[:, ready:]
-        return self._add_bias(y[:, :ready])
+        return self._add_bias(out)

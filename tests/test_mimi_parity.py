@@ -246,7 +246,8 @@ CHUNKS = [5, 1, 0, 7, 3, 12, 2, 1]  # 31 samples in all: crosses every stride re
 
 @pytest.mark.parametrize(
     "kernel,stride,dilation,pad_mode",
-    [(7, 1, 1, "constant"), (3, 1, 2, "constant"), (8, 4, 1, "constant"), (4, 2, 1, "replicate")],
+    [(7, 1, 1, "constant"), (3, 1, 2, "constant"), (8, 4, 1, "constant"), (4, 2, 1, "replicate"),
+     (1, 1, 1, "constant"), (1, 1, 1, "replicate")],
 )
 def test_conv_streaming_equals_whole_signal(kernel, stride, dilation, pad_mode):
     """A causal conv sees only the past, so chunking cannot change it; the whole-signal right padding only
@@ -263,6 +264,7 @@ def test_conv_streaming_equals_whole_signal(kernel, stride, dilation, pad_mode):
 
 @pytest.mark.parametrize("groups", [1, 4])
 def test_conv_transpose_streaming_equals_whole_signal(groups):
+    # The 1-sample chunks are the case where the whole output is the carried overlap (kernel = 2 x stride).
     convtr = _randomize(StreamingConvTranspose1d(4, 4, 6, stride=3, groups=groups))
     x = mx.random.normal((1, sum(CHUNKS), 4))
     convtr.reset()

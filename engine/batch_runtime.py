@@ -52,7 +52,11 @@ class BatchLane(DuplexRuntime):
 
     def start(self) -> BatchLane:
         self._started = True
-        self._batch.add(self)
+        try:
+            self._batch.add(self)
+        except BaseException:
+            self._done.set()  # it never ran: a `stop` has nothing to wait for
+            raise
         return self
 
     def stop(self, timeout: float = 5.0) -> None:

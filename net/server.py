@@ -431,6 +431,10 @@ class ServerThread:
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
         self.error: BaseException | None = None
+        # Set by the thread as its last act. Waited on rather than Thread.join: a Ctrl-C landing inside
+        # join(timeout) makes CPython < 3.13 mark the thread as stopped while it still runs, and the
+        # process would then exit under a thread still closing connections and logging.
+        self._finished = threading.Event()
         self._thread = threading.Thread(target=self._run, name="ppchat-serve", daemon=True)
 
     def start(self) -> ServerThread:
@@ -443,14 +447,17 @@ class ServerThread:
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
         try:
-            self._runner, self.port = self._loop.run_until_complete(_start_site(self.server, self._ssl))
-        except BaseException as exc:  # noqa: BLE001 - handed to start()
-            self.error = exc
+            try:
+                self._runner, self.port = self._loop.run_until_complete(_start_site(self.server, self._ssl))
+            except BaseException as exc:  # noqa: BLE001 - handed to start()
+                self.error = exc
+                self._ready.set()
+                return
             self._ready.set()
-            return
-        self._ready.set()
-        self._loop.run_forever()
-        self._loop.close()
+            self._loop.run_forever()
+            self._loop.close()
+        finally:
+            self._finished.set()
 
     async def _shutdown(self) -> None:
         # Close the listening socket and every connection, then let the handlers finish
@@ -462,9 +469,9 @@ class ServerThread:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     def wait(self) -> None:
-        """Block until the server stops (Ctrl-C reaches the caller: the join wakes up twice a second)."""
-        while self._thread.is_alive():
-            self._thread.join(0.5)
+        """Block until the server stops (Ctrl-C reaches the caller: the wait wakes up twice a second)."""
+        while not self._finished.wait(0.5):
+            pass
 
     def stop(self) -> None:
         if self._loop.is_running():
@@ -473,7 +480,8 @@ class ServerThread:
             except Exception:
                 log.exception("the server did not shut down cleanly")
             self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(15)
+        if self._thread.is_alive():
+            self._finished.wait(15)
 
     def __enter__(self) -> ServerThread:
         return self.start()

@@ -75,7 +75,18 @@ class MimiAttention(nn.Module):
 
     def _attend(self, q: mx.array, k: mx.array, v: mx.array, mask: mx.array) -> mx.array:
         b, _, t, _ = q.shape
-        out = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.cfg.head_dim**-0.5, mask=mask)
+        scale = self.cfg.head_dim**-0.5
+        if mx.default_device() == mx.gpu and mx.metal.is_available():
+            # Metal has a fused kernel for a few masked float32 queries.
+            out = mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)
+        else:
+            # CUDA (no fused kernel takes a mask on float32) and the CPU run MLX's fallback; this is
+            # that fallback less its separate `q * scale` kernel: the scale rides in the mask's select
+            # (one fused kernel under `mx.compile`). For Mimi's head size 64 the scale is 1/8, a power
+            # of two, so s * (q.k) is bit for bit (s * q).k.
+            scores = q @ k.swapaxes(-1, -2)
+            scores = mx.where(mask, scores * scale, mx.finfo(scores.dtype).min)
+            out = mx.softmax(scores, axis=-1, precise=True) @ v
         return self.out_proj(out.transpose(0, 2, 1, 3).reshape(b, t, self.cfg.d_model))
 
     def __call__(self, x: mx.array) -> mx.array:

@@ -28,7 +28,7 @@ from mlx.utils import tree_flatten, tree_map
 from ppchat.models import manifest as manifest_module
 from ppchat.models.conv import StreamingConv1d, StreamingConvTranspose1d
 from ppchat.models.mimi import Mimi, MimiConfig
-from ppchat.models.mimi_transformer import MimiTransformer, MimiTransformerConfig
+from ppchat.models.mimi_transformer import MimiAttention, MimiTransformer, MimiTransformerConfig
 from tests.conftest import fixture_params, fixtures_root
 
 MIMI_FIXTURES = fixture_params("mimi")
@@ -271,3 +271,18 @@ def test_conv_transpose_streaming_equals_whole_signal(groups):
     starts = np.cumsum([0] + CHUNKS)
     streamed = mx.concatenate([convtr.step(x[:, a:b]) for a, b in zip(starts[:-1], starts[1:])], axis=1)
     np.testing.assert_allclose(np.array(streamed), np.array(convtr(x)), atol=1e-5)
+
+
+def test_attention_off_metal_is_mlx_attention_bit_for_bit_at_head_size_64():
+    """Off Metal, Mimi attends with MLX's fallback written out, the scale moved into the mask's select;
+    at Mimi's head size (scale 1/8, a power of two) that changes no bit."""
+    cfg = MimiTransformerConfig(d_model=128, num_heads=2, num_layers=1, dim_feedforward=64, context=40, max_period=1e4)
+    attn = MimiAttention(cfg)
+    mx.random.seed(3)
+    q, k, v = (mx.random.normal((2, 2, 2, 64)) for _ in range(3))
+    k, v = mx.concatenate([k] * 20, axis=2), mx.concatenate([v] * 20, axis=2)
+    mask = mx.random.uniform(shape=(2, 1, 2, 40)) > 0.3
+    out = attn._attend(q, k, v, mask)
+    reference = mx.fast.scaled_dot_product_attention(q, k, v, scale=64**-0.5, mask=mask)
+    want = attn.out_proj(reference.transpose(0, 2, 1, 3).reshape(2, 2, 128))
+    np.testing.assert_array_equal(np.array(out), np.array(want))

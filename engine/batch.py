@@ -29,6 +29,7 @@ from ppchat.constants import DEPFORMER_STEPS, FRAME_MS
 from ppchat.engine.pipeline import (
     SILENCE_FRAMES,
     PrefillReport,
+    fit_sampling,
     make_generator,
     role_prompt_tokens,
     voice_argument,
@@ -91,10 +92,11 @@ class BatchPipeline:
         self.frame_size = self.mimi.frame_size
         self.sample_rate = self.mimi.sample_rate
         self.depformer_steps = min(depformer_steps, model.lm.depformer.steps)
+        fitted = fit_sampling(self.sampling, model.lm.config)
         self.lm = BatchLMGen(
             model.lm, capacity,
-            text_sampling=self.sampling.text,
-            audio_sampling=self.sampling.audio,
+            text_sampling=fitted.text,
+            audio_sampling=fitted.audio,
             depformer_steps=self.depformer_steps,
             compile=compile,
             kv_bits=model.info.kv_bits,

@@ -24,6 +24,7 @@ import numpy as np
 from ppchat.constants import DEPFORMER_STEPS, SILENCE_TOKENS, SINE_TOKENS
 from ppchat.errors import PPChatError
 from ppchat.models.generator import LMGen, VoiceEmbeddings
+from ppchat.models.lm import LMConfig
 from ppchat.models.loader import LoadedModel
 from ppchat.models.mimi import Mimi
 from ppchat.sampling import Sampling
@@ -51,16 +52,27 @@ def _prompt_constant(tokens: tuple[int, ...], card: int) -> tuple[int, ...]:
     return tokens if card > max(tokens) else tuple(t % card for t in tokens)
 
 
+def fit_sampling(sampling: Sampling, config: LMConfig) -> Sampling:
+    """`sampling` on this model: a top-k beyond a vocabulary is that vocabulary. Every generator
+    of a model samples with these (a change of settings means new compiled graphs)."""
+    return replace(
+        sampling,
+        text=replace(sampling.text, top_k=min(sampling.text.top_k, config.text_card)),
+        audio=replace(sampling.audio, top_k=min(sampling.audio.top_k, config.card)),
+    )
+
+
 def make_generator(
     model: LoadedModel, sampling: Sampling, depformer_steps: int | None = DEPFORMER_STEPS, *, phase_timing: bool = True
 ) -> LMGen:
     """The `LMGen` of one conversation with these sampling settings (and seed)."""
     lm = model.lm
     card = lm.config.card
+    fitted = fit_sampling(sampling, lm.config)
     return LMGen(
         lm,
-        text_sampling=sampling.text,
-        audio_sampling=sampling.audio,
+        text_sampling=fitted.text,
+        audio_sampling=fitted.audio,
         depformer_steps=min(depformer_steps or lm.depformer.steps, lm.depformer.steps),
         seed=sampling.seed,
         kv_bits=model.info.kv_bits,
@@ -141,11 +153,10 @@ class ModelPipeline:
         self.started = False
 
     def set_sampling(self, sampling: Sampling) -> None:
-        """Sample with these settings from the next `start` on (a top-k beyond a vocabulary is that vocabulary)."""
-        config = self.model.lm.config
+        """Sample with these settings from the next `start` on (`fit_sampling`)."""
         self.sampling = sampling
-        self.gen.text_sampling = replace(sampling.text, top_k=min(sampling.text.top_k, config.text_card))
-        self.gen.audio_sampling = replace(sampling.audio, top_k=min(sampling.audio.top_k, config.card))
+        fitted = fit_sampling(sampling, self.model.lm.config)
+        self.gen.text_sampling, self.gen.audio_sampling = fitted.text, fitted.audio
         self.gen.reseed(sampling.seed)
 
     # ----------------------------------------------------------------------------- conditioning

@@ -220,7 +220,7 @@ def test_batch_pipeline_rows_equal_single_conversation_pipelines(tmp_path_factor
 
 def test_a_pipelines_new_sampling_settings_take_effect(tmp_path_factory) -> None:
     """`ModelPipeline.set_sampling` (each conversation's own settings, e.g. a `serve` client's): the
-    pipeline then samples exactly as one made with those settings."""
+    pipeline then samples exactly as one made with those settings; the same settings change nothing."""
     from ppchat.engine.bench import _input_frames
     from ppchat.engine.pipeline import ModelPipeline
     from ppchat.models.loader import load_model
@@ -229,6 +229,14 @@ def test_a_pipelines_new_sampling_settings_take_effect(tmp_path_factory) -> None
     model = load_model("demo", cache_root=tmp_path_factory.mktemp("cache"), depformer_steps=8, show_progress=False)
     audio = _input_frames(model.mimi.frame_size, model.mimi.sample_rate, 8, 4)
     wanted = Sampling(text=SamplingParams(1.2, 40), audio=SamplingParams(1.1, 30), seed=5)
+
+    # A pipeline samples with the settings it was built (and warmed up) with, fitted to the model, and
+    # a conversation started with the same settings keeps them (no new graphs).
+    fresh = ModelPipeline(model, Sampling(), phase_timing=False)
+    built = (fresh.gen.text_sampling, fresh.gen.audio_sampling)
+    assert built[1].top_k == model.lm.config.card < Sampling().audio.top_k  # the demo's small vocabulary
+    fresh.set_sampling(Sampling())
+    assert (fresh.gen.text_sampling, fresh.gen.audio_sampling) == built
 
     def text(pipeline: ModelPipeline) -> list[int | None]:
         pipeline.start(None, "You enjoy having a good conversation.")

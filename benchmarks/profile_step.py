@@ -103,6 +103,7 @@ def section_e(small: bool, iters: int) -> None:
 
 
 def section_f(small: bool, iters: int) -> None:
+    from ppchat.constants import PAD_ID
     from ppchat.engine.bench import _input_frames, _voice_prompt, build_random_model
     from ppchat.engine.pipeline import ModelPipeline
     from ppchat.models.lm import LMConfig
@@ -112,7 +113,7 @@ def section_f(small: bool, iters: int) -> None:
     lm_config = LMConfig(
         dim=256, num_heads=4, num_layers=2, hidden=512, context=100, max_period=10000.0, text_card=1000,
         card=2048, n_q=16, dep_q=16, delays=LMConfig.personaplex_7b().delays, depformer_dim=128,
-        depformer_num_heads=4, depformer_num_layers=2, depformer_hidden=256,
+        depformer_num_heads=4, depformer_num_layers=2, depformer_hidden=256, text_padding_id=PAD_ID,
     )
     model = build_random_model(lm_config, MimiConfig.personaplex(), None, dtype=mx.float32, compile_streaming=True)
     counts: dict[str, int] = {}

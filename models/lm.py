@@ -63,8 +63,8 @@ class LMConfig:
     depformer_num_heads: int
     depformer_num_layers: int
     depformer_hidden: int
+    text_padding_id: int
     norm_eps: float = 1e-8
-    text_padding_id: int = 3
 
     @property
     def num_codebooks(self) -> int:

@@ -189,7 +189,7 @@ class CheckpointDir:
         manifest.refuse_short_depformer(lm_header, lm_kwargs, str(self.lm_weights_path))
         validate(lm_header, lm_shapes, source=str(self.lm_weights_path))
         validate(
-            read_safetensors_header(self.mimi_weights_path),
+            manifest.weight_norm_folded(read_safetensors_header(self.mimi_weights_path)),  # as Mimi loads it
             manifest.mimi_reference_shapes(self.mimi_config),
             source=str(self.mimi_weights_path),
         )

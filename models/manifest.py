@@ -8,6 +8,7 @@ against them from its safetensors header alone, without allocating any weights.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Collection, Mapping
 from typing import Any
 
@@ -245,6 +246,28 @@ def refuse_short_depformer(actual: Mapping[str, Any], lm_kwargs: Mapping[str, An
             f"{source} has a {steps}-step depformer (depformer.layers.0.self_attn.in_proj_weight, linears.*), "
             f"but PersonaPlex needs {dep_q} steps; this looks like a Kyutai Moshi checkpoint, not {REPO_ID}"
         )
+
+
+def weight_norm_pairs(actual: Mapping[str, Any]) -> dict[str, tuple[str, str]]:
+    """`X.weight` → (`X.weight_g`, `X.weight_v`) for each weight-norm pair in `actual` (keys to arrays,
+    `TensorInfo`s or shapes) that folds into one weight: g holds one value per entry of v's axis 0
+    (spec §3.2: a variant checkpoint may carry these instead of `X.weight`)."""
+    shapes = _shapes(actual)
+    pairs = {}
+    for g_key, g_shape in shapes.items():
+        v_shape = shapes.get(g_key[:-1] + "v") if g_key.endswith(".weight_g") else None
+        if v_shape and math.prod(g_shape) == v_shape[0]:
+            pairs[g_key[:-2]] = (g_key, g_key[:-1] + "v")
+    return pairs
+
+
+def weight_norm_folded(actual: Mapping[str, Any]) -> dict[str, Shape]:
+    """The key → shape set `actual` has once its weight-norm pairs are folded (`weight_norm_pairs`)."""
+    shapes = _shapes(actual)
+    for key, (g_key, v_key) in weight_norm_pairs(shapes).items():
+        del shapes[g_key]
+        shapes[key] = shapes.pop(v_key)
+    return shapes
 
 
 def _shapes(actual: Mapping[str, Any]) -> dict[str, Shape]:

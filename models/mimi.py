@@ -218,18 +218,15 @@ def _expect(section: dict, where: str, key: str, allowed: tuple, default: object
 
 
 def fold_weight_norm(weights: dict[str, mx.array]) -> dict[str, mx.array]:
-    """Replace each `X.weight_g`/`X.weight_v` pair by `X.weight = g * v / ||v||` (norm over all axes but 0)."""
-    out = {}
-    for key, value in weights.items():
-        if key.endswith(".weight_g") and key[:-2] + "_v" in weights:
-            continue
-        g = weights.get(key[:-2] + "_g") if key.endswith(".weight_v") else None
-        if g is None:
-            out[key] = value
-            continue
-        v = value.astype(mx.float32)
+    """Replace each `X.weight_g`/`X.weight_v` pair (`manifest.weight_norm_pairs`) by
+    `X.weight = g * v / ||v||` (norm over all axes but 0)."""
+    pairs = manifest.weight_norm_pairs(weights)
+    paired = {key for pair in pairs.values() for key in pair}
+    out = {key: value for key, value in weights.items() if key not in paired}
+    for key, (g_key, v_key) in pairs.items():
+        v = weights[v_key].astype(mx.float32)
         norm = mx.sqrt(mx.sum(v * v, axis=tuple(range(1, v.ndim)), keepdims=True))
-        out[key[:-2]] = g.astype(mx.float32).reshape((-1,) + (1,) * (v.ndim - 1)) * v / norm
+        out[key] = weights[g_key].astype(mx.float32).reshape((-1,) + (1,) * (v.ndim - 1)) * v / norm
     return out
 
 

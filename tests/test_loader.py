@@ -87,6 +87,34 @@ def test_fixture_bundle_loads(tmp_path):
     assert not model.info.is_demo and model.info.lm_dtype == "float32"
 
 
+def test_a_codec_with_weight_norm_pairs_loads_as_the_folded_one(tmp_path):
+    """Spec §3.2: a variant Mimi checkpoint may carry `weight_g`/`weight_v` pairs instead of `weight`;
+    the header check and the loader both take them (and a pair that does not fold is named)."""
+    lm_dirs, mimi_dirs = fixture_dirs("lm"), fixture_dirs("mimi")
+    if not lm_dirs or not mimi_dirs:
+        pytest.fail(f"no lm/mimi fixtures under {fixtures_root()}")
+    root = tmp_path / "bundle"
+    shutil.copytree(lm_dirs[0], root / "lm")
+    shutil.copytree(mimi_dirs[0], root / "mimi")
+    shutil.copy(fixtures_root() / "tokenizer_tiny.model", root / "tokenizer.model")
+    plain = load_model(root, cache_root=tmp_path / "cache", show_progress=False).mimi
+    path = root / "mimi" / "weights.safetensors"
+    weights = mx.load(str(path))
+    key = "decoder.model.2.convtr.convtr.weight"  # a transposed conv: axis 0 is its input
+    w = weights.pop(key)
+    weights[key + "_v"] = w * mx.arange(1, w.shape[0] + 1, dtype=w.dtype).reshape(-1, 1, 1)
+    weights[key + "_g"] = mx.sqrt(mx.sum(w * w, axis=(1, 2), keepdims=True))
+    mx.save_safetensors(str(path), weights)
+    folded = load_model(root, cache_root=tmp_path / "cache", show_progress=False).mimi
+    codes = mx.array(np.arange(8 * 3).reshape(1, 8, 3) % 7, dtype=mx.int32)
+    np.testing.assert_allclose(np.array(folded.decode(codes)), np.array(plain.decode(codes)), atol=1e-5)
+
+    weights[key + "_g"] = weights[key + "_g"][:-1]  # one value short: not a pair that folds
+    mx.save_safetensors(str(path), weights)
+    with pytest.raises(CheckpointError, match=rf"missing keys \(1\): {key}; unexpected keys \(2\)"):
+        load_model(root, cache_root=tmp_path / "cache", show_progress=False)
+
+
 def test_depformer_steps_are_passed_through(cache):
     model = load_model("demo", quantize=4, cache_root=cache, depformer_steps=8, show_progress=False)
     assert model.info.depformer_steps == 8 and "s8-" in model.info.quantized_cache.name

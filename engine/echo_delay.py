@@ -106,7 +106,6 @@ class DelayTracker:
         self.min_lag_s = min_lag_s
         self.move_s = move_s
         self.sharpness = sharpness
-        self.last_estimate: tuple[float, float] | None = None  # (lag s, sharpness) of the last window looked at
         self._candidate: float | None = None
 
     def update(self, far: np.ndarray, mic: np.ndarray) -> bool:
@@ -121,7 +120,6 @@ class DelayTracker:
         far8 = soxr.resample(far, self.sample_rate, ESTIMATE_RATE)
         mic8 = soxr.resample(mic, self.sample_rate, ESTIMATE_RATE)
         lag, sharp = gcc_phat_delay(far8, mic8, ESTIMATE_RATE, self.max_lag_s, self.min_lag_s)
-        self.last_estimate = (lag, sharp)
         if sharp < self.sharpness:
             self._candidate = None
             return False

@@ -138,7 +138,7 @@ class LMStep:
         rows = list(keys)
         params = self.audio_sampling
         noise = None
-        if params.temp > 0:
+        if not params.greedy:
             # The column's Gumbel noise in one draw (each row from its own key): one random-bits
             # kernel for the column instead of a key split and a draw per step.
             shape = (h.shape[0], steps, self.lm.config.card)

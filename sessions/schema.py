@@ -77,7 +77,6 @@ SESSION_FILES = (
     SessionFile(USER_TRANSCRIPT, "other", False, "Optional: the user's words, written by `ppchat transcribe`"),
 )
 TRACKS = tuple(f.name for f in SESSION_FILES if f.role == "track")
-REQUIRED_TRACKS = tuple(f.name for f in SESSION_FILES if f.role == "track" and f.required)
 
 
 # --- value checks: each returns the value (normalised) or raises _Invalid -------------------

@@ -152,7 +152,3 @@ class Monologue(ScrollView, can_focus=True):
             return runs_to_strip([(" " * max(0, width - len(NEWER_HINT)), None), (NEWER_HINT, self._style("hint"))], width)
         strip = self._lines[index] if index < len(self._lines) else Strip.blank(width)
         return strip.crop_extend(scroll_x, scroll_x + width, None).apply_style(self.rich_style)
-
-    def plain_lines(self) -> list[str]:
-        """What is on screen, line by line (wrapped), for tests and exports."""
-        return ["".join(segment.text for segment in strip) for strip in self._lines]

@@ -279,27 +279,14 @@ class StreamBuffers:
 
     def duplex_callback(self, indata, outdata, frames, time, status) -> None:
         try:
-            if not status:
-                self._input_running = True
-            elif self._input_running:
-                self.input_xruns += 1
-            if self.echo is not None:
-                self._stamp_capture(time.inputBufferAdcTime)
-                self._stamp_playback(time.outputBufferDacTime)
-            self.capture.write(indata[:, 0])
-            self.pull_output(outdata[:, 0])
+            self._capture_block(indata, time, status)
+            self._play_block(outdata, time)
         except BaseException as exc:  # noqa: BLE001 - must not escape into PortAudio
             self._fail(exc, outdata)
 
     def input_callback(self, indata, frames, time, status) -> None:
         try:
-            if not status:
-                self._input_running = True
-            elif self._input_running:
-                self.input_xruns += 1
-            if self.echo is not None:
-                self._stamp_capture(time.inputBufferAdcTime)
-            self.capture.write(indata[:, 0])
+            self._capture_block(indata, time, status)
         except BaseException as exc:  # noqa: BLE001
             self._fail(exc, None)
 
@@ -309,11 +296,23 @@ class StreamBuffers:
                 self._output_running = True
             elif self._output_running:
                 self.output_xruns += 1
-            if self.echo is not None:
-                self._stamp_playback(time.outputBufferDacTime)
-            self.pull_output(outdata[:, 0])
+            self._play_block(outdata, time)
         except BaseException as exc:  # noqa: BLE001
             self._fail(exc, outdata)
+
+    def _capture_block(self, indata, time, status) -> None:
+        if not status:
+            self._input_running = True
+        elif self._input_running:
+            self.input_xruns += 1
+        if self.echo is not None:
+            self._stamp_capture(time.inputBufferAdcTime)
+        self.capture.write(indata[:, 0])
+
+    def _play_block(self, outdata, time) -> None:
+        if self.echo is not None:
+            self._stamp_playback(time.outputBufferDacTime)
+        self.pull_output(outdata[:, 0])
 
     def _fail(self, exc: BaseException, outdata) -> None:
         if self.error is None:

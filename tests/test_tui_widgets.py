@@ -305,7 +305,7 @@ def test_status_bar_keeps_what_matters_at_80_columns_and_drops_the_rest_in_order
             "session_dir": "/home/ann/.local/share/ppchat/sessions/2026-12-01T13-15-51_a38a"}
     bar.status = Status(state="live", elapsed=42.0, info=info, muted=True)
     wide = bar.render_text(160).plain.splitlines()
-    assert wide[0] == " ● LIVE  00:42  MUTED  │  DEMO  demo (random weights) none │ voice NATF2 │ prompt customer-service"
+    assert wide[0] == " ● LIVE  00:42  MUTED  │  DEMO  demo (random weights) unquantised │ voice NATF2 │ prompt customer-service"
     assert wide[1] == "in HDA Intel PCH: ALC3246 Analog → out pulse │ ● rec ~/.local/share/ppchat/sessions/2026-12-01T13-15-51_a38a"
     narrow = bar.render_text(80).plain.splitlines()
     # The quantisation and the model's name go first (DEMO stays), then the devices; nothing is cut mid-word.

@@ -99,7 +99,9 @@ class StatusBar(Widget):
                 head += [(" ", None), (f" {badge} ", self._style("badge"))]
         model = [(str(info.get("model") or "no model"), bold)]
         demo = [(" DEMO ", self._style("demo"))] if info.get("is_demo") else []
-        quant = [(str(info["quantization"]), dim)] if info.get("quantization") else []
+        quantization = info.get("quantization")
+        # session.json writes "none" for full-precision weights; alone in the bar that word reads as missing data
+        quant = [("unquantised" if quantization == "none" else str(quantization), dim)] if quantization else []
         voice = [("voice ", dim), (os.path.basename(str(info.get("voice") or "–")) or "–", bold)]  # a file: its name
         prompt = [("prompt ", dim), (str(info.get("prompt_name") or "custom"), bold)]
         line1 = fit_items([

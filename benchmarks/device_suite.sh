@@ -4,6 +4,13 @@
 #   bash benchmarks/device_suite.sh tests            CUDA kernel tests + GPU parity suite (TF32 off, then on)
 #   bash benchmarks/device_suite.sh bench NAME:ARGS  `ppchat bench` runs (benchmarks/run_device.py)
 #   bash benchmarks/device_suite.sh py SCRIPT ARGS   any script (write its output under /tmp/results)
+#   bash benchmarks/device_suite.sh serve-load ARGS  benchmarks/serve_load.py (`ppchat serve --max-conversations N`
+#        under load), e.g. `--config 7b --quantize 4 --conversations 1,4,8 --seconds 30 --machine "NVIDIA H200"`.
+#        It needs aiohttp, sphn, soxr and soundfile: their wheels travel in .w3 (add /.w3/ to .git/info/exclude), made here:
+#          python3 -m pip download -q --only-binary=:all: --python-version 3.12 --implementation cp \
+#            --platform manylinux_2_35_x86_64 --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 \
+#            --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .w3 aiohttp 'sphn>=0.2.1,<0.3' soxr \
+#            soundfile && rm .w3/numpy-*       (23 MB; numpy is on the host)
 # Results (JSON) are packed into $OUT/results.tgz; logs go to $OUT/<what>.log.
 set -u
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -36,6 +43,13 @@ case $what in
     ;;
   py)
     python3 "$@" 2>&1 | tee -a "$OUT/py.log"
+    ;;
+  serve-load)
+    if [ -d .w3 ]; then
+      python3 -m pip install -q --no-index --no-deps --no-compile --target /opt/site .w3/*.whl 2>&1 | tail -3
+    fi
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee "$OUT/serve_load.log"
+    python3 benchmarks/serve_load.py "$@" --json /tmp/results/serve_load.json 2>&1 | tee -a "$OUT/serve_load.log"
     ;;
 esac
 tar czf "$OUT/results.tgz" -C /tmp results 2>/dev/null

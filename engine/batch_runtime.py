@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import mlx.core as mx
 import numpy as np
 
 from ppchat.constants import FRAME_SECONDS
@@ -245,6 +246,9 @@ class BatchRuntime:
             for lane in list(self._lanes.values()):
                 self._end(lane, None, input_ended=True)
             self._run_calls()  # those that came meanwhile fail cleanly (`_closing`)
+            # MLX's streams of this thread, destroyed by the thread that made them: left to the process's
+            # exit they abort it now and then ("terminate called without an active exception", ml-explore/mlx#3126).
+            mx.clear_streams()
             self._done.set()
 
     def _idle(self) -> None:

@@ -130,6 +130,9 @@ class RemoteConversation(Conversation):
         client = self._connect(params)
         self.server_info = client.info
         self.client = client
+        note = client.info.get("note")
+        if isinstance(note, str) and note:  # e.g. a batch server runs every conversation at its own sampling
+            self._notice("warning", f"the server says: {note}")
         self.prefill = PrefillReport(voice_frames=0, prompt_tokens=0, calls=0, seconds=time.perf_counter() - started)
         return RemoteProcessor(client)
 

@@ -302,3 +302,24 @@ def test_each_served_conversation_is_visible_to_ppchat_monitor(model, tmp_path, 
         # Each socket carries one conversation: its own step numbers, once each.
         assert len(steps) >= 10 and [s.step for s in steps] == list(range(steps[0].step, steps[0].step + len(steps)))
     assert not list(tmp_path.glob("monitor-*.sock"))  # removed as each conversation ended
+
+
+def test_the_ppchat_console_as_a_client_is_told_what_the_batch_does_not_apply(server, host, tmp_path):
+    from ppchat.engine.events import NoticeEvent, StepEvent
+    from ppchat.engine.virtual_io import ArrayAudio
+    from ppchat.net.remote import RemoteConversation
+    from ppchat.sampling import SamplingParams
+
+    sampling = Sampling(text=SamplingParams(0.5, host.options.sampling.text.top_k), seed=3)
+    options = TalkOptions(sessions_dir=tmp_path, monitor=False, sampling=sampling)
+    with RemoteConversation(f"ws://127.0.0.1:{server.port}", options,
+                            audio_factory=lambda: ArrayAudio(_speech(2.0), 24000)) as conv:
+        sub = conv.bus.subscribe(maxlen=10_000)
+        conv.start()
+        assert _until(lambda: not conv.running, 20.0)
+        conv.stop()
+        events = sub.drain()
+    warnings = [e.message for e in events if isinstance(e, NoticeEvent) and e.level == "warning"]
+    assert [w for w in warnings if w.startswith("the server says: sampling text_temperature=0.5 not applied")]
+    assert sum(isinstance(e, StepEvent) for e in events) >= 20
+    _sessions(server, 1)

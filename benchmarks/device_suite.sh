@@ -32,7 +32,8 @@ case $what in
       timeout 300 python3 -m pytest -q -p no:cacheprovider tests/test_cuda_kernels.py 2>&1 | tail -15
       echo "=== parity suite, batch and graph tests on the GPU (MLX_ENABLE_TF32=0, set by tests/conftest.py)"
       timeout 300 python3 -m pytest -q -p no:cacheprovider tests/test_lm_parity.py tests/test_mimi_parity.py \
-        tests/test_voice_parity.py tests/test_batch.py tests/test_kv_cache_8bit.py tests/test_step_graph.py 2>&1 | tail -25
+        tests/test_voice_parity.py tests/test_batch.py tests/test_kv_cache_8bit.py tests/test_step_graph.py \
+        tests/test_embeddings.py tests/test_sampling.py 2>&1 | tail -25
       echo "=== the same parity files with TF32 on (MLX's CUDA default), for the record"
       MLX_ENABLE_TF32=1 timeout 200 python3 -m pytest -q -p no:cacheprovider tests/test_lm_parity.py \
         tests/test_mimi_parity.py tests/test_voice_parity.py 2>&1 | grep -E "passed|failed|^FAILED" | cut -c1-200

@@ -124,3 +124,42 @@ def test_a_full_batch_refuses_a_lane_and_a_failing_endpoint_ends_its_lane_alone(
         assert not long[0].running and long[0].error is None and batch.lanes == 0
     finally:
         batch.close()
+
+
+def test_a_conversation_with_a_recorded_voice_joins_while_another_talks(model, tmp_path):
+    """An audio voice prompt is encoded on the batch's Mimi (its streaming state put aside and back)
+    while another conversation is mid-stream: both still equal their conversations run alone."""
+    import soundfile
+
+    from ppchat.engine.runtime import RuntimePolicy
+    from ppchat.models.voices import load_voice
+
+    wav = tmp_path / "voice.wav"
+    soundfile.write(wav, _speech(int(24000 * 1.3), 9), 24000, subtype="FLOAT")
+    voice = load_voice(str(wav), None, expected_dim=model.lm.config.dim)
+    assert voice.kind == "audio"
+    batch = BatchRuntime(lambda: BatchPipeline(model, 2, Sampling()), model.tokenizer.piece).start()
+    no_drops = RuntimePolicy(max_backlog_frames=10_000)  # every frame heard, so the reference can replay them all
+    try:
+        bus_a, bus_b = EventBus(), EventBus()
+        sub_a, sub_b = bus_a.subscribe(maxlen=10_000), bus_b.subscribe(maxlen=10_000)
+        talking = BatchLane(batch, batch.condition(None, "You are a pirate.", 31),
+                            ArrayAudio(_speech(24000 * 3, 4), 24000, realtime=True), bus_a, no_drops)
+        talking.start()
+        time.sleep(0.8)
+        joining = BatchLane(batch, batch.condition(voice, "You sell insurance.", 32),
+                            ArrayAudio(_speech(1920 * 8, 5), 24000, realtime=False), bus_b, no_drops)
+        joining.start()
+        assert talking.join(60) and joining.join(60)
+    finally:
+        batch.close()
+    steps = {"a": _events(sub_a)[0], "b": _events(sub_b)[0]}
+    assert len(steps["a"]) >= 37 and len(steps["b"]) == 8
+    assert steps["a"][0].wall_time < steps["b"][0].wall_time < steps["a"][-1].wall_time  # b joined mid-stream
+    for name, seed, voice_prompt, prompt in (("a", 31, None, "You are a pirate."), ("b", 32, voice, "You sell insurance.")):
+        single = ModelPipeline(model, Sampling(seed=seed), phase_timing=False)
+        single.start(voice_prompt, prompt)
+        for e in steps[name]:
+            want_pcm, want_token, _ = single.run_frame(e.user_pcm)  # what the lane's model heard
+            assert e.text_token == want_token, (name, e.step)
+            np.testing.assert_allclose(e.agent_pcm, want_pcm, atol=1e-5, err_msg=f"{name}, step {e.step}")

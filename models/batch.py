@@ -23,7 +23,7 @@ import numpy as np
 from ppchat.constants import DEPFORMER_STEPS
 from ppchat.models.generator import LMGen, StepOutput, fresh_agent_codes, live_call
 from ppchat.models.lm import LM
-from ppchat.models.lm_step import LMStep
+from ppchat.models.lm_step import LMStep, RunsLMStep
 from ppchat.models.token_ring import CallColumns, TokenRing
 from ppchat.sampling import AUDIO_DEFAULTS, TEXT_DEFAULTS, SamplingParams
 
@@ -44,7 +44,7 @@ class BatchLiveStep:
         return self._commit()
 
 
-class BatchLMGen:
+class BatchLMGen(RunsLMStep):
     """Up to `capacity` conversations over one `LM`, stepped together."""
 
     def __init__(
@@ -81,22 +81,6 @@ class BatchLMGen:
         init = np.array([lm.config.text_init_token] + [lm.config.audio_init_token] * lm.config.n_q)
         self._idle_input = init.astype(np.int32)
         mx.eval(self.pending_arrays())
-
-    @property
-    def compile(self) -> bool:
-        return self._step.compile
-
-    @compile.setter
-    def compile(self, value: bool) -> None:
-        self._step.compile = value
-
-    @property
-    def text_sampling(self) -> SamplingParams:
-        return self._step.text_sampling
-
-    @property
-    def audio_sampling(self) -> SamplingParams:
-        return self._step.audio_sampling
 
     @property
     def free_rows(self) -> list[int]:

@@ -30,7 +30,7 @@ import numpy as np
 from ppchat.constants import SILENCE_TOKENS, SINE_TOKENS
 from ppchat.models.kv_cache import RingKVCache
 from ppchat.models.lm import LM
-from ppchat.models.lm_step import LMStep, StepArrays
+from ppchat.models.lm_step import LMStep, RunsLMStep, StepArrays
 from ppchat.models.token_ring import CallColumns, TokenRing
 from ppchat.sampling import AUDIO_DEFAULTS, TEXT_DEFAULTS, SamplingParams
 
@@ -96,7 +96,7 @@ class ConversationState:
     ring: TokenRing
 
 
-class LMGen:
+class LMGen(RunsLMStep):
     """Streaming generator over an `LM` for one conversation (batch size 1)."""
 
     def __init__(
@@ -147,30 +147,6 @@ class LMGen:
         self.reset()
 
     # ------------------------------------------------------------------------------------ state
-
-    @property
-    def compile(self) -> bool:
-        return self._step.compile
-
-    @compile.setter
-    def compile(self, value: bool) -> None:
-        self._step.compile = value
-
-    @property
-    def text_sampling(self) -> SamplingParams:
-        return self._step.text_sampling
-
-    @text_sampling.setter
-    def text_sampling(self, value: SamplingParams) -> None:
-        self._step.text_sampling = value
-
-    @property
-    def audio_sampling(self) -> SamplingParams:
-        return self._step.audio_sampling
-
-    @audio_sampling.setter
-    def audio_sampling(self, value: SamplingParams) -> None:
-        self._step.audio_sampling = value
 
     @property
     def last_timings_ms(self) -> dict[str, float]:

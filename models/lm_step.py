@@ -36,6 +36,25 @@ class StepArrays:
     dep_logits: mx.array
 
 
+def _delegated(name: str, doc: str) -> property:
+    def get(self):
+        return getattr(self._step, name)
+
+    def set(self, value) -> None:
+        setattr(self._step, name, value)
+
+    return property(get, set, doc=doc)
+
+
+class RunsLMStep:
+    """The settings of the `LMStep` (`self._step`) that a generator runs its calls through."""
+
+    _step: LMStep
+    compile = _delegated("compile", "Run calls through `mx.compile`d graphs.")
+    text_sampling = _delegated("text_sampling", "The text head's temperature and top-k.")
+    audio_sampling = _delegated("audio_sampling", "The audio heads' temperature and top-k.")
+
+
 class LMStep:
     """Runs calls on an `LM` with fixed sampling settings."""
 

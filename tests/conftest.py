@@ -45,6 +45,18 @@ def fixture_dirs(kind: str) -> list[Path]:
     return found
 
 
+def fixture_bundle(root: Path) -> Path:
+    """A model folder in the bundle layout at `root` (`lm/`, `mimi/`, `tokenizer.model`), copied
+    from the first lm and mimi fixtures, for tests that change its files."""
+    lm_dirs, mimi_dirs = fixture_dirs("lm"), fixture_dirs("mimi")
+    if not lm_dirs or not mimi_dirs:
+        pytest.fail(f"no lm/mimi fixtures under {fixtures_root()}")
+    shutil.copytree(lm_dirs[0], root / "lm")
+    shutil.copytree(mimi_dirs[0], root / "mimi")
+    shutil.copy(fixtures_root() / "tokenizer_tiny.model", root / "tokenizer.model")
+    return root
+
+
 def fixture_params(kind: str):
     dirs = fixture_dirs(kind)
     if not dirs:

@@ -4,7 +4,6 @@ weight is allocated (issue 16.4)."""
 from __future__ import annotations
 
 import json
-import shutil
 import struct
 
 import mlx.core as mx
@@ -16,7 +15,7 @@ from ppchat.cli import main
 from ppchat.errors import CheckpointError
 from ppchat.models.checkpoint import read_safetensors_header
 from ppchat.models.loader import load_model
-from tests.conftest import fixture_dirs, fixtures_root
+from tests.conftest import fixture_bundle
 
 
 def write_header(path, header: dict, data: bytes = b"\0" * 64) -> None:
@@ -46,14 +45,7 @@ def test_malformed_safetensors_header_entries_are_refused(tmp_path, entry, field
 
 @pytest.fixture
 def bundle(tmp_path):
-    lm_dirs, mimi_dirs = fixture_dirs("lm"), fixture_dirs("mimi")
-    if not lm_dirs or not mimi_dirs:
-        pytest.fail(f"no lm/mimi fixtures under {fixtures_root()}")
-    root = tmp_path / "bundle"
-    shutil.copytree(lm_dirs[0], root / "lm")
-    shutil.copytree(mimi_dirs[0], root / "mimi")
-    shutil.copy(fixtures_root() / "tokenizer_tiny.model", root / "tokenizer.model")
-    return root
+    return fixture_bundle(tmp_path / "bundle")
 
 
 def edit_config(path, change) -> None:

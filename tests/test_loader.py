@@ -2,7 +2,6 @@
 
 import io
 import os
-import shutil
 import tarfile
 from dataclasses import replace
 
@@ -15,7 +14,7 @@ from ppchat.models import hub, loader
 from ppchat.models.checkpoint import open_checkpoint_dir
 from ppchat.models.demo import ensure_demo_model
 from ppchat.models.loader import load_model
-from tests.conftest import fixture_dirs, fixtures_root
+from tests.conftest import fixture_bundle
 
 
 def _init_column_logits(model):
@@ -76,13 +75,7 @@ def test_corrupt_cache_is_recreated(cache):
 
 
 def test_fixture_bundle_loads(tmp_path):
-    lm_dirs, mimi_dirs = fixture_dirs("lm"), fixture_dirs("mimi")
-    if not lm_dirs or not mimi_dirs:
-        pytest.fail(f"no lm/mimi fixtures under {fixtures_root()}")
-    root = tmp_path / "bundle"
-    shutil.copytree(lm_dirs[0], root / "lm")
-    shutil.copytree(mimi_dirs[0], root / "mimi")
-    shutil.copy(fixtures_root() / "tokenizer_tiny.model", root / "tokenizer.model")
+    root = fixture_bundle(tmp_path / "bundle")
     model = load_model(root, cache_root=tmp_path / "cache", show_progress=False)
     assert not model.info.is_demo and model.info.lm_dtype == "float32"
 
@@ -90,13 +83,7 @@ def test_fixture_bundle_loads(tmp_path):
 def test_a_codec_with_weight_norm_pairs_loads_as_the_folded_one(tmp_path):
     """Spec §3.2: a variant Mimi checkpoint may carry `weight_g`/`weight_v` pairs instead of `weight`;
     the header check and the loader both take them (and a pair that does not fold is named)."""
-    lm_dirs, mimi_dirs = fixture_dirs("lm"), fixture_dirs("mimi")
-    if not lm_dirs or not mimi_dirs:
-        pytest.fail(f"no lm/mimi fixtures under {fixtures_root()}")
-    root = tmp_path / "bundle"
-    shutil.copytree(lm_dirs[0], root / "lm")
-    shutil.copytree(mimi_dirs[0], root / "mimi")
-    shutil.copy(fixtures_root() / "tokenizer_tiny.model", root / "tokenizer.model")
+    root = fixture_bundle(tmp_path / "bundle")
     plain = load_model(root, cache_root=tmp_path / "cache", show_progress=False).mimi
     path = root / "mimi" / "weights.safetensors"
     weights = mx.load(str(path))

@@ -17,6 +17,7 @@ import json
 import math
 import threading
 import time
+from collections.abc import Callable
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
@@ -63,6 +64,9 @@ class ChatClient:
         self.texts: collections.deque[str] = collections.deque(maxlen=1000)
         self.records: collections.deque[dict] = collections.deque(maxlen=1000)
         self.info: dict = {}
+        # Called with the server's info (0x04) on the connection's thread as it arrives: just after the
+        # handshake, so `connect` may return before it.
+        self.on_info: Callable[[dict], None] | None = None
         self.error: str | None = None
         self.closed = False
         self.rtt_ms: float | None = None  # frame sent -> the server's record of that step received
@@ -220,6 +224,8 @@ class ChatClient:
             return
         if data.get("type") == "info":
             self.info = data
+            if self.on_info is not None:
+                self.on_info(data)
         elif data.get("type") == "step" and isinstance(data.get("step"), int):
             step = data["step"]
             sent = self._sent_at[step % _SENT_SLOTS]

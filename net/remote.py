@@ -128,11 +128,8 @@ class RemoteConversation(Conversation):
         self._notice("info", f"connecting to {self.server_url}: voice {self.voice_name}, prompt '{self.prompt_name}'")
         started = time.perf_counter()
         client = self._connect(params)
-        self.server_info = client.info
+        self.server_info = client.info or self.server_info  # its info may come just after the handshake
         self.client = client
-        note = client.info.get("note")
-        if isinstance(note, str) and note:  # e.g. a batch server runs every conversation at its own sampling
-            self._notice("warning", f"the server says: {note}")
         self.prefill = PrefillReport(voice_frames=0, prompt_tokens=0, calls=0, seconds=time.perf_counter() - started)
         return RemoteProcessor(client)
 
@@ -142,6 +139,7 @@ class RemoteConversation(Conversation):
         deadline = time.monotonic() + self.busy_wait
         while True:
             client = ChatClient(self.server_url, params, self.token)
+            client.on_info = self._server_info_arrived
             try:
                 client.connect()
                 return client
@@ -149,6 +147,12 @@ class RemoteConversation(Conversation):
                 if not (client.error or "").startswith("busy") or time.monotonic() > deadline:
                     raise
             time.sleep(0.25)
+
+    def _server_info_arrived(self, info: dict[str, Any]) -> None:
+        self.server_info = info
+        note = info.get("note")
+        if isinstance(note, str) and note:  # e.g. a batch server runs every conversation at its own sampling
+            self._notice("warning", f"the server says: {note}")
 
     def _session_meta(self, client: str | None) -> SessionMeta:
         meta = super()._session_meta(client)

@@ -6,9 +6,10 @@ monologue as text (0x02), and, for a client that asks (`ppchat_metadata=1`, as `
 --server` does), the server's info and per step one metadata message (0x04) with its timings.
 `GET /health` answers with JSON for load balancers; `/` serves NVIDIA's web UI when there is one.
 
-One conversation at a time: another client is told so with an 0x05 error and closed at once,
-so that a load balancer or the user can go elsewhere (see `/health`). Every conversation is
-recorded as a session of kind `served` and is visible to `ppchat monitor`.
+Up to `max_conversations` at once (one, or with `ppchat.served.ServedBatch` N in one batched
+step); a client beyond that is told so with an 0x05 error and closed at once, so that a load
+balancer or the user can go elsewhere (see `/health`). Every conversation is recorded as a
+session of kind `served` and is visible to `ppchat monitor`.
 
 Each connection is guarded on its own: a message larger than the limit, bytes that are not
 Ogg/Opus, an unknown kind, a client silent for `idle_timeout` or one that stops reading for
@@ -72,7 +73,8 @@ class Refused(Exception):
 
 
 class ChatServer:
-    """The aiohttp application around one `Conversation`."""
+    """The aiohttp application around a `Conversation` (one client at a time) or a `ServedBatch`
+    (`for_client` gives each client its own row of one batched step)."""
 
     def __init__(self, conversation: Conversation, options: ServeOptions | None = None) -> None:
         self.conversation = conversation

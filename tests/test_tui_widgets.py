@@ -324,3 +324,19 @@ def test_latency_figures_of_a_slow_session_fit_the_narrow_panel():
     panel.add(step(0, total=1612.3))
     lines = ["".join(t for t, _ in line) for line in panel.render_runs(34, 20)]
     assert "session p50 160 p95 820 max 1612" in lines and "late 1200 drop 3400 und 5000 xr 12" in lines
+
+
+def test_a_step_without_a_phase_split_is_not_drawn_as_free_phases():
+    """A batched server step (`serve --max-conversations`) or NVIDIA's server sends a total only;
+    the panel said 'enc 0 tmp 0 dep 0 dec 0' for it (seen with `talk --server`)."""
+    from ppchat.tui.widgets.latency import LatencyPanel
+
+    panel = LatencyPanel()
+    panel.add(step(0, total=40.0))
+    lines = ["".join(t for t, _ in line) for line in panel.render_runs(34, 20)]
+    assert "phases not reported by the model" in lines and not any("enc 0" in line for line in lines)
+    phased = StepEvent(step=1, audio_time=0.08, wall_time=0.0,
+                       timings_ms={"total": 40.0, "encode": 10.0, "temporal": 12.0, "depformer": 8.0, "decode": 10.0})
+    panel.add(phased)
+    lines = ["".join(t for t, _ in line) for line in panel.render_runs(34, 20)]
+    assert "enc 10 tmp 12 dep 8 dec 10" in lines

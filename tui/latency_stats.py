@@ -44,8 +44,9 @@ class LatencyStats:
         # counted below, but a 0 ms "step" would pull the percentiles down.
         if total or ev.filled not in ("agent", "both"):
             self.totals.append(float(total))
-            for p in PHASES:
-                self.phases[p].append(float(ms.get(p, 0.0)))
+            if any(p in ms for p in PHASES):  # a batched server step or NVIDIA's server time no phases
+                for p in PHASES:
+                    self.phases[p].append(float(ms.get(p, 0.0)))
         self.steps += 1
         self.late += bool(ev.late)
         self.dropped_in += ev.dropped_in
@@ -68,6 +69,11 @@ class LatencyStats:
         if not self.totals:
             return None
         return sum(self.totals) / len(self.totals) / frame_ms
+
+    @property
+    def has_phases(self) -> bool:
+        """Whether any step in the window said how its time split into phases."""
+        return any(self.phases[p] for p in PHASES)
 
     def phase_means(self) -> dict[str, float]:
         return {p: (sum(v) / len(v) if v else 0.0) for p, v in self.phases.items()}

@@ -45,38 +45,23 @@ class LiveView(Vertical):
 
     def __init__(self, *, budget_ms: float = FRAME_MS, turn_gap_steps: int = 20, id: str | None = None) -> None:
         super().__init__(id=id)
-        self._budget_ms = budget_ms
-        self._turn_gap_steps = turn_gap_steps
         self.last_step: StepEvent | None = None
+        # Held by reference, not queried: a redraw tick that runs while the app is being taken
+        # down finds them still there (a query then failed on '#latency' once in a while).
+        self.wave_in = Waveform("mic", id="wave-in")
+        self.wave_out = Waveform("agent", id="wave-out")
+        self.monologue = Monologue(turn_gap_steps=turn_gap_steps, id="monologue")
+        self.captions = Captions(id="captions")
+        self.latency = LatencyPanel(budget_ms, id="latency")
 
     def compose(self) -> ComposeResult:
-        yield Waveform("mic", id="wave-in")
-        yield Waveform("agent", id="wave-out")
+        yield self.wave_in
+        yield self.wave_out
         with Horizontal(id="live-body"):
             with Vertical(id="talk"):
-                yield Monologue(turn_gap_steps=self._turn_gap_steps, id="monologue")
-                yield Captions(id="captions")
-            yield LatencyPanel(self._budget_ms, id="latency")
-
-    @property
-    def wave_in(self) -> Waveform:
-        return self.query_one("#wave-in", Waveform)
-
-    @property
-    def wave_out(self) -> Waveform:
-        return self.query_one("#wave-out", Waveform)
-
-    @property
-    def monologue(self) -> Monologue:
-        return self.query_one("#monologue", Monologue)
-
-    @property
-    def captions(self) -> Captions:
-        return self.query_one("#captions", Captions)
-
-    @property
-    def latency(self) -> LatencyPanel:
-        return self.query_one("#latency", LatencyPanel)
+                yield self.monologue
+                yield self.captions
+            yield self.latency
 
     def apply(self, events: Iterable[object]) -> list[NoticeEvent]:
         """Feed a batch of events to the widgets and redraw once; returns the notices in it."""

@@ -198,6 +198,13 @@ class ModelPipeline:
         piece = self.model.tokenizer.piece(token) if token is not None else None
         return FrameResult(pcm=frame, text_token=token, text_piece=piece, timings_ms=timings)
 
+    def thread_ended(self) -> None:
+        """The step thread is ending: destroy the MLX streams it made, on that thread. Left to the
+        process's exit they abort it now and then ("terminate called without an active exception",
+        ml-explore/mlx#3126; seen with serve's batch thread). The model's arrays are evaluated and
+        stay usable from the next step thread."""
+        mx.clear_streams()
+
     def run_frame(self, pcm: np.ndarray) -> tuple[np.ndarray, int | None, dict[str, float]]:
         """One live frame: (agent PCM [frame_size] float32, text token or None, timings in ms)."""
         if not self.started:

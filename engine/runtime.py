@@ -100,6 +100,9 @@ class FrameProcessor(Protocol):
         """Consume one float32 frame of `frame_size` samples; return the next agent frame."""
         ...
 
+    # Optional: `thread_ended()`, called on the step thread as it ends (an MLX model destroys that
+    # thread's streams there; see ModelPipeline.thread_ended).
+
 
 class AudioEndpoint(Protocol):
     """Where frames come from and go to: a sound card (`DuplexAudio`) or an array (`ArrayAudio`)."""
@@ -323,6 +326,9 @@ class DuplexRuntime:
             except Exception as exc:
                 log.exception("closing the audio device failed")
                 self.bus.publish(NoticeEvent("warning", f"closing the audio device failed: {exc}", time.time()))
+            thread_ended = getattr(self.processor, "thread_ended", None)
+            if thread_ended is not None:
+                thread_ended()
             self._done.set()
 
     def _publish_notes(self) -> None:

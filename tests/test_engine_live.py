@@ -120,3 +120,25 @@ def test_info_carries_the_sessions_own_statistics_for_the_monitor(demo_model, tm
     saved = load_session(list_sessions(tmp_path)[0].path).info.stats
     assert stats["steps"] == saved.steps == 40
     assert stats["total_ms"]["p95"] == pytest.approx(saved.total_ms["p95"]) and stats["total_ms"]["max"] == saved.total_ms["max"]
+
+
+def test_the_model_pipeline_destroys_its_thread_streams_and_still_runs_on_the_next_thread(demo_model):
+    import threading
+
+    from ppchat.engine.pipeline import ModelPipeline
+
+    pipeline = ModelPipeline(demo_model, Sampling(seed=3))
+    silence = np.zeros(pipeline.frame_size, dtype=np.float32)
+    pcm = []
+
+    def conversation():  # what a step thread does, then what it does as it ends
+        pipeline.start(None, "assistant")
+        pcm.append(np.concatenate([pipeline.process(silence).pcm for _ in range(3)]))
+        pipeline.thread_ended()
+
+    for _ in range(2):  # a restart: a new step thread after the first one ended
+        worker = threading.Thread(target=conversation)
+        worker.start()
+        worker.join(120)
+    assert len(pcm) == 2 and pcm[0].shape == (3 * pipeline.frame_size,)
+    np.testing.assert_array_equal(pcm[0], pcm[1])  # same seed, same conversation: nothing lost with the streams

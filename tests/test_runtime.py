@@ -521,3 +521,26 @@ def test_ring_overflow_is_reported():
     warnings = [n.message for n in notices if n.level == "warning"]
     assert any("speaker buffer overflowed" in m for m in warnings), notices
     assert len(steps) == 2
+
+
+def test_the_processor_hears_on_its_own_thread_that_the_step_thread_ends():
+    """ModelPipeline destroys its MLX streams there: on any other thread that would not touch the
+    streams the step thread made (and leaving them to the exit aborts it now and then)."""
+
+    class Recording(Passthrough):
+        def __init__(self):
+            super().__init__()
+            self.process_threads: set[int] = set()
+            self.ended_on: list[int] = []
+
+        def process(self, pcm):
+            self.process_threads.add(threading.get_ident())
+            return super().process(pcm)
+
+        def thread_ended(self):
+            self.ended_on.append(threading.get_ident())
+
+    processor = Recording()
+    run_to_end(processor, ArrayAudio(np.zeros(FRAME * 4, dtype=np.float32), RATE, realtime=False))
+    assert len(processor.process_threads) == 1 and processor.ended_on == list(processor.process_threads)
+

@@ -29,6 +29,7 @@ from ppchat.tui.console import HELP_BINDING, ConsoleApp, LivePump
 from ppchat.tui.lifeline import Lifeline
 from ppchat.tui.pickers import PromptPicker, VoicePicker
 from ppchat.tui.state import UiState
+from ppchat.tui.stderr_guard import StderrToLog
 
 log = logging.getLogger(__name__)
 
@@ -382,6 +383,7 @@ def run_app(
     `Lifeline`). Closing the controller stays with the caller.
     """
     app = PPChatApp(conversation, autostart=autostart, sessions_root=sessions_root, duration=duration)
-    with Lifeline(app.stop_for_exit, app.exit_from_thread, close=getattr(conversation, "close", None)) as lifeline:
+    # StderrToLog first: the Lifeline watches the terminal Textual is handed.
+    with StderrToLog(), Lifeline(app.stop_for_exit, app.exit_from_thread, close=getattr(conversation, "close", None)) as lifeline:
         app.run()
     return lifeline.exit_code or app.return_code or 0

@@ -556,3 +556,20 @@ def test_the_footer_keeps_quit_after_shrinking_to_80_columns():
             footer = screen_text(app).splitlines()[-1]
             assert "q Quit" in footer and "space Start/stop" in footer and "palette" not in footer
     run(go())
+
+
+def test_footer_lists_the_keys_while_the_terminal_window_is_not_focused():
+    # A console started in a tmux pane that is not the active one gets a focus-out first;
+    # Textual's footer then stayed empty until the window was focused.
+    from textual.app import App
+    from textual.widgets._footer import FooterKey
+
+    async def go():
+        app = PPChatApp(FakeConversation(), autostart=False)
+        app.set_reactive(App.app_focus, False)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await settle(pilot)
+            assert not app.app_focus
+            keys = [key.description for key in app.screen.query(FooterKey)]
+            assert keys[:3] == ["Start/stop", "Quit", "Help"]
+    run(go())

@@ -44,6 +44,21 @@ class ConsoleApp(App):
 HELP_BINDING = Binding("question_mark", "app.help", "Help", key_display="?")
 
 
+class ConsoleFooter(Footer):
+    """Textual's footer, filled in also while the terminal window is not focused.
+
+    Textual's own skips binding updates while the app has no focus, and its first fill
+    is such an update: a console started in a tmux pane that was not the active one (or
+    a window the user switched away from while the model loaded) showed an empty footer
+    until the window was focused, e.g. the console watched from the next pane.
+    """
+
+    def bindings_changed(self, screen) -> None:
+        self._bindings_ready = True
+        if self.is_attached and screen is self.screen:
+            self.call_after_refresh(self.recompose)
+
+
 class LivePump:
     """Mixin for an App or Screen showing a LiveView: the drain → apply → status loop.
 
@@ -63,7 +78,7 @@ class LivePump:
         yield self.live
         # No palette hint: at 80 columns it pushes keys off the footer (ctrl+p still works,
         # and the help screen says so).
-        yield Footer(compact=True, show_command_palette=False)
+        yield ConsoleFooter(compact=True, show_command_palette=False)
 
     def start_pump(self, subscription: Subscription) -> None:
         self._feed = subscription

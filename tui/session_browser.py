@@ -14,14 +14,14 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Label
+from textual.widgets import DataTable, Label
 
 from ppchat.engine.transcript import format_clock
 from ppchat.errors import PPChatError
 from ppchat.sessions.schema import USER_WAV
 from ppchat.sessions.store import SessionSummary, default_sessions_root, list_sessions, load_session
 from ppchat.sessions.wav_writer import read_wav_layout
-from ppchat.tui.console import HELP_BINDING
+from ppchat.tui.console import HELP_BINDING, ConsoleFooter
 
 STATUS_STYLES = {
     "ok": "green", "recovered": "yellow", "partial": "yellow", "live": "bold cyan", "corrupt": "red", "failed": "red", "empty": "dim",
@@ -107,7 +107,7 @@ class SessionBrowser(Screen):
             yield Label("Sessions", classes="title")
             yield Label(self._hint(), classes="hint", id="hint")
             yield DataTable(id="sessions", cursor_type="row", zebra_stripes=True)
-        yield Footer(compact=True, show_command_palette=False)
+        yield ConsoleFooter(compact=True, show_command_palette=False)
 
     def on_mount(self) -> None:
         table = self.query_one("#sessions", DataTable)

@@ -313,6 +313,11 @@ def test_status_bar_keeps_what_matters_at_80_columns_and_drops_the_rest_in_order
     assert narrow[1].startswith("● rec ") and narrow[1].endswith("2026-12-01T13-15-51_a38a") and len(narrow[1]) <= 80
     tiny = bar.render_text(50).plain.splitlines()[0]
     assert tiny == " ● LIVE  00:42  MUTED  │ prompt custom…"  # below the 80-column minimum, more goes
+    # Both mic badges and a voice file: DEMO stayed, the file's name gives way (it went, seen live).
+    bar.status = Status(state="live", elapsed=36.0, muted=True, half_duplex=True,
+                        info=dict(info, voice="/home/ann/voices/grandpa_reading.wav", prompt_name="custom"))
+    both = bar.render_text(78).plain.splitlines()[0]
+    assert both == " ● LIVE  00:36  MUTED   HALF-DUPLEX  │  DEMO  │ voice grandpa… │ prompt custom"
 
 
 def test_latency_figures_of_a_slow_session_fit_the_narrow_panel():

@@ -104,11 +104,14 @@ class StatusBar(Widget):
         quant = [("unquantised" if quantization == "none" else str(quantization), dim)] if quantization else []
         voice = [("voice ", dim), (os.path.basename(str(info.get("voice") or "–")) or "–", bold)]  # a file: its name
         prompt = [("prompt ", dim), (str(info.get("prompt_name") or "custom"), bold)]
+        # DEMO is essential (the agent babbles because its weights are random), the name is not;
+        # a voice file's name shrinks before anything essential goes.
         line1 = fit_items([
             Item(head, 9),
-            Item(demo + [(" ", None)] + model if demo else model, 3, joined_to_next=bool(quant), keep=demo),
+            Item(demo, 6, joined_to_next=True),
+            Item(model, 3, joined_to_next=bool(quant)),
             Item(quant, 1),
-            Item(voice, 7),
+            Item(voice, 7, shrink=True),
             Item(prompt, 8, shrink=True),
         ], width)
 
@@ -128,15 +131,14 @@ class StatusBar(Widget):
 @dataclass
 class Item:
     """A part of a status line. When the line is too long, items go lowest `priority`
-    first; a `shrink` item is cut short (with …) before anything goes, a `path` item is
-    elided in the middle, and `keep` runs stay when the rest of the item has to go."""
+    first; a `shrink` item is cut short (with …) before anything essential goes, a `path`
+    item is elided in the middle."""
 
     runs: list
     priority: int
     shrink: bool = False
     path: bool = False
     joined_to_next: bool = False  # a space, not a separator, between this item and the next
-    keep: list = field(default_factory=list)
 
     @property
     def width(self) -> int:
@@ -167,10 +169,7 @@ def fit_items(items: list[Item], width: int) -> Text:
         for item in sorted(candidates, key=lambda i: i.priority):
             if overflow() <= 0:
                 return
-            if item.keep:
-                item.runs, item.keep, item.joined_to_next = item.keep, [], False
-            else:
-                items.remove(item)
+            items.remove(item)
 
     drop([i for i in items if i.priority < ESSENTIAL])
     for item in items:

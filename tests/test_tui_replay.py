@@ -237,3 +237,24 @@ def test_session_browser_is_a_table_with_one_line_per_session_and_a_growing_live
         asyncio.run(go())
     finally:
         recorder.close()
+
+
+def test_session_browser_shows_a_voice_file_by_its_name_and_keeps_every_column_at_80(tmp_path):
+    """A session with a voice file listed its full path: p95, status and prompt went off screen."""
+    record_session(tmp_path, "2025-01-01T10-00-00_aaaa", voice="/home/ann/recordings/grandpa_reading_the_news_2019.wav")
+    record_session(tmp_path, "2025-01-02T10-00-00_bbbb", voice="NATM1")
+
+    async def go():
+        app = PPChatApp(IdleConversation(), autostart=False, sessions_root=tmp_path)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.press("s")
+            await settle(pilot)
+            text = screen_text(app).splitlines()
+            header = next(line for line in text if "started" in line and "length" in line)
+            assert all(h in header for h in ("voice", "p95 ms", "status", "prompt"))
+            rows = table_rows(text)
+            assert "NATM1" in rows[0]
+            assert "grandpa_reading…" in rows[1] and "recordings" not in rows[1]
+            assert "ok" in rows[1] and "You are a test." in rows[1]
+
+    asyncio.run(go())

@@ -7,6 +7,7 @@ line of the role prompt. `o` cycles the column the table is sorted by, `O` rever
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from rich.text import Text
@@ -22,6 +23,7 @@ from ppchat.sessions.schema import USER_WAV
 from ppchat.sessions.store import SessionSummary, default_sessions_root, list_sessions, load_session
 from ppchat.sessions.wav_writer import read_wav_layout
 from ppchat.tui.console import HELP_BINDING, ConsoleFooter
+from ppchat.tui.pickers import is_file_voice
 
 STATUS_STYLES = {
     "ok": "green", "recovered": "yellow", "partial": "yellow", "live": "bold cyan", "corrupt": "red", "failed": "red", "empty": "dim",
@@ -54,6 +56,19 @@ def recorded_length(summary: SessionSummary) -> float:
     return layout.available_bytes / layout.block_align / layout.sample_rate
 
 
+VOICE_WIDTH = 16  # a voice file's name is cut to this: the full path pushed p95, status and prompt off screen
+
+
+def voice_cell(voice: str) -> Text:
+    """A preset by name, an audio file by its file name (the replay shows the path)."""
+    name = os.path.basename(voice) if is_file_voice(voice) else voice
+    text = Text(name or "–", "cyan")
+    if text.cell_len > VOICE_WIDTH:
+        text.truncate(VOICE_WIDTH - 1)
+        text.append("…", "cyan")
+    return text
+
+
 def session_cells(s: SessionSummary) -> list[Text]:
     started = s.started.strftime("%m-%d %H:%M") if s.started else "??-?? ??:??"
     prompt = prompt_line(s.role_prompt)
@@ -62,7 +77,7 @@ def session_cells(s: SessionSummary) -> list[Text]:
         Text(started, "bold"),
         Text(format_clock(recorded_length(s), tenths=False), justify="right"),
         Text(s.kind or "?"),
-        Text(s.voice or "–", "cyan"),
+        voice_cell(s.voice or ""),
         Text(p95, justify="right"),
         Text(s.status, STATUS_STYLES.get(s.status, "")),
         Text(prompt, "italic"),

@@ -573,3 +573,23 @@ def test_footer_lists_the_keys_while_the_terminal_window_is_not_focused():
             keys = [key.description for key in app.screen.query(FooterKey)]
             assert keys[:3] == ["Start/stop", "Quit", "Help"]
     run(go())
+
+
+def test_footer_shows_only_keys_that_fit_whole():
+    """At 80 columns the footer ended in 'k M' (Mark cut, AEC gone); at 120 every key fits."""
+    from textual.widgets._footer import FooterKey
+
+    async def go():
+        app = PPChatApp(FakeConversation(), autostart=False)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await settle(pilot)
+            shown = [k.description for k in app.screen.query(FooterKey) if k.display]
+            assert shown == ["Start/stop", "Quit", "Help", "Voice", "Prompt", "Sessions", "Mute", "Half-dup"]
+            bottom = screen_text(app).splitlines()[-1].rstrip()
+            assert bottom.endswith("h Half-dup")
+            await pilot.resize_terminal(120, 40)
+            await settle(pilot)
+            shown = [k.description for k in app.screen.query(FooterKey) if k.display]
+            assert shown[-2:] == ["Mark", "AEC"]
+            assert screen_text(app).splitlines()[-1].rstrip().endswith("k Mark a AEC")
+    run(go())

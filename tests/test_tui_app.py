@@ -593,3 +593,24 @@ def test_footer_shows_only_keys_that_fit_whole():
             assert shown[-2:] == ["Mark", "AEC"]
             assert screen_text(app).splitlines()[-1].rstrip().endswith("k Mark a AEC")
     run(go())
+
+
+def test_ctrl_c_quits_saving_with_the_status_of_an_interrupt():
+    """Textual's ctrl+c only said 'Press ctrl+q to quit the app'; in a terminal it means quit."""
+    async def go():
+        conv = FakeConversation()
+        app = PPChatApp(conv)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await settle(pilot)
+            await pilot.press("p")  # in the prompt editor ctrl+c is still the editor's (copy)
+            await settle(pilot)
+            await pilot.press("tab", "ctrl+c")
+            await settle(pilot)
+            assert isinstance(app.screen, PromptPicker) and app.is_running
+            await pilot.press("escape")
+            await settle(pilot)
+            await pilot.press("ctrl+c")
+            await settle(pilot)
+        assert conv.lifecycle[-1] == ("stop",)
+        assert app.return_code == 130
+    run(go())

@@ -83,7 +83,7 @@ class PPChatApp(LivePump, ConsoleApp):
     ]
     HELP_KEYS = [
         ("space", "start talking, or stop (the recording is saved)"),
-        ("q", "quit (always saves)"),
+        ("q, ctrl+c", "quit (always saves)"),
         ("v", "voice picker: a preset, or an audio file (restarts the conversation)"),
         ("p", "role-prompt picker: a preset, or your own text (restarts)"),
         ("s", "recorded sessions; enter replays one"),
@@ -293,11 +293,15 @@ class PPChatApp(LivePump, ConsoleApp):
 
         self.push_screen(SessionBrowser(self._sessions_root()))
 
-    async def action_quit(self) -> None:
+    async def action_quit(self, return_code: int = 0) -> None:
         """q: stop (which saves the recording), then leave."""
         self._set_state(UiState.STOPPING)
         await asyncio.to_thread(self.stop_for_exit)
-        self.exit()
+        self.exit(return_code=return_code)
+
+    async def action_interrupt(self) -> None:
+        """Ctrl-C: as q, with the exit status of an interrupt (130)."""
+        await self.action_quit(130)
 
     def stop_for_exit(self) -> None:
         """Stop the conversation (saving it) once, from any thread."""

@@ -32,6 +32,12 @@ class ConsoleApp(App):
     HORIZONTAL_BREAKPOINTS = HORIZONTAL_BREAKPOINTS
     VERTICAL_BREAKPOINTS = VERTICAL_BREAKPOINTS
     HELP_KEYS: list[tuple[str, str]] = []  # (key, what it does) for the help screen
+    # Textual's ctrl+c only says "Press ctrl+q to quit the app": in a terminal it means quit.
+    BINDINGS = [Binding("ctrl+c", "interrupt", "Quit", show=False)]
+
+    async def action_interrupt(self) -> None:
+        """Ctrl-C: quit as `q` does, with the exit status of an interrupt (130)."""
+        self.exit(return_code=130)
 
     def action_help(self) -> None:
         if not isinstance(self.screen, HelpScreen):

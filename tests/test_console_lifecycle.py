@@ -216,3 +216,5 @@ def test_console_ends_and_saves_when_its_terminal_goes_away(tmp_path, ignore_sig
         os.waitpid(pid, 0)
         pytest.fail("the console kept running after its terminal went away")
     assert marker.read_text() == "saved\n"
+    # 129 as README says, not 1: leaving the stderr guard flushed to the dead terminal (EIO)
+    assert os.waitstatus_to_exitcode(status) == 129

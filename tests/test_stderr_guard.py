@@ -69,3 +69,28 @@ def test_a_stderr_that_is_not_a_terminal_is_left_alone(tmp_path):
     with open(err, "w") as f:
         out = subprocess.run([sys.executable, "-c", child], stderr=f, capture_output=False, stdout=subprocess.PIPE, text=True)
     assert out.stdout.strip() == "False"
+
+
+HANG_UP_CHILD = """
+import sys
+from ppchat.tui.stderr_guard import StderrToLog
+with StderrToLog() as guard:
+    assert guard.active
+    print("ready", flush=True)
+    sys.stdin.readline()  # the parent has closed the terminal
+    sys.__stderr__.write("a last frame, still buffered")
+print("left the guard", flush=True)
+"""
+
+
+def test_leaving_the_guard_after_the_terminal_went_away_is_not_an_error():
+    """A closed window: flushing Textual's last output fails with EIO. It ended the console as
+    'internal error' (seen killing the tmux window of a live console), the session saved."""
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-c", HANG_UP_CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=slave, text=True)
+    os.close(slave)
+    assert proc.stdout.readline().strip() == "ready"
+    os.close(master)
+    out, _ = proc.communicate("go\n", timeout=30)
+    assert proc.returncode == 0 and out.strip() == "left the guard"

@@ -50,13 +50,15 @@ class StderrToLog:
         if not self.active:
             return
         self.active = False
-        self._terminal.flush()
         sys.__stderr__, sys.stderr = self._saved
         # fd 2 was the pipe's only write end: giving it back ends the reader with EOF.
         os.dup2(self._terminal_fd, self.fd)
-        self._reader.join(timeout=1.0)
-        self._terminal.close()
+        try:
+            self._terminal.close()  # flushes: EIO when the terminal has gone (a closed window)
+        except OSError:
+            pass
         os.close(self._terminal_fd)
+        self._reader.join(timeout=1.0)
 
     @staticmethod
     def _drain(read_end: int) -> None:

@@ -49,9 +49,9 @@ def agent_frame(step: int) -> np.ndarray:
 PROMPT = "You are a wise and friendly teacher. Answer questions or provide advice."
 
 
-def record(root: Path) -> Path:
+def record(root: Path, voice: str = "NATF2") -> Path:
     bus = EventBus()
-    recorder = start_recording(bus, root, SessionMeta(voice="NATF2", role_prompt=PROMPT))
+    recorder = start_recording(bus, root, SessionMeta(voice=voice, role_prompt=PROMPT))
     for s in range(STEPS):
         token, piece = TEXT.get(s, (3, None))
         bus.publish(StepEvent(step=s, audio_time=s * 0.08, wall_time=0.0, timings_ms={"total": 50.0}, text_token=token,
@@ -311,6 +311,15 @@ def test_cli_lists_sessions(session_dir, capsys):
     assert main(["sessions", "--json", "--sessions-dir", root]) == 0
     [entry] = json.loads(capsys.readouterr().out)
     assert entry["name"] == session_dir.name and entry["status"] == "ok" and entry["duration_s"] == pytest.approx(4.8)
+
+
+def test_cli_lists_a_voice_file_by_its_name(tmp_path, capsys):
+    """Its full path (often inside another session) made the lines half as long again."""
+    root = tmp_path / "sessions"
+    record(root, voice="/home/ann/recordings/grandpa.wav")
+    assert main(["sessions", "--sessions-dir", str(root)]) == 0
+    header, row = capsys.readouterr().out.splitlines()
+    assert row.split()[2] == "grandpa.wav" and "/home/ann" not in row
 
 
 def test_cli_empty_listing(tmp_path, capsys):

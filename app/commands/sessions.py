@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -122,7 +123,8 @@ def list_command(args: argparse.Namespace) -> int:
         prompt = " ".join(s.role_prompt.split())
         if len(prompt) > _PROMPT_WIDTH:
             prompt = prompt[: _PROMPT_WIDTH - 1] + "…"
-        rows.append((s.name, format_clock(s.duration_s), s.voice or "-", ms(s.mean_ms), ms(s.p95_ms), s.status, prompt))
+        voice = os.path.basename(s.voice) if os.sep in s.voice else s.voice  # a file: its name (the path made lines wrap)
+        rows.append((s.name, format_clock(s.duration_s), voice or "-", ms(s.mean_ms), ms(s.p95_ms), s.status, prompt))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     right_aligned = {1, 3, 4}
     for row in rows:

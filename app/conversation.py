@@ -123,6 +123,9 @@ class Conversation:
             # recorder's, so none when not recording).
             "session_stats": asdict(recorder.stats) if recorder else None,
             "aec": self.aec,
+            # The mic switches, for `ppchat monitor`'s badges (the console keeps its own).
+            "muted": runtime is not None and runtime.muted,
+            "half_duplex": self.options.half_duplex,
         }
 
     @property

@@ -111,6 +111,10 @@ def test_info_carries_the_sessions_own_statistics_for_the_monitor(demo_model, tm
                         audio_factory=lambda: ArrayAudio(mic, 24000, realtime=False))
     assert conv.info["session_stats"] is None  # nothing recorded yet
     conv.start(prompt="casual")
+    assert not conv.info["muted"] and not conv.info["half_duplex"]
+    conv.set_mute(True)
+    conv.set_half_duplex(True)
+    assert conv.info["muted"] and conv.info["half_duplex"]  # the monitor's badges
     conv.runtime.join(timeout=60)
     deadline = time.monotonic() + 10
     while conv.info["session_stats"]["steps"] < 40 and time.monotonic() < deadline:

@@ -272,7 +272,8 @@ def test_monitor_app_shows_the_remote_conversation(runtime):
     from ppchat.tui.widgets.statusbar import StatusBar
 
     bus = EventBus()
-    server = MonitorServer(bus, dict(INFO, session_dir="/data/sessions/2025-01-01T10-00-00_ab12")).start()
+    server_info = dict(INFO, session_dir="/data/sessions/2025-01-01T10-00-00_ab12")
+    server = MonitorServer(bus, lambda: server_info).start()
     feed = MonitorFeed(None, retry_s=0.05).start()
 
     async def go():
@@ -295,6 +296,15 @@ def test_monitor_app_shows_the_remote_conversation(runtime):
             assert "● rec /data/sessions/2025-01-01T10-00-00_ab12" in text
             status = app.query_one(StatusBar).status
             assert status.state == "monitor" and status.info["model"] == "PersonaPlex 7B"
+            assert "MUTED" not in text and "HALF-DUPLEX" not in text
+            # The console's mic switches arrive with the info: the watcher sees the badges too.
+            server_info.update(muted=True, half_duplex=True)
+            while not feed.info.get("muted"):
+                assert time.monotonic() < end
+                await pilot.pause(0.05)
+            await pilot.pause(0.2)
+            text = screen_text(app)
+            assert " MUTED   HALF-DUPLEX " in text.splitlines()[0] and "MUTED " in text.splitlines()[4]
             server.close()
             while feed.connected:
                 assert time.monotonic() < end

@@ -125,12 +125,19 @@ class MonitorApp(LivePump, ConsoleApp):
             latency.session_stats = session
             latency.refresh()
         last = self.live.last_step
+        info = dict(self.feed.info)
+        muted = bool(info.get("muted")) and self.feed.connected
         self.status_bar.set(
             state=UiState.MONITOR if self.feed.connected else UiState.DISCONNECTED,
             playback=not self.feed.connected,  # no "● rec" for a recording we can no longer see
-            info=dict(self.feed.info),
+            info=info,
             elapsed=last.audio_time + FRAME_SECONDS if last else 0.0,
+            muted=muted,
+            half_duplex=bool(info.get("half_duplex")) and self.feed.connected,
         )
+        if self.live.wave_in.badge != ("MUTED" if muted else ""):
+            self.live.wave_in.badge = "MUTED" if muted else ""
+            self.live.wave_in.refresh()
 
     def on_unmount(self) -> None:
         self._subscription.close()

@@ -35,12 +35,13 @@ from ppchat import __version__
 from ppchat.constants import FRAME_SAMPLES, NO_TEXT_IDS, SAMPLE_RATE
 from ppchat.conversation import Conversation
 from ppchat.engine.events import NoticeEvent, StepEvent
+from ppchat.engine.prompts import MAX_PROMPT_CHARS
 from ppchat.errors import PPChatError
 from ppchat.models.voices import AUDIO_EXTENSIONS
 from ppchat.net import protocol
 from ppchat.net.endpoint import SocketAudio
 from ppchat.net.opus import OggOpusDecoder, OggOpusEncoder, OpusStreamError
-from ppchat.net.params import ChatParams
+from ppchat.net.params import MAX_VOICE_NAME, ChatParams
 from ppchat.net.protocol import Kind, ProtocolError
 from ppchat.sampling import Sampling, SamplingParams
 from ppchat.served import ServedBatch
@@ -51,6 +52,13 @@ log = logging.getLogger(__name__)
 DEFAULT_PORT = 8998
 CHAT_PATH = "/api/chat"
 HEALTH_PATH = "/health"
+# The request line carries the query: a text_prompt at its limit in a non-Latin script is up to 12
+# bytes a character once percent-encoded (a Japanese one of 1000 characters ~9 KB), over aiohttp's
+# default of 8190, which would refuse it with a bare 400 before ChatParams could check it.
+MAX_REQUEST_LINE = 4096 + 12 * (MAX_PROMPT_CHARS + MAX_VOICE_NAME)
+# Sent as 0x05 to every live client when the server is stopped (Ctrl-C, SIGTERM): without it a
+# client sees its connection drop (1006) and cannot tell a shutdown from a network fault.
+SHUTTING_DOWN = f"the server is shutting down; try again later or another server (see {HEALTH_PATH})"
 
 
 @dataclass
@@ -81,6 +89,9 @@ class ChatServer:
         self.options = options or ServeOptions()
         self.running = 0  # conversations in progress (connections past the busy check)
         self.served = 0
+        self.stopping = False  # `shutdown` has begun: live conversations end, new ones are refused
+        self._ending: set[asyncio.Event] = set()  # each live connection's `ended`
+        self._handlers: set[asyncio.Task] = set()
 
     # ------------------------------------------------------------------------------ app
 
@@ -142,12 +153,17 @@ class ChatServer:
         self._bound_send_buffer(request)
         await ws.prepare(request)
         client = _peer(request)
+        if self.stopping:
+            await _close_with_error(ws, request, SHUTTING_DOWN)
+            return ws
         if self.running >= self.options.max_conversations:
             await _close_with_error(ws, request, (
                 f"busy: this server runs {self.options.max_conversations} conversation(s) at a time and all are taken; "
                 f"try again later or another server (see {HEALTH_PATH})"))
             return ws
         self.running += 1
+        handler = asyncio.current_task()
+        self._handlers.add(handler)
         shown = ", ".join(f"{k}={v[:60]}" for k, v in request.query.items() if k != "token")  # never log the secret
         log.info("%s connected: %s", client, shown or "no parameters")
         try:
@@ -159,6 +175,9 @@ class ChatServer:
             reason = f"internal error: {type(exc).__name__}: {exc}"
         finally:
             self.running -= 1
+            self._handlers.discard(handler)
+        if not reason and self.stopping:
+            reason = SHUTTING_DOWN
         if reason:
             log.info("%s closed: %s", client, reason)
             await _close_with_error(ws, request, reason)
@@ -182,6 +201,7 @@ class ChatServer:
         sub = conv.bus.subscribe(maxlen=64, name=f"serve {client}")
         loop = asyncio.get_running_loop()
         ended = asyncio.Event()  # the connection is over: the reader and writer end on it, cancelled or not
+        self._ending.add(ended)
         reader = asyncio.create_task(self._receive(ws, audio, live, ended))
         start = loop.run_in_executor(None, lambda: conv.start(
             voice, params.text_prompt, audio=audio, sampling=sampling, client=client))
@@ -208,9 +228,12 @@ class ChatServer:
             return reason
         finally:
             ended.set()
+            self._ending.discard(ended)
             reader.cancel()
             audio.finish()
-            if reason and conv.running:  # into the session's log: why the conversation ended
+            if not reason and self.stopping:
+                reason = SHUTTING_DOWN
+            if reason and reason != SHUTTING_DOWN and conv.running:  # into the session's log: why the conversation ended
                 conv.bus.publish(NoticeEvent("warning", f"{client}: {reason}", time.time()))
             cancelled = False
             if reason:  # at once: the client need not wait while the conversation stops and is saved
@@ -224,6 +247,15 @@ class ChatServer:
             if cancelled:
                 raise asyncio.CancelledError
             stopped.result()
+
+    async def shutdown(self, timeout: float) -> None:
+        """End every live conversation with an 0x05 SHUTTING_DOWN, stopped and saved as when its client
+        leaves, waiting up to `timeout` s for them; new connections are refused meanwhile."""
+        self.stopping = True
+        for ended in list(self._ending):
+            ended.set()
+        if self._handlers:
+            await asyncio.wait(set(self._handlers), timeout=timeout)
 
     async def _live(self, send, sub, conv: Conversation, audio: SocketAudio, live: asyncio.Event, reader: asyncio.Task,
                     ended: asyncio.Event, info: dict | None) -> str | None:
@@ -462,8 +494,11 @@ class ServerThread:
             self._finished.set()
 
     async def _shutdown(self) -> None:
-        # Close the listening socket and every connection, then let the handlers finish
-        # (each stops its conversation, so the recording is finalised).
+        # Stop listening, end the live conversations in order (each client is told why, each
+        # recording is finalised), then close what is left and let the handlers finish.
+        for site in list(self._runner.sites):
+            await site.stop()
+        await self.server.shutdown(timeout=10.0)
         await self._runner.cleanup()
         tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
         for task in tasks:
@@ -493,7 +528,8 @@ class ServerThread:
 
 
 async def _start_site(server: ChatServer, ssl_context) -> tuple[web.AppRunner, int]:
-    runner = web.AppRunner(server.app(), handle_signals=False, access_log=None, shutdown_timeout=3.0)
+    runner = web.AppRunner(server.app(), handle_signals=False, access_log=None, shutdown_timeout=3.0,
+                           max_line_size=MAX_REQUEST_LINE)
     await runner.setup()
     site = web.TCPSite(runner, server.options.host, server.options.port, ssl_context=ssl_context)
     try:

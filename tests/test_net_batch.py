@@ -18,7 +18,7 @@ pytest.importorskip("sphn")
 from ppchat.conversation import TalkOptions
 from ppchat.models.loader import load_model
 from ppchat.net.protocol import Kind
-from ppchat.net.server import ChatServer, ServeOptions, ServerThread
+from ppchat.net.server import SHUTTING_DOWN, ChatServer, ServeOptions, ServerThread
 from ppchat.sampling import Sampling
 from ppchat.served import ServedBatch
 from ppchat.sessions.store import list_sessions, load_session
@@ -192,6 +192,27 @@ def test_a_client_beyond_the_limit_gets_the_documented_answer(server):
     assert status == 200 and body["conversations"] == {"running": 0, "allowed": CAPACITY}
 
 
+def test_a_prompt_at_its_limit_in_any_script_is_served_and_one_over_is_named(server):
+    from urllib.parse import quote
+
+    from ppchat.engine.prompts import MAX_PROMPT_CHARS
+
+    # 1000 characters of Japanese are ~9 KB once percent-encoded: over aiohttp's default request
+    # line (8190 bytes), which refused them with a bare HTTP 400 before the query was read.
+    prompt = ("日本語で話してください。" * MAX_PROMPT_CHARS)[:MAX_PROMPT_CHARS]
+    assert len(f"/api/chat?text_prompt={quote(prompt)}") > 8190
+
+    async def main():
+        return await asyncio.gather(
+            _converse(server.port, f"text_prompt={quote(prompt)}", _speech(1.0), linger=20.0, until_steps=5),
+            _converse(server.port, f"text_prompt={quote(prompt + '。')}", linger=2.0))
+
+    served, over = asyncio.run(main())
+    _check_own_conversation(served, 5)
+    assert _client_of(served)["prompt"] == prompt
+    assert over.errors == [f"text_prompt has {MAX_PROMPT_CHARS + 1} characters; the limit is {MAX_PROMPT_CHARS}"]
+
+
 def test_sampling_a_client_asks_for_runs_at_the_batchs_values_and_says_so(server, host):
     t = asyncio.run(_converse(server.port, WEB_UI_QUERY, _speech(1.5), linger=10.0, until_steps=15))
     _check_own_conversation(t, 15)
@@ -254,7 +275,7 @@ def test_a_failing_batched_frame_ends_every_conversation_and_the_server_goes_on(
     _check_own_conversation(again, 10)
 
 
-def test_stopping_the_server_saves_every_live_conversation(host):
+def test_stopping_the_server_saves_every_live_conversation_and_tells_each_client(host):
     chat = ChatServer(host, ServeOptions(port=0, idle_timeout=60.0, max_conversations=CAPACITY))
     thread = ServerThread(chat).start()
 
@@ -265,7 +286,11 @@ def test_stopping_the_server_saves_every_live_conversation(host):
         await asyncio.get_running_loop().run_in_executor(None, thread.stop)  # as Ctrl-C does
         return await asyncio.gather(*talks, return_exceptions=True)
 
-    asyncio.run(main())
+    talks = asyncio.run(main())
+    # Each client is told why its connection ends (before: a bare drop, 1006, like a network fault).
+    for t in talks:
+        assert isinstance(t, Transcript), t
+        assert t.errors == [SHUTTING_DOWN] and t.close_code == 1000
     assert host.batch.lanes == 0
     sessions = [load_session(s.path) for s in list_sessions(host.options.sessions_dir)]
     assert len(sessions) == 2 and all(s.frames >= 10 and not s.warnings for s in sessions)

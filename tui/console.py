@@ -9,16 +9,14 @@ toasts, and `after_batch` updates the status bar.
 
 from __future__ import annotations
 
-from rich.cells import cell_len
 from textual.app import App, ComposeResult
 from textual.binding import Binding
-from textual.widgets import Footer
-from textual.widgets._footer import FooterKey
 
 from ppchat.engine.events import Subscription
 from ppchat.tui.help import HelpScreen
 from ppchat.tui.live_view import LiveView
 from ppchat.tui.notices import notify_event
+from ppchat.tui.widgets.footer import ConsoleFooter
 from ppchat.tui.widgets.statusbar import StatusBar
 
 HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (120, "-wide")]
@@ -50,40 +48,6 @@ class ConsoleApp(App):
 
 
 HELP_BINDING = Binding("question_mark", "app.help", "Help", key_display="?")
-
-
-class ConsoleFooter(Footer):
-    """Textual's footer, filled in also while the terminal window is not focused, and
-    showing only keys that fit whole.
-
-    Textual's own skips binding updates while the app has no focus, and its first fill
-    is such an update: a console started in a tmux pane that was not the active one (or
-    a window the user switched away from while the model loaded) showed an empty footer
-    until the window was focused, e.g. the console watched from the next pane. And it
-    cuts the line at the edge: the main screen's footer ended in "k M" at 80 columns.
-    The keys are in order of importance, and `?` lists them all.
-    """
-
-    def bindings_changed(self, screen) -> None:
-        self._bindings_ready = True
-        if self.is_attached and screen is self.screen:
-            self.call_after_refresh(self.recompose)
-
-    async def recompose(self) -> None:
-        await super().recompose()
-        self._fit()
-
-    def on_resize(self) -> None:
-        self._fit()
-
-    def _fit(self) -> None:
-        room = self.size.width
-        used = 0
-        for key in self.query(FooterKey):
-            # compact: "key description" and a one-cell gap before the next key
-            width = cell_len(f"{key.key_display} {key.description}")
-            key.display = used + width <= room
-            used += width + 1
 
 
 class LivePump:

@@ -10,6 +10,8 @@ from textual.containers import VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
+from ppchat.tui.widgets.footer import ConsoleFooter
+
 FIGURES = [
     ("mic / agent", "the waveforms: one column per 80 ms frame, newest at the right; the lowest and "
                     "highest sample of each 40 ms drawn up and down from the centre line on a dB scale "
@@ -62,6 +64,8 @@ class HelpScreen(ModalScreen[None]):
         with VerticalScroll():
             yield Static(self._table("Keys", self.keys), id="help-keys")
             yield Static(self._table("What the figures mean", FIGURES), id="help-figures")
+        # Its own footer: the one underneath said "q Quit", and here q closes the help.
+        yield ConsoleFooter(compact=True, show_command_palette=False)
 
     @staticmethod
     def _table(title: str, rows: list[tuple[str, str]]) -> Table:

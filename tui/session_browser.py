@@ -22,8 +22,9 @@ from ppchat.errors import PPChatError
 from ppchat.sessions.schema import USER_WAV
 from ppchat.sessions.store import SessionSummary, default_sessions_root, list_sessions, load_session
 from ppchat.sessions.wav_writer import read_wav_layout
-from ppchat.tui.console import HELP_BINDING, ConsoleFooter
+from ppchat.tui.console import HELP_BINDING
 from ppchat.tui.pickers import is_file_voice
+from ppchat.tui.widgets.footer import ConsoleFooter
 
 STATUS_STYLES = {
     "ok": "green", "recovered": "yellow", "partial": "yellow", "live": "bold cyan", "corrupt": "red", "failed": "red", "empty": "dim",

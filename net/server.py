@@ -273,7 +273,11 @@ class ChatServer:
             if task not in done:
                 task.cancel()
         await asyncio.wait({reader, writer}, timeout=5.0)
-        return await (writer if writer in done else reader)
+        first = writer if writer in done else reader
+        # The other one may fail as it is cancelled (a send to the closing socket): a consequence of the
+        # first's outcome, not news; read it, or asyncio prints "Task exception was never retrieved".
+        (reader if first is writer else writer).add_done_callback(_retrieve)
+        return await first
 
     async def _receive(self, ws: web.WebSocketResponse, audio: SocketAudio, live: asyncio.Event,
                        ended: asyncio.Event) -> str | None:
@@ -412,6 +416,11 @@ async def _outcome(awaitable) -> str | None:
         return "the client stopped reading (a send timed out)"
     except ConnectionError:
         return None
+
+
+def _retrieve(task: asyncio.Task) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 async def _despite_cancellation(awaitable) -> bool:

@@ -5,10 +5,12 @@ others talk; a client beyond N; a served row equals the same conversation run al
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import time
 import urllib.request
 
+import aiohttp
 import numpy as np
 import pytest
 
@@ -17,6 +19,7 @@ pytest.importorskip("sphn")
 
 from ppchat.conversation import TalkOptions
 from ppchat.models.loader import load_model
+from ppchat.net import protocol
 from ppchat.net.protocol import Kind
 from ppchat.net.server import SHUTTING_DOWN, ChatServer, ServeOptions, ServerThread
 from ppchat.sampling import Sampling
@@ -348,3 +351,33 @@ def test_the_ppchat_console_as_a_client_is_told_what_the_batch_does_not_apply(se
     assert [w for w in warnings if w.startswith("the server says: sampling text_temperature=0.5 not applied")]
     assert sum(isinstance(e, StepEvent) for e in events) >= 20
     _sessions(server, 1)
+
+
+def test_a_task_that_fails_as_its_connection_ends_is_not_reported_as_never_retrieved(server, monkeypatch):
+    # Seen with a client sending a text frame: the reader ends the connection, and the writer,
+    # cancelled inside a send, fails with ConnectionResetError ('Cannot write to closing transport');
+    # nobody read that exception, so asyncio printed "Task exception was never retrieved" and a
+    # traceback on the operator's console for every such client.
+    async def write_until_cancelled(self, *args):
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            raise ConnectionResetError("Cannot write to closing transport") from None
+
+    monkeypatch.setattr(ChatServer, "_write", write_until_cancelled)
+    reported = []
+    server._loop.call_soon_threadsafe(server._loop.set_exception_handler, lambda loop, context: reported.append(context))
+
+    async def main():
+        async with aiohttp.ClientSession() as session:
+            async with session.ws_connect(f"ws://127.0.0.1:{server.port}/api/chat") as ws:
+                assert (await ws.receive(timeout=30)).data == protocol.handshake()
+                await ws.send_str("hello")
+                return [m.data async for m in ws]
+
+    got = asyncio.run(main())
+    assert got == [protocol.error("text frames are not part of the protocol; send binary messages")]
+    assert _until(lambda: server.server.running == 0)
+    gc.collect()  # asyncio reports an unretrieved exception when the task is freed
+    time.sleep(0.2)  # the handler runs on the server's loop
+    assert [c.get("message") for c in reported] == []

@@ -134,8 +134,11 @@ CONSOLE_SCRIPT = textwrap.dedent("""
     from ppchat.tui.app import run_app
 
     class Saving(FakeConversation):
+        last_session_dir = None
+
         def stop(self):
             super().stop()
+            self.last_session_dir = "/data/sessions/2026-12-01T16-03-57_ece6"
             with open({marker!r}, "a") as f:
                 f.write("saved\\n")
 
@@ -218,3 +221,34 @@ def test_console_ends_and_saves_when_its_terminal_goes_away(tmp_path, ignore_sig
     assert marker.read_text() == "saved\n"
     # 129 as README says, not 1: leaving the stderr guard flushed to the dead terminal (EIO)
     assert os.waitstatus_to_exitcode(status) == 129
+
+
+@pytest.mark.timeout(60)
+def test_after_q_the_terminal_says_where_the_session_was_saved(tmp_path):
+    """The screen that showed '● rec PATH' is gone once the console ends: a line says where."""
+    pid, master, marker = _console_in_pty(tmp_path)
+    os.write(master, b"q")
+    output, status = b"", None
+    deadline = time.monotonic() + 20
+    while status is None and time.monotonic() < deadline:
+        if select.select([master], [], [], 0.1)[0]:
+            try:
+                output += os.read(master, 65536)
+            except OSError:
+                pass
+        done, code = os.waitpid(pid, os.WNOHANG)
+        if done:
+            status = code
+    while select.select([master], [], [], 0.1)[0]:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        output += chunk
+    os.close(master)
+    assert status is not None and os.waitstatus_to_exitcode(status) == 0
+    assert marker.read_text() == "saved\n"
+    tail = output.decode("utf-8", "replace").rsplit("\x1b[?1049l", 1)[-1]  # after the console's screen
+    assert "ppchat: session saved in /data/sessions/2026-12-01T16-03-57_ece6" in tail

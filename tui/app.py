@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import threading
 import time
 from collections.abc import Iterable
@@ -390,4 +391,16 @@ def run_app(
     # StderrToLog first: the Lifeline watches the terminal Textual is handed.
     with StderrToLog(), Lifeline(app.stop_for_exit, app.exit_from_thread, close=getattr(conversation, "close", None)) as lifeline:
         app.run()
+    _say_where_it_was_saved(getattr(conversation, "last_session_dir", None))
     return lifeline.exit_code or app.return_code or 0
+
+
+def _say_where_it_was_saved(session_dir: Path | None) -> None:
+    """The screen that showed "● rec PATH" is gone: one line says where the recording is."""
+    if session_dir is None:
+        return
+    try:
+        print(f"ppchat: session saved in {session_dir}", file=sys.stderr, flush=True)
+    except OSError:
+        pass  # the terminal has gone (a closed window)
+

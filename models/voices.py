@@ -255,6 +255,12 @@ def load_voice(
     if not path.is_file():
         found = _find_in_dir(str(name_or_path), Path(voices_dir)) if voices_dir and Path(voices_dir).is_dir() else None
         if found is None:
+            # A path that is not there: say so, not "unknown voice … pass a path to an audio file".
+            given = str(name_or_path)
+            if path.is_dir():
+                raise CheckpointError(f"voice {given} is a folder: give an audio file (about 10 s of clean speech)")
+            if "/" in given or "\\" in given or path.suffix.lower() in (".pt", *AUDIO_EXTENSIONS):
+                raise CheckpointError(f"voice file {given} not found: check the path (an audio file of about 10 s of clean speech)")
             names = available_voices(voices_dir)
             if not names:  # the demo model, or a model downloaded without its voices
                 raise CheckpointError(

@@ -102,6 +102,22 @@ def test_a_preset_name_on_a_model_without_presets_says_so_not_that_presets_exist
         assert "available voices" not in str(err.value)
 
 
+def test_a_voice_path_that_is_not_there_is_called_a_missing_file(tmp_path):
+    """It was answered "unknown voice …: pass a path to an audio file" (seen in the console's
+    voice picker, after typing a path); a preset name still gets the preset answer."""
+    folder = tmp_path / "voices"
+    folder.mkdir()
+    (folder / "NATF0.pt").write_bytes(b"")
+    for given in (tmp_path / "nope" / "me.wav", "me.wav", "takes/me.flac"):
+        with pytest.raises(CheckpointError, match=r"voice file .*me\.(wav|flac) not found: check the path") as err:
+            load_voice(given, folder, tmp_path)
+        assert "available voices" not in str(err.value)
+    with pytest.raises(CheckpointError, match=r"voice .* is a folder: give an audio file"):
+        load_voice(folder, folder, tmp_path)
+    with pytest.raises(CheckpointError, match=r"unknown voice 'NOPE'.*available voices: NATF0"):
+        load_voice("NOPE", folder, tmp_path)
+
+
 def test_pt_without_the_voice_tensors_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(voices, "load_torch_zip", lambda path: {"weights": mx.zeros((2,))})
     path = tmp_path / "odd.pt"

@@ -89,6 +89,7 @@ class ChatServer:
         self.options = options or ServeOptions()
         self.running = 0  # conversations in progress (connections past the busy check)
         self.served = 0
+        self.leaving = 0  # conversations whose connection is over, being stopped and saved (still counted in running)
         self.stopping = False  # `shutdown` has begun: live conversations end, new ones are refused
         self._ending: set[asyncio.Event] = set()  # each live connection's `ended`
         self._handlers: set[asyncio.Task] = set()
@@ -153,10 +154,11 @@ class ChatServer:
         self._bound_send_buffer(request)
         await ws.prepare(request)
         client = _peer(request)
+        free = await self._slot_free()
         if self.stopping:
             await _close_with_error(ws, request, SHUTTING_DOWN)
             return ws
-        if self.running >= self.options.max_conversations:
+        if not free:
             await _close_with_error(ws, request, (
                 f"busy: this server runs {self.options.max_conversations} conversation(s) at a time and all are taken; "
                 f"try again later or another server (see {HEALTH_PATH})"))
@@ -236,17 +238,34 @@ class ChatServer:
             if reason and reason != SHUTTING_DOWN and conv.running:  # into the session's log: why the conversation ended
                 conv.bus.publish(NoticeEvent("warning", f"{client}: {reason}", time.time()))
             cancelled = False
-            if reason:  # at once: the client need not wait while the conversation stops and is saved
-                cancelled = await _despite_cancellation(_close_with_error(ws, request, reason))
-            sub.close()
-            # A stop must not overtake a start still running in its thread (that conversation would
-            # then run on with nobody to stop it), and a cancelled handler still stops and saves.
-            cancelled |= await _despite_cancellation(start)
-            stopped = loop.run_in_executor(None, conv.stop if conv is self.conversation else conv.close)
-            cancelled |= await _despite_cancellation(stopped)
+            self.leaving += 1
+            try:
+                if reason:  # at once: the client need not wait while the conversation stops and is saved
+                    cancelled = await _despite_cancellation(_close_with_error(ws, request, reason))
+                sub.close()
+                # A stop must not overtake a start still running in its thread (that conversation would
+                # then run on with nobody to stop it), and a cancelled handler still stops and saves.
+                cancelled |= await _despite_cancellation(start)
+                stopped = loop.run_in_executor(None, conv.stop if conv is self.conversation else conv.close)
+                cancelled |= await _despite_cancellation(stopped)
+            finally:
+                self.leaving -= 1  # handle_chat frees the slot next, with no await in between
             if cancelled:
                 raise asyncio.CancelledError
             stopped.result()
+
+    async def _slot_free(self, wait: float = 5.0) -> bool:
+        """Whether a conversation can start now. A slot whose client has gone stays taken while that
+        conversation is stopped and saved (a fraction of a second, seconds on a busy machine): a client
+        that reconnects at once (a new voice, the web UI's next try) waits for it instead of being told
+        "busy". Nobody waits for a conversation still in progress: the server does not queue."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        while self.running >= self.options.max_conversations:
+            if not self.leaving or self.stopping or loop.time() > deadline:
+                return False
+            await asyncio.sleep(0.05)
+        return True  # the caller takes the slot before its next await
 
     async def shutdown(self, timeout: float) -> None:
         """End every live conversation with an 0x05 SHUTTING_DOWN, stopped and saved as when its client

@@ -216,6 +216,38 @@ def test_a_prompt_at_its_limit_in_any_script_is_served_and_one_over_is_named(ser
     assert over.errors == [f"text_prompt has {MAX_PROMPT_CHARS + 1} characters; the limit is {MAX_PROMPT_CHARS}"]
 
 
+def test_a_client_reconnecting_at_once_gets_the_slot_its_last_conversation_frees(server, monkeypatch):
+    from ppchat.served import ServedRow
+
+    # Its old conversation is still being stopped and saved when it comes back (a new voice in
+    # `ppchat talk --server`, the web UI's next try): it used to be told "busy" for that moment.
+    # The save is slowed so that the reconnect surely lands inside it.
+    close = ServedRow.close
+
+    def slow_close(self):
+        time.sleep(1.5)
+        close(self)
+
+    monkeypatch.setattr(ServedRow, "close", slow_close)
+
+    async def main():
+        others = [asyncio.create_task(_converse(server.port, f"seed={i}", _speech(6.0, seed=i), linger=1.0))
+                  for i in range(CAPACITY - 1)]
+        first = await _converse(server.port, "seed=9", _speech(1.0), linger=10.0, until_steps=5)
+        for _ in range(100):  # its handler has seen the close and is saving it
+            if server.server.leaving:
+                break
+            await asyncio.sleep(0.01)
+        assert server.server.running == CAPACITY and server.server.leaving == 1
+        again = await _converse(server.port, "seed=9", _speech(1.0), linger=10.0, until_steps=5)
+        return first, again, await asyncio.gather(*others)
+
+    first, again, others = asyncio.run(main())
+    for t in (first, again, *others):
+        _check_own_conversation(t, 5)
+    _sessions(server, CAPACITY + 1)
+
+
 def test_sampling_a_client_asks_for_runs_at_the_batchs_values_and_says_so(server, host):
     t = asyncio.run(_converse(server.port, WEB_UI_QUERY, _speech(1.5), linger=10.0, until_steps=15))
     _check_own_conversation(t, 15)

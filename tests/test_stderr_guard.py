@@ -94,3 +94,35 @@ def test_leaving_the_guard_after_the_terminal_went_away_is_not_an_error():
     os.close(master)
     out, _ = proc.communicate("go\n", timeout=30)
     assert proc.returncode == 0 and out.strip() == "left the guard"
+
+
+HEADLESS_CHILD = f"""
+import os, sys
+sys.path.insert(0, sys.argv[2])
+from test_console_lifecycle import StreamingConversation
+from ppchat import logfile
+from ppchat.commands.talk import _run_headless
+
+class OpensAStream(StreamingConversation):
+    def start(self, voice=None, prompt=None):
+        os.write(2, {PORTAUDIO_LINE!r}.encode() + b"\\n")  # as PortAudio does, below Python
+        super().start()
+
+logfile.setup(sys.argv[1])
+sys.exit(_run_headless(OpensAStream(step_s=0.02), 1.0))
+"""
+
+
+def test_headless_status_lines_are_not_interleaved_with_c_library_output(tmp_path):
+    log = tmp_path / "ppchat.log"
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-c", HEADLESS_CHILD, str(log), os.path.dirname(__file__)],
+                            stdin=subprocess.DEVNULL, stdout=slave, stderr=slave)
+    os.close(slave)
+    try:
+        screen = read_all(master, proc)
+    finally:
+        os.close(master)
+    assert proc.returncode == 0, screen
+    assert "time   step" in screen and "Expression" not in screen
+    assert f"stderr: {PORTAUDIO_LINE}" in log.read_text()

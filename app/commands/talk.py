@@ -212,7 +212,16 @@ def _int_or_str(value):
 
 def _run_headless(conv, duration: float | None) -> int:
     """One status line a second until the conversation ends, `duration` seconds of it
-    have been heard, Ctrl-C, SIGTERM/SIGHUP, or stdout is gone; the session is saved."""
+    have been heard, Ctrl-C, SIGTERM/SIGHUP, or stdout is gone; the session is saved.
+    What C libraries print meanwhile (PortAudio's "Expression '…' failed in …" lines when a
+    stream hiccups at start-up) goes to the log, as in the console, not between the lines."""
+    from ppchat.tui.stderr_guard import StderrToLog
+
+    with StderrToLog():
+        return _headless_lines(conv, duration)
+
+
+def _headless_lines(conv, duration: float | None) -> int:
     import signal
 
     from ppchat.asr.captions import CaptionEvent

@@ -72,6 +72,7 @@ from ppchat.engine.echo_path import EchoCancelledCapture
 from ppchat.engine.events import EventBus, NoticeEvent, StepEvent
 from ppchat.engine.resample import StreamResampler
 from ppchat.engine.ringbuffer import RingBuffer
+from ppchat.errors import PPChatError
 
 log = logging.getLogger(__name__)
 
@@ -435,7 +436,10 @@ class DuplexRuntime:
         """A step failed: reported and logged, then the runtime stops cleanly."""
         log.exception("model step %d failed", self.steps)
         self.error = exc
-        self.bus.publish(NoticeEvent("error", f"model step {self.steps} failed: {type(exc).__name__}: {exc}", time.time()))
+        # A PPChatError is already a sentence for the user (a server's 0x05 through `talk --server`):
+        # "model step 83 failed: PPChatError: ..." would blame the model for it.
+        message = str(exc) if isinstance(exc, PPChatError) else f"model step {self.steps} failed: {type(exc).__name__}: {exc}"
+        self.bus.publish(NoticeEvent("error", message, time.time()))
         return False
 
     def _deliver(self, user: np.ndarray, replaced: bool, result: FrameResult, elapsed_ms: float, dropped: int,

@@ -450,6 +450,22 @@ def test_processor_exception_publishes_error_and_stops_cleanly(caplog):
     assert logged and logged[0].getMessage() == "model step 3 failed"  # with its traceback, for the log file
 
 
+
+def test_a_processor_error_meant_for_the_user_is_shown_as_it_is():
+    """`talk --server`: the server's 0x05 ('the server is shutting down; ...') reaches the runtime as
+    a PPChatError from the remote model; it read 'model step 83 failed: PPChatError: ...'."""
+    from ppchat.errors import PPChatError
+
+    class Remote(Passthrough):
+        def process(self, pcm):
+            if len(self.inputs) == 2:
+                raise PPChatError("ws://127.0.0.1:9/api/chat: the server is shutting down")
+            return super().process(pcm)
+
+    _, steps, notices = run_to_end(Remote(), ArrayAudio(frame_numbered(10), RATE, realtime=False))
+    assert len(steps) == 2
+    assert [n.message for n in notices if n.level == "error"] == ["ws://127.0.0.1:9/api/chat: the server is shutting down"]
+
 def test_wrong_output_length_is_an_error():
     class Short(Passthrough):
         def process(self, pcm):

@@ -13,12 +13,14 @@ to 80 % of the run) before the ring keeps it. Everything else is ppchat's live p
 one duplex stream (or its fall-back), the far end from the callback, the measured
 delay, AEC3 on 10 ms sub-frames.
 
-Reported: the stream layout, the sound card's own delay figure, the measured delay and
-the true one (plain normalised cross-correlation, in 1 s windows, of the far end as
-played and the microphone the harness made, both kept by the harness), ERLE over the
-agent-only part after 3 s (as a whole, per second, and the median second: a loaded machine
-under-runs and loses the echo for a second here and there), the live ERLE estimate, and how well the user's speech
-survives (correlation with the clean speech; the raw microphone's for comparison).
+Reported: the stream layout, the sound card's own delay figure, the measured delay in use
+when the user starts and the true one then (plain normalised cross-correlation, in 2 s
+windows, of the far end as played and the microphone the harness made, both kept by the
+harness; the range over the run too), ERLE over the agent-only part once the measured delay
+is in use (from a second after it, 3 s at the earliest: as a whole, per second from the
+start, and the median second, since a loaded machine under-runs and loses the echo for a
+second here and there), the live ERLE estimate, and how well the user's speech survives
+(correlation with the clean speech; the raw microphone's for comparison).
 """
 
 from __future__ import annotations
@@ -183,26 +185,32 @@ def run_live(seconds: float = 20.0, *, device: str = "pulse", samplerate: int | 
             events.append(e)
     events += sub.drain()
     log = runtime.echo.delay_log
-    measured = ([d for t, d in log if t <= talk_from] or [runtime.echo.delay_s])[-1]  # in use when the user starts
+    in_use = [(t, d) for t, d in log if t <= talk_from]
+    measured = (in_use or [(0.0, runtime.echo.delay_s)])[-1][1]  # in use when the user starts
+    # Until the delay is measured (2.5-5 s into the agent's speech) the canceller works with the
+    # sound card's own figure, often 60-130 ms off; the steady state is judged from a second after.
+    settled = max(3.0, float(np.ceil(in_use[-1][0] + 1.0))) if in_use else 3.0
     resets = runtime.echo.resets
     runtime.stop()
     # The true loop delay, by plain cross-correlation of the far end as played and the
-    # microphone the harness made, in 1 s windows of the agent-only part after 3 s.
+    # microphone the harness made, in 2 s windows a second apart of the agent-only part after 3 s.
     n = min(tap.written, ring.written, keep)
     windows = range(int(3 * rate), min(n, int(talk_from * rate)) - 2 * rate, rate)
     truths = [true_delay_s(tap.kept[k:k + 2 * rate], ring.wet[k:k + 2 * rate], rate) for k in windows]
-    truth = float(np.median(truths)) if truths else float("nan")
+    # Under-runs can shift the loop mid-run (and the measured delay follows), so the delay in use
+    # when the user starts is compared with the loop as it is then: the last window's.
+    truth = truths[-1] if truths else float("nan")
     steps = [e for e in events if isinstance(e, StepEvent)]
     notices = [e.message for e in events if isinstance(e, NoticeEvent)]
     mic = np.concatenate([e.mic_pcm for e in steps])
     heard = np.concatenate([e.user_pcm for e in steps])
     # The user's speech reaches the runtime one capture later than the far end's clock says;
     # find it in the raw track by correlation rather than assume where it is.
-    a, b = int(3 * RATE), int(talk_from * RATE)
+    a, b = int(settled * RATE), int(talk_from * RATE)
     user_at = int(np.argmax(np.abs(np.correlate(mic[:min(len(mic), int((talk_to + 2) * RATE))], user24[b:b + RATE], mode="valid"))))
     clean = user24[b:int(talk_to * RATE)]
     seg = slice(user_at, user_at + clean.shape[0])
-    erles = [e.erle_db for e in steps[int(3 * 12.5):int(talk_from * 12.5)] if e.erle_db is not None]
+    erles = [e.erle_db for e in steps[int(settled * 12.5):int(talk_from * 12.5)] if e.erle_db is not None]
     return {
         "seconds": seconds,
         "device": device,
@@ -216,7 +224,8 @@ def run_live(seconds: float = 20.0, *, device: str = "pulse", samplerate: int | 
         "true_delay_ms_range": [round(min(truths) * 1000, 1), round(max(truths) * 1000, 1)] if truths else None,
         "erle_db": round(energy_db(mic[a:user_at], heard[a:user_at]), 2),
         "erle_db_per_s": [round(energy_db(mic[k:k + RATE], heard[k:k + RATE]), 1) for k in range(0, user_at - RATE + 1, RATE)],
-        "erle_db_median_of_seconds_after_3s": round(float(np.median(
+        "settled_from_s": settled,
+        "erle_db_median_of_settled_seconds": round(float(np.median(
             [energy_db(mic[k:k + RATE], heard[k:k + RATE]) for k in range(a, user_at - RATE + 1, RATE)] or [np.nan])), 1),
         "live_erle_db_median": round(float(np.median(erles)), 1) if erles else None,
         "user_corr": round(correlation(heard[seg], clean[:len(heard[seg])]), 4),

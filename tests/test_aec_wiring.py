@@ -222,17 +222,20 @@ def test_live_on_the_virtual_device_with_a_room_in_the_loop(pulse_device):
     from benchmarks.aec_live import private_sink, run_live
 
     with private_sink(48000):
-        result = run_live(16.0, samplerate=48000)
-    assert result["layout"] == "duplex", result["notices"]
-    assert abs(result["measured_delay_ms"] - result["true_delay_ms"]) <= 10.0, result
-    # On the shared 2-core machine an under-run costs the echo for a second here and there and,
-    # the echo being loud, one such second drags the whole-run figure down (9.2 dB seen in CI with
-    # a typical second of 30 dB). So the typical second is checked (measured 26.7-35 dB), and that
-    # most seconds cancel at all: a wrong delay or a dead canceller fails both.
-    assert result["erle_db_median_of_seconds_after_3s"] >= 20.0, result
-    after_3s = result["erle_db_per_s"][3:]
-    assert sum(db >= 10.0 for db in after_3s) >= 0.7 * len(after_3s), result
-    assert result["user_corr"] >= 0.55, result  # measured 0.63-0.87
+        result = run_live(20.0, samplerate=48000)
+    shown = json.dumps(result)  # a dict message would be cut to one line by pytest
+    assert result["layout"] == "duplex", shown
+    assert abs(result["measured_delay_ms"] - result["true_delay_ms"]) <= 10.0, shown
+    # The canceller runs on the sound card's delay figure (60-130 ms off here) until the measured
+    # one arrives, 2.5-5 s in, so the echo is judged from a second after that (CI once measured
+    # late and failed on the two seconds before). On the shared 2-core machine an under-run still
+    # costs the echo for a second here and there, so the typical second is checked (measured
+    # 26.7-36.9 dB), and that most seconds cancel at all: a wrong delay or a dead canceller fails both.
+    settled = result["erle_db_per_s"][int(result["settled_from_s"]):]
+    assert len(settled) >= 3, shown  # settled by 9 s of the 12 s before the user talks
+    assert result["erle_db_median_of_settled_seconds"] >= 20.0, shown
+    assert sum(db >= 10.0 for db in settled) >= 2 / 3 * len(settled), shown
+    assert result["user_corr"] >= 0.55, shown  # measured 0.63-0.87
 
 
 def test_a_duplex_stream_that_never_comes_up_falls_back_and_offers_the_gate(pulse_device, monkeypatch):

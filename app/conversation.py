@@ -17,10 +17,11 @@ from typing import Any
 
 from ppchat import paths
 from ppchat.constants import DEPFORMER_STEPS, MAX_BACKLOG_FRAMES, REPO_ID
-from ppchat.engine.events import EventBus, NoticeEvent
-from ppchat.engine.pipeline import ModelPipeline, PrefillReport
+from ppchat.engine.events import EventBus, NoticeEvent, ProgressEvent
+from ppchat.engine.pipeline import SILENCE_FRAMES, ModelPipeline, PrefillReport, Progress, role_prompt_tokens
 from ppchat.engine.prompts import PRESETS, named_prompt, resolve_prompt
 from ppchat.engine.runtime import AudioEndpoint, DuplexRuntime, FrameProcessor, RuntimePolicy
+from ppchat.engine.voice_fit import long_voice_notice
 from ppchat.errors import PPChatError
 from ppchat.models.loader import LoadedModel, load_model, resolve_source
 from ppchat.models.voices import DEFAULT_VOICE, PRESET_VOICES, VoicePrompt, available_voices, load_voice
@@ -294,8 +295,22 @@ class Conversation:
         voice_prompt = self._load_voice(self.voice_name)
         self.pipeline.set_sampling(sampling)
         self._notice("info", f"conditioning: voice {self.voice_name}, prompt '{self.prompt_name}'")
-        self.prefill = self.pipeline.start(voice_prompt, self.prompt_text)
+        self.prefill = self.pipeline.start(voice_prompt, self.prompt_text, progress=self._progress_publisher())
         return self.pipeline
+
+    def _progress_publisher(self, interval_s: float = 0.1) -> Progress:
+        """A `Progress` callback that publishes `ProgressEvent`s: a task's first and last report and
+        at most one every `interval_s` between (a voice file reports every few frames)."""
+        last: dict[str, float] = {}
+
+        def publish(task: str, done: int, total: int) -> None:
+            now = time.time()
+            if task in last and done < total and now - last[task] < interval_s:
+                return
+            last[task] = now
+            self.bus.publish(ProgressEvent(task, done, total, now))
+
+        return publish
 
     def _session_meta(self, client: str | None) -> SessionMeta:
         model = self._model_info()
@@ -328,6 +343,10 @@ class Conversation:
         voice = load_voice(name, self.model.voices_dir, expected_dim=self.model.lm.config.dim)
         if Path(name).expanduser().is_file() and name not in self._custom_voices:
             self._custom_voices.append(name)
+        text_tokens = len(role_prompt_tokens(self.model, self.prompt_text))
+        warning = long_voice_notice(name, voice.n_frames, self.model.lm.config.context, text_tokens, SILENCE_FRAMES)
+        if warning is not None:
+            self._notice("warning", warning)
         return voice
 
     def _open_device(self) -> AudioEndpoint:

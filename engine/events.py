@@ -63,6 +63,27 @@ class NoticeEvent:
     wall_time: float = 0.0
 
 
+@dataclass
+class ProgressEvent:
+    """How far the conditioning of a new conversation has got: `done` of `total` frames of `task`.
+
+    Conditioning blocks before the first step, and a long voice file takes many seconds (every
+    frame is Mimi-encoded, then every prompt frame goes through the transformer), so the engine
+    reports it as it goes: task "voice prompt" (encoding an audio voice), then "prompt prefill"
+    (the transformer over voice, silence and role prompt). The last event of a task has
+    done == total.
+    """
+
+    task: str
+    done: int
+    total: int
+    wall_time: float = 0.0
+
+    def describe(self) -> str:
+        percent = 100 * self.done // self.total if self.total else 100
+        return f"{self.task} {self.done}/{self.total} frames {percent}%"
+
+
 class Subscription:
     """A subscriber's private bounded queue. `get` blocks up to `timeout`; `drain` never blocks."""
 

@@ -15,6 +15,7 @@ so that `timings_ms` splits the frame into encode / temporal / depformer / decod
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
@@ -35,6 +36,12 @@ if TYPE_CHECKING:  # voices and the runtime pull in audio-file libraries that `p
 
 # int(0.5 * 12.5): silence frames before and after the role prompt (spec §6.1).
 SILENCE_FRAMES = 6
+# A voice file is Mimi-encoded frame by frame and evaluated every this many frames (one host
+# synchronisation each; per frame cost ~30 % more on the CPU backend).
+ENCODE_EVAL_FRAMES = 8
+
+# (task, done, total): how far conditioning has got (`ProgressEvent` on the bus).
+Progress = Callable[[str, int, int], None]
 
 
 @dataclass
@@ -94,9 +101,10 @@ def role_prompt_tokens(model: LoadedModel, prompt_text: str) -> list[int]:
     return text_tokens
 
 
-def voice_argument(voice: VoicePrompt | VoiceEmbeddings | None, mimi: Mimi):
+def voice_argument(voice: VoicePrompt | VoiceEmbeddings | None, mimi: Mimi, progress: Progress | None = None):
     """(what `LMGen.run_system_prompts` takes as `voice`, its frame count) for a loaded voice prompt;
-    an audio voice is encoded with `mimi` on a one-row stream (its streaming state is put back)."""
+    an audio voice is encoded with `mimi` on a one-row stream (its streaming state is put back),
+    reported to `progress` as task "voice prompt"."""
     if voice is None:
         return None, 0
     if isinstance(voice, VoiceEmbeddings):
@@ -106,14 +114,15 @@ def voice_argument(voice: VoicePrompt | VoiceEmbeddings | None, mimi: Mimi):
     if voice.kind == "codes":
         return np.asarray(voice.codes), voice.n_frames
     if voice.kind == "audio":
-        codes = encode_voice_audio(mimi, voice.pcm)
+        codes = encode_voice_audio(mimi, voice.pcm, progress)
         return codes, codes.shape[1]
     raise PPChatError(f"voice {voice.name!r} has an unknown kind {voice.kind!r}")
 
 
-def encode_voice_audio(mimi: Mimi, pcm: np.ndarray) -> np.ndarray:
+def encode_voice_audio(mimi: Mimi, pcm: np.ndarray, progress: Progress | None = None) -> np.ndarray:
     """Mimi codes [8, N] of a 24 kHz mono voice prompt (spec §6.2: only the last chunk is padded),
-    on a fresh one-row stream; `mimi`'s streaming state is left as it was."""
+    on a fresh one-row stream; `mimi`'s streaming state is left as it was. `progress` hears
+    ("voice prompt", frames encoded, N) every `ENCODE_EVAL_FRAMES` frames and at the end."""
     n = -(-len(pcm) // mimi.frame_size)
     if n == 0:
         raise PPChatError("the voice prompt audio is empty")
@@ -122,8 +131,14 @@ def encode_voice_audio(mimi: Mimi, pcm: np.ndarray) -> np.ndarray:
     saved = mimi.streaming_state()
     mimi.reset()
     try:
-        codes = [mimi.encode_step(mx.array(padded[i * mimi.frame_size:(i + 1) * mimi.frame_size]).reshape(1, 1, -1))
-                 for i in range(n)]
+        codes = []
+        for i in range(n):
+            codes.append(mimi.encode_step(mx.array(padded[i * mimi.frame_size:(i + 1) * mimi.frame_size]).reshape(1, 1, -1)))
+            if (i + 1) % ENCODE_EVAL_FRAMES == 0 or i + 1 == n:
+                # Evaluated as it goes, so that progress means work done (and the graph stays small).
+                mx.eval(codes[-1], mimi.streaming_state())
+                if progress is not None:
+                    progress("voice prompt", i + 1, n)
         out = np.array(mx.concatenate(codes, axis=-1)[0], dtype=np.int64)
     finally:
         mimi.set_streaming_state(saved)
@@ -161,19 +176,22 @@ class ModelPipeline:
 
     # ----------------------------------------------------------------------------- conditioning
 
-    def start(self, voice: VoicePrompt | VoiceEmbeddings | None, prompt_text: str) -> PrefillReport:
+    def start(self, voice: VoicePrompt | VoiceEmbeddings | None, prompt_text: str,
+              progress: Progress | None = None) -> PrefillReport:
         """Reset everything and run the prompt phases; the next `process` is the first live call.
 
-        `voice` is a loaded voice prompt, or directly the `VoiceEmbeddings` of a `.pt` voice."""
+        `voice` is a loaded voice prompt, or directly the `VoiceEmbeddings` of a `.pt` voice.
+        `progress` hears how far the voice encoding and the prefill have got."""
         t0 = time.perf_counter()
         if self.sampling.seed is not None:
             mx.random.seed(self.sampling.seed)
         text_tokens = role_prompt_tokens(self.model, prompt_text)
         self.mimi.reset()
         self.gen.reset()
-        voice_arg, voice_frames = voice_argument(voice, self.mimi)
+        voice_arg, voice_frames = voice_argument(voice, self.mimi, progress)
         t_prompts = time.perf_counter()
-        self.gen.run_system_prompts(voice=voice_arg, text_tokens=text_tokens, silence_frames=SILENCE_FRAMES)
+        self.gen.run_system_prompts(voice=voice_arg, text_tokens=text_tokens, silence_frames=SILENCE_FRAMES,
+                                    progress=None if progress is None else lambda done, total: progress("prompt prefill", done, total))
         t_done = time.perf_counter()
         # The encoder heard the voice prompt; live audio starts from fresh codec state (spec §6.1).
         self.mimi.reset()

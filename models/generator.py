@@ -270,8 +270,9 @@ class LMGen(RunsLMStep):
             pass
         return self._model_call(embedding)
 
-    def flush(self) -> None:
-        """Run queued prefill columns through the transformer now (batched, in chunks)."""
+    def flush(self, progress: Callable[[int, int], None] | None = None) -> None:
+        """Run queued prefill columns through the transformer now (batched, in chunks); `progress`
+        hears (columns done, columns queued) after each chunk."""
         if not self._pending:
             return
         parts: list[mx.array] = []
@@ -287,9 +288,12 @@ class LMGen(RunsLMStep):
                 parts.append(item.reshape(1, 1, -1))
         self._pending = []
         x = mx.concatenate([part.astype(self.lm.dtype) for part in parts], axis=1)
-        for start in range(0, x.shape[1], self.prefill_chunk):
+        total = x.shape[1]
+        for start in range(0, total, self.prefill_chunk):
             self.lm.prefill(x[:, start : start + self.prefill_chunk], self._cache)
             mx.eval([c.state for c in self._cache])
+            if progress is not None:
+                progress(min(start + self.prefill_chunk, total), total)
 
     # ------------------------------------------------------------------------------------ prompts
 
@@ -307,12 +311,14 @@ class LMGen(RunsLMStep):
         voice: np.ndarray | VoiceEmbeddings | None = None,
         text_tokens: Sequence[int] = (),
         silence_frames: int = 6,
+        progress: Callable[[int, int], None] | None = None,
     ) -> None:
         """Prompt phases of spec §6.1: voice -> silence -> text -> silence.
 
         `voice`: agent Mimi codes [8, N_v] (or [1, 8, N_v]) of a voice recording, a `VoiceEmbeddings`,
         or None. Each text token is one call; the user stream is the sine tokens throughout.
-        Queued prefill is flushed at the end, so the KV cache is ready for live calls.
+        Queued prefill is flushed at the end, so the KV cache is ready for live calls; `progress`
+        hears how many of the queued columns have run (`flush`).
         """
         if isinstance(voice, VoiceEmbeddings):
             self.load_voice_embeddings(voice.embeddings, voice.cache)
@@ -327,7 +333,7 @@ class LMGen(RunsLMStep):
         for token in text_tokens:
             self.step(user_codes=self.sine_tokens, agent_codes=self.silence_tokens, text_token=int(token))
         self._silence(silence_frames)
-        self.flush()
+        self.flush(progress)
 
     def _silence(self, frames: int) -> None:
         for _ in range(frames):

@@ -9,6 +9,7 @@ import asyncio
 import dataclasses
 import io
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from ppchat.engine.events import EventBus, NoticeEvent, StepEvent
+from ppchat.engine.events import EventBus, NoticeEvent, ProgressEvent, StepEvent
 from ppchat.errors import AudioError
 from ppchat.tui.app import PPChatApp
 from ppchat.tui.pickers import PromptPicker, VoicePicker
@@ -31,8 +32,9 @@ VOICES = ["NATF0", "NATF2", "NATM1", "/voices/grandpa.wav"]
 class FakeConversation:
     """Records the calls the console makes; the test publishes the events."""
 
-    def __init__(self, fail_start: Exception | None = None) -> None:
+    def __init__(self, fail_start: Exception | None = None, start_gate: threading.Event | None = None) -> None:
         self.bus = EventBus()
+        self.start_gate = start_gate  # start blocks (the prefill) until it is set
         self.running = False
         self.calls: list[tuple] = []
         self.fail_start = fail_start
@@ -61,6 +63,8 @@ class FakeConversation:
 
     def start(self, voice: str, prompt: str) -> None:
         self.calls.append(("start", voice, prompt))
+        if self.start_gate is not None:
+            self.start_gate.wait(10)
         if self.fail_start:
             raise self.fail_start
         self.running, self.started_at = True, time.time()
@@ -380,6 +384,29 @@ def test_start_failure_is_shown_not_raised():
             await settle(pilot)
             assert app.state == "stopped"
             assert any("no input device" in n.message for n in app._notifications)
+    run(go())
+
+
+def test_the_prefill_shows_how_far_it_has_got_until_the_conversation_is_live():
+    async def go():
+        gate = threading.Event()
+        conv = FakeConversation(start_gate=gate)
+        app = PPChatApp(conv)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.pause(0.3)
+            conv.bus.publish(ProgressEvent("voice prompt", 312, 2700, time.time()))
+            await pilot.pause(0.3)
+            status = screen_text(app).splitlines()[0]
+            assert "PREFILL" in status and "voice prompt 312/2700 frames 11%" in status
+            conv.bus.publish(ProgressEvent("prompt prefill", 2742, 2742, time.time()))
+            await pilot.pause(0.3)
+            assert "prompt prefill 2742/2742 frames 100%" in screen_text(app).splitlines()[0]
+            gate.set()
+            await settle(pilot)
+            conv.bus.publish(scripted_events(1)[0])
+            await settle(pilot)
+            status = screen_text(app).splitlines()[0]
+            assert app.state == "live" and "LIVE" in status and "frames" not in status
     run(go())
 
 

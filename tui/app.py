@@ -24,7 +24,7 @@ from textual.screen import Screen
 
 from ppchat import logfile
 from ppchat.constants import FRAME_SECONDS
-from ppchat.engine.events import EventBus, StepEvent
+from ppchat.engine.events import EventBus, ProgressEvent, StepEvent
 from ppchat.errors import PPChatError
 from ppchat.tui.console import HELP_BINDING, ConsoleApp, LivePump
 from ppchat.tui.lifeline import Lifeline
@@ -127,6 +127,7 @@ class PPChatApp(LivePump, ConsoleApp):
         self._stop_lock = threading.Lock()
         self._event_loop: asyncio.AbstractEventLoop | None = None
         self._begun_at = 0.0  # when the current start/restart was asked for (time.time())
+        self._progress = ""  # how far conditioning has got, shown beside PREFILL
 
     # ---- layout and the redraw loop -------------------------------------------------
 
@@ -145,6 +146,10 @@ class PPChatApp(LivePump, ConsoleApp):
         return self._this_run_only(events) if self.state is UiState.STARTING else events
 
     def after_batch(self, events: list) -> None:
+        progress = next((ev for ev in reversed(events) if isinstance(ev, ProgressEvent)), None)
+        if progress is not None and self.state is UiState.STARTING:
+            self._progress = progress.describe()
+            self._update_status()
         if events and self.state is UiState.STARTING and self.live.last_step is not None and self.conversation.running:
             self._set_state(UiState.LIVE)
         if events or self._ticks % max(1, round(self.refresh_hz)) == 0:
@@ -176,6 +181,7 @@ class PPChatApp(LivePump, ConsoleApp):
         self.status_bar.set(
             state=self.state, info=info, muted=self.muted, half_duplex=self.half_duplex,
             elapsed=last.audio_time + FRAME_SECONDS if last else 0.0,
+            extra=self._progress if self.state is UiState.STARTING else "",
         )
 
     def _set_state(self, state: UiState) -> None:
@@ -210,6 +216,7 @@ class PPChatApp(LivePump, ConsoleApp):
         """Start or restart: a clean view, then the blocking call, then the mic switches again."""
         self._subscription.drain()  # what the previous run left queued is not this run's
         self._begun_at = time.time()
+        self._progress = ""
         self.live.reset()
         self._set_state(UiState.STARTING)
 

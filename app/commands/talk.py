@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -240,12 +241,14 @@ def _headless_lines(conv, duration: float | None) -> int:
     sub = conv.bus.subscribe(maxlen=1000, name="headless")
     status = StatusLine()
     try:
-        conv.start()
+        with _WhileStarting(sub) as starting:  # conditioning on a long voice file takes a while: say how far
+            conv.start()
         if conv.monitor is not None:
             print(f"monitor: ppchat monitor --socket {conv.monitor.path}", file=sys.stderr)
         last_print, printed = 0.0, ()  # printed: the step of the last line (None: "waiting")
+        pending = starting.kept
         while conv.running and not stop_reason:
-            ev = sub.get(timeout=0.2)
+            ev = pending.pop(0) if pending else sub.get(timeout=0.2)
             if isinstance(ev, StepEvent):
                 status.add(ev)
                 if duration is not None and ev.audio_time + FRAME_SECONDS >= duration - 1e-6:
@@ -289,6 +292,44 @@ def _headless_lines(conv, duration: float | None) -> int:
         print(f"\n{stop_reason[0].lower()}: session saved", file=sys.stderr)
         return 128 + signalled[0]
     return 0
+
+
+class _WhileStarting:
+    """While `conv.start()` blocks the main thread (the prefill), a thread prints the notices and,
+    at most once a second per task and at its end, the progress it reads from `sub`; every other
+    event is kept, in order, for the main loop (`kept`)."""
+
+    def __init__(self, sub, interval_s: float = 1.0) -> None:
+        self.sub, self.interval_s = sub, interval_s
+        self.kept: list = []
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="ppchat-starting", daemon=True)
+
+    def __enter__(self) -> _WhileStarting:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        from ppchat.engine.events import NoticeEvent, ProgressEvent
+
+        printed: dict[str, float] = {}
+        while not self._done.is_set():
+            ev = self.sub.get(timeout=0.1)
+            try:
+                if isinstance(ev, NoticeEvent):
+                    print(f"[{ev.level}] {ev.message}", file=sys.stderr, flush=True)
+                elif isinstance(ev, ProgressEvent):
+                    if ev.done >= ev.total or time.monotonic() - printed.get(ev.task, 0.0) >= self.interval_s:
+                        printed[ev.task] = time.monotonic()
+                        print(f"[prefill] {ev.describe()}", file=sys.stderr, flush=True)
+                elif ev is not None:
+                    self.kept.append(ev)
+            except OSError:
+                pass  # stderr went away; the main loop notices stdout
 
 
 def _print_caption(ev) -> None:

@@ -318,3 +318,40 @@ def test_monitor_app_shows_the_remote_conversation(runtime):
     finally:
         feed.close()
         server.close()
+
+
+def test_a_monitor_that_switches_to_another_ppchat_says_so_in_its_header(runtime):
+    """`ppchat monitor` follows the newest ppchat when the one it watched ends: the header's second
+    line names the pid it shows from the start, and after the switch a SWITCHED badge and the pid
+    it watched before."""
+    from ppchat.tui.monitor import MonitorApp, MonitorFeed
+
+    first = MonitorServer(EventBus(), dict(INFO, pid=4100)).start()
+    second = MonitorServer(EventBus(), dict(INFO, pid=4242)).start()
+    feed = MonitorFeed(None, retry_s=0.05).start()
+
+    async def go():
+        app = MonitorApp(feed)
+        async with app.run_test(size=(80, 24), notifications=True) as pilot:
+            end = time.monotonic() + DEADLINE_S
+            while not (feed.connected and feed.info):
+                assert time.monotonic() < end
+                await pilot.pause(0.02)
+            await pilot.pause(0.2)
+            header = "\n".join(screen_text(app).splitlines()[:2])
+            assert "pid 4100 │ " in header and "SWITCHED" not in header
+            first.close()
+            while feed.info.get("pid") != 4242:
+                assert time.monotonic() < end
+                await pilot.pause(0.02)
+            await pilot.pause(0.2)
+            lines = screen_text(app).splitlines()
+            assert "◉ MONITOR" in lines[0] and " SWITCHED  pid 4242 (pid 4100 ended) │ " in lines[1]
+            assert any(n.message == "now watching another ppchat, pid 4242: pid 4100 ended" for n in app._notifications)
+
+    try:
+        asyncio.run(go())
+    finally:
+        feed.close()
+        first.close()
+        second.close()

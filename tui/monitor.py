@@ -40,6 +40,9 @@ class MonitorFeed:
         self.bus = EventBus()
         self.info: dict[str, Any] = {}
         self.connected = False
+        # When `ppchat monitor` (no --socket) reconnects to another ppchat than the one it watched
+        # (that one ended; the newest other one answers): the pid it watched before.
+        self.switched_from: int | None = None
         self._closing = threading.Event()
         self._sock = None
         self._thread = threading.Thread(target=self._run, name="ppchat-monitor-client", daemon=True)
@@ -76,6 +79,7 @@ class MonitorFeed:
             try:
                 for msg in monitor_socket.read_messages(self._sock):
                     if isinstance(msg, dict):
+                        self._check_switch(self.info.get("pid"), msg.get("pid"))
                         self.info = msg
                     else:
                         self.bus.publish(msg)
@@ -89,6 +93,23 @@ class MonitorFeed:
                 return
             self.bus.publish(NoticeEvent("warning", "ppchat went away; waiting for it to come back…", time.time()))
             self._closing.wait(self.retry_s)
+
+
+    def _check_switch(self, before: Any, now: Any) -> None:
+        if before is not None and now is not None and now != before:
+            self.switched_from = before
+            self.bus.publish(NoticeEvent("warning", f"now watching another ppchat, pid {now}: pid {before} ended", time.time()))
+
+
+def attached_to(feed: MonitorFeed) -> tuple[str, str]:
+    """(badge, text) naming the ppchat a monitor shows: ("", "pid 4242"), and after it switched to
+    another one ("SWITCHED", "pid 4242 (pid 4100 ended)")."""
+    pid = feed.info.get("pid")
+    if pid is None:
+        return "", ""
+    if feed.switched_from is None:
+        return "", f"pid {pid}"
+    return "SWITCHED", f"pid {pid} (pid {feed.switched_from} ended)"
 
 
 class MonitorApp(LivePump, ConsoleApp):
@@ -127,7 +148,10 @@ class MonitorApp(LivePump, ConsoleApp):
         last = self.live.last_step
         info = dict(self.feed.info)
         muted = bool(info.get("muted")) and self.feed.connected
+        badge, attached = attached_to(self.feed)
         self.status_bar.set(
+            source_badge=badge,
+            source=attached,
             state=UiState.MONITOR if self.feed.connected else UiState.DISCONNECTED,
             playback=not self.feed.connected,  # no "● rec" for a recording we can no longer see
             info=info,

@@ -37,7 +37,11 @@ class Status:
     elapsed: float = 0.0
     muted: bool = False
     half_duplex: bool = False
-    extra: str = ""  # e.g. replay speed
+    extra: str = ""  # e.g. replay speed, prefill progress
+    # Which ppchat a monitor shows ("pid 4242"), and a badge beside it ("SWITCHED" once it follows
+    # another one): the start of the second line, before the recording's path.
+    source: str = ""
+    source_badge: str = ""
     playback: bool = False  # session_dir is being replayed, not recorded
 
 
@@ -117,14 +121,17 @@ class StatusBar(Widget):
 
         devices = [("in ", dim), (str(info.get("input_device") or "–"), None),
                    (" → out ", dim), (str(info.get("output_device") or "–"), None)]
+        source = [(f" {st.source_badge} ", self._style("badge")), (" ", None)] if st.source_badge else []
+        source += [(st.source, bold)] if st.source else []
         session = info.get("session_dir")
         if session:
             rec = [("session ", dim)] if st.playback else [("● rec ", self._style("rec"))]
             rec[-1] = (rec[-1][0].rstrip(), rec[-1][1])
             path = short_path(str(session), len(str(session)))  # ~ for the home folder
-            line2 = fit_items([Item(devices, 2), Item(rec, 9, joined_to_next=True), Item([(path, None)], 8, path=True)], width)
+            what = [Item(rec, 9, joined_to_next=True), Item([(path, None)], 8, path=True)]
         else:
-            line2 = fit_items([Item(devices, 2), Item([("not recording", dim)], 9)], width)
+            what = [Item([("not recording", dim)], 9)]
+        line2 = fit_items([Item(source, 10), Item(devices, 2), *what], width)
         return Text("\n").join([line1, line2])
 
 

@@ -16,11 +16,12 @@ delay, AEC3 on 10 ms sub-frames.
 Reported: the stream layout, the sound card's own delay figure, the measured delay in use
 when the user starts and the true one then (plain normalised cross-correlation, in 2 s
 windows, of the far end as played and the microphone the harness made, both kept by the
-harness; the range over the run too), ERLE over the agent-only part once the measured delay
-is in use (from a second after it, 3 s at the earliest: as a whole, per second from the
-start, and the median second, since a loaded machine under-runs and loses the echo for a
-second here and there), the live ERLE estimate, and how well the user's speech survives
-(correlation with the clean speech; the raw microphone's for comparison).
+harness; the range over the run too, and the median error of the delay in use against each
+window's truth), ERLE over the agent-only part once the measured delay is in use (from a
+second after it, 3 s at the earliest: as a whole, per second from the start, and the median
+second, since a loaded machine under-runs and loses the echo for a second here and there),
+the live ERLE estimate, and how well the user's speech survives (correlation with the clean
+speech; the raw microphone's for comparison).
 """
 
 from __future__ import annotations
@@ -187,9 +188,9 @@ def run_live(seconds: float = 20.0, *, device: str = "pulse", samplerate: int | 
     log = runtime.echo.delay_log
     in_use = [(t, d) for t, d in log if t <= talk_from]
     measured = (in_use or [(0.0, runtime.echo.delay_s)])[-1][1]  # in use when the user starts
-    # Until the delay is measured (2.5-5 s into the agent's speech) the canceller works with the
-    # sound card's own figure, often 60-130 ms off; the steady state is judged from a second after.
-    settled = max(3.0, float(np.ceil(in_use[-1][0] + 1.0))) if in_use else 3.0
+    # Until the delay is first measured (2.5-5 s into the agent's speech) the canceller works with
+    # the sound card's own figure, often 60-130 ms off; the steady state is judged from a second after.
+    settled = max(3.0, float(np.ceil(in_use[0][0] + 1.0))) if in_use else 3.0
     resets = runtime.echo.resets
     runtime.stop()
     # The true loop delay, by plain cross-correlation of the far end as played and the
@@ -200,6 +201,14 @@ def run_live(seconds: float = 20.0, *, device: str = "pulse", samplerate: int | 
     # Under-runs can shift the loop mid-run (and the measured delay follows), so the delay in use
     # when the user starts is compared with the loop as it is then: the last window's.
     truth = truths[-1] if truths else float("nan")
+    # And over the run: each window's truth against the measured delay in use at its middle. An
+    # under-run can move the estimate for a second before the loop settles back, so the median error.
+    errors = []
+    for k, true_s in zip(windows, truths):
+        middle = k / rate + 1.0
+        used = [d for t, d in log if t <= middle]
+        if middle >= settled and used:
+            errors.append(abs(used[-1] - true_s))
     steps = [e for e in events if isinstance(e, StepEvent)]
     notices = [e.message for e in events if isinstance(e, NoticeEvent)]
     mic = np.concatenate([e.mic_pcm for e in steps])
@@ -221,6 +230,7 @@ def run_live(seconds: float = 20.0, *, device: str = "pulse", samplerate: int | 
         "measured_delay_ms": round(measured * 1000, 1),
         "delay_changes": [[round(t, 2), round(d * 1000, 1)] for t, d in log],
         "true_delay_ms": round(truth * 1000, 1),
+        "delay_error_ms_median": round(float(np.median(errors)) * 1000, 1) if errors else None,
         "true_delay_ms_range": [round(min(truths) * 1000, 1), round(max(truths) * 1000, 1)] if truths else None,
         "erle_db": round(energy_db(mic[a:user_at], heard[a:user_at]), 2),
         "erle_db_per_s": [round(energy_db(mic[k:k + RATE], heard[k:k + RATE]), 1) for k in range(0, user_at - RATE + 1, RATE)],

@@ -225,9 +225,11 @@ def test_live_on_the_virtual_device_with_a_room_in_the_loop(pulse_device):
         result = run_live(20.0, samplerate=48000)
     shown = json.dumps(result)  # a dict message would be cut to one line by pytest
     assert result["layout"] == "duplex", shown
-    assert abs(result["measured_delay_ms"] - result["true_delay_ms"]) <= 10.0, shown
+    # Under load an under-run can move the estimate by ~15 ms for a second (seen, with ERLE unharmed:
+    # AEC3 absorbs a few ms itself), so the delay is judged over the run, window by window.
+    assert result["delay_error_ms_median"] is not None and result["delay_error_ms_median"] <= 10.0, shown
     # The canceller runs on the sound card's delay figure (60-130 ms off here) until the measured
-    # one arrives, 2.5-5 s in, so the echo is judged from a second after that (CI once measured
+    # one first arrives, 2.5-5 s in, so the echo is judged from a second after that (CI once measured
     # late and failed on the two seconds before). On the shared 2-core machine an under-run still
     # costs the echo for a second here and there, so the typical second is checked (measured
     # 26.7-36.9 dB), and that most seconds cancel at all: a wrong delay or a dead canceller fails both.

@@ -410,6 +410,46 @@ def test_the_prefill_shows_how_far_it_has_got_until_the_conversation_is_live():
     run(go())
 
 
+def test_start_up_information_stays_off_the_picture_and_every_notice_is_listed_by_n():
+    """At 80x24 four start-up toasts covered the right half of the console for seconds: information
+    goes to the status bar's second line instead, warnings still pop up, `n` lists them all."""
+    async def go():
+        conv = FakeConversation()
+        app = PPChatApp(conv)
+        async with app.run_test(size=(80, 24), notifications=True) as pilot:
+            await settle(pilot)
+            start_up = ["conditioning: voice NATF2, prompt 'assistant'", "the duplex audio stream runs at 48000 Hz",
+                        "live (prefill 0.31 s, 47 calls)", "echo cancellation on; loop delay not reported"]
+            for message in start_up:
+                conv.bus.publish(NoticeEvent("info", message, time.time()))
+            for ev in scripted_events(30):
+                conv.bus.publish(ev)
+            await settle(pilot)
+            assert not app._notifications
+            rows = screen_text(app).splitlines()
+            # The newest one, beside the session folder (its middle elided for the while).
+            assert rows[1].rstrip() == " ● rec /var/pp…01T10-00-00_ab12 │ echo cancellation on; loop delay not reported"
+            assert "live (prefill" not in "\n".join(rows[2:])  # nothing over the picture
+            conv.bus.publish(NoticeEvent("warning", "the audio stream stopped by itself and was reopened (1 of 3)"))
+            await settle(pilot)
+            assert [n.severity for n in app._notifications] == ["warning"]
+            await pilot.press("n")
+            await pilot.pause(0.2)
+            listed = screen_text(app)
+            for message in start_up:
+                assert message in listed
+            assert "warning the audio stream stopped by itself" in listed
+            await pilot.press("n")
+            await pilot.pause(0.1)
+            assert "Notices of this run" not in screen_text(app)
+            app.status_bar.say("saved /var/ppchat/sessions/x", seconds=0.2)
+            await pilot.pause(0.1)
+            assert "saved /var/ppchat/sessions/x" in screen_text(app).splitlines()[1]
+            await pilot.pause(0.4)
+            assert "saved" not in screen_text(app).splitlines()[1]
+    run(go())
+
+
 def test_engine_notices_become_toasts():
     async def go():
         conv = FakeConversation()
@@ -429,7 +469,7 @@ def test_command_palette_offers_the_console_actions():
         app = PPChatApp(conv)
         async with app.run_test(size=(80, 24)) as pilot:
             titles = [c.title for c in app.get_system_commands(app.screen)]
-            assert {"Voice…", "Prompt…", "Sessions…", "Start / stop", "Mark"} <= set(titles)
+            assert {"Voice…", "Prompt…", "Sessions…", "Start / stop", "Mark", "Notices…"} <= set(titles)
             await pilot.press("ctrl+p")
             await pilot.press(*"Voice")
             await pilot.press("enter")

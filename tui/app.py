@@ -24,7 +24,7 @@ from textual.screen import Screen
 
 from ppchat import logfile
 from ppchat.constants import FRAME_SECONDS
-from ppchat.engine.events import EventBus, ProgressEvent, StepEvent
+from ppchat.engine.events import EventBus, NoticeEvent, ProgressEvent, StepEvent
 from ppchat.errors import PPChatError
 from ppchat.tui.console import HELP_BINDING, ConsoleApp, LivePump
 from ppchat.tui.lifeline import Lifeline
@@ -203,6 +203,7 @@ class PPChatApp(LivePump, ConsoleApp):
         self.run_worker(guarded, name=name, thread=True, group="conversation")
 
     def _failed(self, message: str) -> None:
+        self.notice_log.add(NoticeEvent("error", message, time.time()))
         self.notify(message, severity="error", timeout=30.0)
         self._set_state(UiState.LIVE if self.conversation.running else UiState.STOPPED)
 
@@ -378,6 +379,7 @@ class PPChatApp(LivePump, ConsoleApp):
         yield SystemCommand("Half-duplex gate", "Toggle gating your mic while the agent speaks (h)", self.action_toggle_half_duplex)
         yield SystemCommand("Echo cancellation", "Toggle echo cancellation on the mic (a)", self.action_toggle_aec)
         yield SystemCommand("Mark", "Mark this moment in the recording (k)", self.action_mark)
+        yield SystemCommand("Notices…", "Every message of this run, with its time (n)", self.action_notices)
         yield from super().get_system_commands(screen)
 
 

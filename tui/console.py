@@ -3,8 +3,8 @@
 `ConsoleApp` carries the stylesheet, the size breakpoints and the help key. `LivePump`
 is the redraw loop of a screen or app that shows a `LiveView`: a timer (12 Hz by
 default) drains the host's bus subscription, `select_events` filters the batch,
-`LiveView.apply` feeds every widget and redraws each once, engine notices become
-toasts, and `after_batch` updates the status bar.
+`LiveView.apply` feeds every widget and redraws each once, engine notices are shown
+(`show_notice`) and `after_batch` updates the status bar.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from textual.binding import Binding
 from ppchat.engine.events import Subscription
 from ppchat.tui.help import HelpScreen
 from ppchat.tui.live_view import LiveView
-from ppchat.tui.notices import notify_event
+from ppchat.tui.notices import NoticeLog, NoticesScreen, notify_event
 from ppchat.tui.widgets.footer import ConsoleFooter
 from ppchat.tui.widgets.statusbar import StatusBar
 
@@ -31,7 +31,11 @@ class ConsoleApp(App):
     VERTICAL_BREAKPOINTS = VERTICAL_BREAKPOINTS
     HELP_KEYS: list[tuple[str, str]] = []  # (key, what it does) for the help screen
     # Textual's ctrl+c only says "Press ctrl+q to quit the app": in a terminal it means quit.
-    BINDINGS = [Binding("ctrl+c", "interrupt", "Quit", show=False)]
+    BINDINGS = [Binding("ctrl+c", "interrupt", "Quit", show=False), Binding("n", "app.notices", "Notices", show=False)]
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.notice_log = NoticeLog()  # every engine notice of this run (`n` lists them)
 
     async def action_interrupt(self) -> None:
         """Ctrl-C: quit as `q` does, with the exit status of an interrupt (130)."""
@@ -41,10 +45,16 @@ class ConsoleApp(App):
         if not isinstance(self.screen, HelpScreen):
             self.push_screen(HelpScreen(self.help_keys()))
 
+    def action_notices(self) -> None:
+        if not isinstance(self.screen, NoticesScreen):
+            self.push_screen(NoticesScreen(list(self.notice_log.entries)))
+
     def help_keys(self) -> list[tuple[str, str]]:
         """The keys of what is on screen now, for the help screen."""
         keys = getattr(self.screen, "HELP_KEYS", None) or self.HELP_KEYS
-        return list(keys) + [("?", "this help"), ("ctrl+p", "command palette")]
+        return list(keys) + [("n", "notices: every message of this run, with its time (information shows on "
+                                   "the status bar's second line for a few seconds; warnings and errors pop up)"),
+                             ("?", "this help"), ("ctrl+p", "command palette")]
 
 
 HELP_BINDING = Binding("question_mark", "app.help", "Help", key_display="?")
@@ -82,8 +92,18 @@ class LivePump:
         events = self.select_events(self._feed.drain())
         if events:
             for notice in self.live.apply(events):
-                notify_event(self.app, notice)
+                self.show_notice(notice)
         self.after_batch(events)
+
+    def show_notice(self, notice) -> None:
+        """Log it; information on the status bar for a few seconds, warnings and errors as toasts."""
+        log = getattr(self.app, "notice_log", None)
+        if log is not None:
+            log.add(notice)
+        if notice.level == "info":
+            self.status_bar.say(notice.message)
+        else:
+            notify_event(self.app, notice)
 
     def select_events(self, events: list) -> list:
         return events

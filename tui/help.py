@@ -39,8 +39,9 @@ FIGURES = [
                "voice from your microphone (-- until the agent has spoken; AECoff: switched off "
                "with a, the agent hears your raw microphone)."),
     ("status bar", "state and conversation clock, mic badges, model (DEMO = random weights), "
-                   "quantisation, voice, role prompt; devices and the session folder. Less "
-                   "important items leave first when the terminal is narrow."),
+                   "quantisation, voice, role prompt; devices, the session folder and, for a few "
+                   "seconds, the latest information notice (n lists them all). Less important items "
+                   "leave first when the terminal is narrow."),
 ]
 
 

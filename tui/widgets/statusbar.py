@@ -28,6 +28,7 @@ def short_path(path: str | None, width: int) -> str:
         return path
     keep = width - 1
     return path[: keep // 3] + "…" + path[len(path) - (keep - keep // 3):]
+MESSAGE_SECONDS = 8.0  # how long an information notice stays on the second line
 
 
 @dataclass
@@ -43,6 +44,7 @@ class Status:
     source: str = ""
     source_badge: str = ""
     playback: bool = False  # session_dir is being replayed, not recorded
+    message: str = ""  # the latest information notice, for a few seconds (`StatusBar.say`)
 
 
 class StatusBar(Widget):
@@ -68,6 +70,14 @@ class StatusBar(Widget):
     def __init__(self, *, name: str | None = None, id: str | None = None, classes: str | None = None) -> None:
         super().__init__(name=name, id=id, classes=classes)
         self.status = Status()
+        self._message_timer = None
+
+    def say(self, message: str, seconds: float = MESSAGE_SECONDS) -> None:
+        """Show `message` at the end of the second line for `seconds`, or until the next one."""
+        if self._message_timer is not None:
+            self._message_timer.stop()
+        self.set(message=message)
+        self._message_timer = self.set_timer(seconds, lambda: self.set(message=""))
 
     def set(self, **changes) -> None:
         """Update fields of `status`; redraws only if something changed."""
@@ -131,7 +141,8 @@ class StatusBar(Widget):
             what = [Item(rec, 9, joined_to_next=True), Item([(path, None)], 8, path=True)]
         else:
             what = [Item([("not recording", dim)], 9)]
-        line2 = fit_items([Item(source, 10), Item(devices, 2), *what], width)
+        message = [(st.message, None)] if st.message else []
+        line2 = fit_items([Item(source, 10), Item(devices, 2), *what, Item(message, 7, shrink=True)], width)
         return Text("\n").join([line1, line2])
 
 

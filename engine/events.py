@@ -79,9 +79,9 @@ class ProgressEvent:
     total: int
     wall_time: float = 0.0
 
-    def describe(self) -> str:
+    def describe(self, unit: str = " frames") -> str:
         percent = 100 * self.done // self.total if self.total else 100
-        return f"{self.task} {self.done}/{self.total} frames {percent}%"
+        return f"{self.task} {self.done}/{self.total}{unit} {percent}%"
 
 
 class Subscription:

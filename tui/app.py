@@ -148,7 +148,7 @@ class PPChatApp(LivePump, ConsoleApp):
     def after_batch(self, events: list) -> None:
         progress = next((ev for ev in reversed(events) if isinstance(ev, ProgressEvent)), None)
         if progress is not None and self.state is UiState.STARTING:
-            self._progress = progress.describe()
+            self._progress = progress.describe(unit="")  # "frames" would cost the DEMO badge at 80 columns
             self._update_status()
         if events and self.state is UiState.STARTING and self.live.last_step is not None and self.conversation.running:
             self._set_state(UiState.LIVE)

@@ -104,7 +104,9 @@ class StatusBar(Widget):
         dim, bold = self._style("label"), self._style("value")
         state = str(st.state)
         label, style = STATE_LABELS.get(state, state.upper()), self._style(state if state in STATE_LABELS else "stopped")
-        head = [(f" {label} ", style), (f" {format_clock(st.elapsed, tenths=False)}", bold)]
+        head = [(f" {label} ", style)]
+        if not (state == "starting" and st.extra):  # conditioning: how far it has got, not a clock at 00:00
+            head.append((f" {format_clock(st.elapsed, tenths=False)}", bold))
         if st.extra:
             head += [(" ", None), (st.extra, dim)]
         # Mic state first: it is what a person most needs to see at a glance.

@@ -79,9 +79,9 @@ class ProgressEvent:
     total: int
     wall_time: float = 0.0
 
-    def describe(self, unit: str = " frames") -> str:
+    def describe(self, unit: str = " frames", task: str | None = None) -> str:
         percent = 100 * self.done // self.total if self.total else 100
-        return f"{self.task} {self.done}/{self.total}{unit} {percent}%"
+        return f"{task or self.task} {self.done}/{self.total}{unit} {percent}%"
 
 
 class Subscription:

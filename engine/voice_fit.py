@@ -34,7 +34,7 @@ def long_voice_notice(name: str, frames: int, context: int, text_tokens: int, si
         return None
     when = f"{describe_length(left)} into the conversation" if left > 0 else "before the conversation starts"
     return (
-        f"voice {name} is {describe_length(frames)} ({frames} frames): with the role prompt it takes {prefill} frames "
-        f"of context, and the model attends to the last {window}, so the voice starts sliding out of its attention "
-        f"{when}; conditioning on every frame also takes a while. About 10 s of clean speech makes a voice prompt."
+        f"voice {name} is {describe_length(frames)} ({frames} frames): with the role prompt it takes {prefill} of the "
+        f"{window} frames the model attends to, so it starts sliding out of attention {when}. About 10 s of clean "
+        "speech makes a voice prompt, and starts faster."
     )

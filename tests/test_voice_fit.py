@@ -27,7 +27,7 @@ def test_only_a_voice_that_crowds_the_window_is_warned_about():
     # 3.6 min: with the prompt 2742 frames, so after 257 live frames (21 s) the voice starts leaving.
     message = long_voice_notice("long.wav", 2700, 3000, 30, SILENCE)
     assert "voice long.wav is 3.6 min (2700 frames)" in message
-    assert "2742 frames of context" in message and "the last 2999" in message and "21 s into the conversation" in message
+    assert "takes 2742 of the 2999 frames the model attends to" in message and "21 s into the conversation" in message
     # Longer than the window: its start has left before the first live frame.
     assert "before the conversation starts" in long_voice_notice("huge", 4000, 3000, 30, SILENCE)
 

@@ -34,6 +34,7 @@ from ppchat.tui.stderr_guard import StderrToLog
 
 log = logging.getLogger(__name__)
 
+SHORT_TASKS = {"voice prompt": "voice", "prompt prefill": "prompt"}  # what the status bar calls them
 CONVERSATION_ACTIONS = {"toggle_run", "toggle_mute", "toggle_half_duplex", "toggle_aec", "mark", "pick_voice", "pick_prompt",
                         "sessions"}
 
@@ -148,7 +149,8 @@ class PPChatApp(LivePump, ConsoleApp):
     def after_batch(self, events: list) -> None:
         progress = next((ev for ev in reversed(events) if isinstance(ev, ProgressEvent)), None)
         if progress is not None and self.state is UiState.STARTING:
-            self._progress = progress.describe(unit="")  # "frames" would cost the DEMO badge at 80 columns
+            # Short: beside ◌ PREFILL at 80 columns the DEMO badge and the voice must still fit.
+            self._progress = progress.describe(unit="", task=SHORT_TASKS.get(progress.task, progress.task))
             self._update_status()
         if events and self.state is UiState.STARTING and self.live.last_step is not None and self.conversation.running:
             self._set_state(UiState.LIVE)

@@ -214,8 +214,11 @@ class Conversation:
                 recorder, self.recorder = self.recorder, None
             if recorder is not None:
                 recorder.close(stop_reason=stop_reason)
-                self._notice("info", f"saved {recorder.session_dir}")
-                self.last_session_dir = recorder.session_dir
+                if recorder.discarded:
+                    self._notice("info", "nothing was recorded (the client left before the first step): no session kept")
+                else:
+                    self._notice("info", f"saved {recorder.session_dir}")
+                    self.last_session_dir = recorder.session_dir
 
     def restart(self, voice: str | None = None, prompt: str | None = None) -> PrefillReport:
         with self._lock:
@@ -375,7 +378,9 @@ class Conversation:
         meta = self._session_meta(client)
         root = self.options.sessions_dir or default_sessions_root()
         try:
-            return start_recording(self.bus, Path(root), meta, mic_track=mic_track)
+            # A network client that leaves before its first step (during the prompts, or at once after
+            # the handshake) had no conversation: no session is kept for it. One at the console is.
+            return start_recording(self.bus, Path(root), meta, mic_track=mic_track, keep_empty=client is None)
         except PPChatError as exc:
             # The conversation matters more than the recording: go on, and say so loudly.
             self._notice("error", f"not recording: {exc}")

@@ -17,7 +17,9 @@ Disk full or any other write error stops the recording, never the conversation:
 the recorder publishes an error `NoticeEvent`, keeps it in `notices`, cuts both tracks
 and the log back to the last flush that reached all three (so they end at the same
 step, and `stats` describe exactly that), and marks `session.json` "stopped" if it
-still can. If the files can't even be created, nothing is left behind.
+still can. If the files can't even be created, nothing is left behind; nor, with
+`keep_empty=False` (a served conversation whose client left before its first step), is a
+recording that ended with no step in it.
 """
 
 from __future__ import annotations
@@ -75,13 +77,16 @@ class Recorder:
         flush_interval: float = 1.0,
         queue_events: int = 375,
         mic_track: bool = False,
+        keep_empty: bool = True,
     ):
         self.session_dir = Path(session_dir)
+        self.discarded = False  # set once closed with nothing recorded and `keep_empty` False: no folder left
         self.notices: list[NoticeEvent] = []  # what went wrong, for whoever asks later
         self.stop_reason: str | None = None
         self._cut_short: str | None = None  # set by close(stop_reason=...)
         self._bus = bus
         self._flush_interval = flush_interval
+        self._keep_empty = keep_empty
         self._info = SessionInfo(meta=meta, started=started or datetime.now().astimezone(), pid=os.getpid())
         self._stats = StepStatsBuilder()
         self._next_step = 0
@@ -280,6 +285,13 @@ class Recorder:
             self._cut_to_last_flush()
         for writer in writers:
             writer.abandon()  # everything worth keeping was flushed
+        if status == "complete" and self._next_step == 0 and not self._keep_empty:
+            # No step, so no audio at all (both tracks are written only by steps): nothing to keep.
+            self._remove_partial_folder()
+            self.discarded = not self.session_dir.exists()
+            if self.discarded:
+                unmark_recording(self.session_dir)
+                return
         if status == "complete" and self._cut_short is not None:
             status, self.stop_reason = "stopped", self._cut_short
         info = self._info

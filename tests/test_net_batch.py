@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import threading
 import time
 import urllib.request
 
@@ -246,6 +247,42 @@ def test_a_client_reconnecting_at_once_gets_the_slot_its_last_conversation_frees
     for t in (first, again, *others):
         _check_own_conversation(t, 5)
     _sessions(server, CAPACITY + 1)
+
+
+def test_a_client_that_leaves_during_the_prompts_leaves_no_session_while_others_are_recorded(server, monkeypatch):
+    from ppchat.served import ServedRow
+
+    # As with one conversation (test_net_server): no step ran for it, so nothing is kept; the prompts
+    # are slowed so that it surely leaves during them, while another client talks on.
+    conditioning = threading.Event()
+    condition = ServedRow._condition
+
+    def slow_condition(self, sampling):
+        if "Leaving" in self.prompt_text:
+            conditioning.set()
+            time.sleep(1.0)
+        return condition(self, sampling)
+
+    monkeypatch.setattr(ServedRow, "_condition", slow_condition)
+
+    async def leave():
+        async with aiohttp.ClientSession() as session:
+            async with session.ws_connect(f"ws://127.0.0.1:{server.port}/api/chat?text_prompt=Leaving") as ws:
+                assert await asyncio.get_running_loop().run_in_executor(None, conditioning.wait, 30)
+                await ws.close()
+
+    async def main():
+        talking = asyncio.create_task(_converse(server.port, "seed=3", _speech(3.0, seed=3), linger=10.0,
+                                                until_steps=20))
+        await leave()
+        return await talking
+
+    talked = asyncio.run(main())
+    _check_own_conversation(talked, 20)
+    [session] = _sessions(server, 1)
+    assert session.frames >= 20 and session.info.meta.role_prompt != "Leaving"
+    root = server.server.conversation.options.sessions_dir
+    assert [p.name for p in root.iterdir()] == [session.name]
 
 
 def test_sampling_a_client_asks_for_runs_at_the_batchs_values_and_says_so(server, host):

@@ -8,6 +8,7 @@ import base64
 import os
 import socket
 import struct
+import threading
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -302,6 +303,36 @@ def test_a_bad_query_is_refused_before_anything_runs(server, conversation, query
     t = _talk(server.port, query, linger=2.0)
     assert [k for k, _ in t.messages] == [Kind.ERROR] and expected in t.errors[0]
     assert len(list_sessions(conversation.options.sessions_dir)) == before
+
+
+async def _leave_during_the_prompts(port: int, conditioning: threading.Event) -> None:
+    async with aiohttp.ClientSession() as session:
+        async with session.ws_connect(f"ws://127.0.0.1:{port}/api/chat?text_prompt=Hello") as ws:
+            assert await asyncio.get_running_loop().run_in_executor(None, conditioning.wait, 30)
+            await ws.close()
+
+
+def test_a_client_that_leaves_during_the_prompts_leaves_no_session(server, conversation, monkeypatch):
+    # Nothing was said: the prompts ran, no step did. Its session used to stay behind, empty, until
+    # `ppchat sessions clean`. The prompts are slowed so that the client surely leaves during them.
+    conditioning = threading.Event()
+    condition = conversation._condition
+
+    def slow_condition(sampling):
+        conditioning.set()
+        time.sleep(1.0)
+        return condition(sampling)
+
+    monkeypatch.setattr(conversation, "_condition", slow_condition)
+    root = conversation.options.sessions_dir
+    before = sorted(p.name for p in root.iterdir())
+    asyncio.run(_leave_during_the_prompts(server.port, conditioning))
+    _wait_idle(server)
+    assert sorted(p.name for p in root.iterdir()) == before
+    # The next client's conversation is recorded as usual, with its audio.
+    t = _talk(server.port, "", _speech(1.0), linger=10.0, until_steps=5)
+    assert t.errors == [] and len(t.steps()) >= 5
+    assert _newest_session(server).frames >= 5 and len(list(root.iterdir())) == len(before) + 1
 
 
 def test_one_conversation_at_a_time_and_a_hundred_connections_at_once(server):

@@ -195,6 +195,24 @@ def test_disk_full_stops_recording_not_the_conversation(tmp_path, monkeypatch):
     assert session.warnings == []
 
 
+@pytest.mark.parametrize("steps", [0, 1])
+def test_keep_empty_false_leaves_no_folder_only_when_nothing_was_recorded(tmp_path, steps):
+    # A served conversation whose client left before its first step: nothing to keep. One step is
+    # audio in both tracks, and is kept like any other recording.
+    bus = EventBus()
+    recorder = start_recorder(tmp_path, bus, keep_empty=False)
+    bus.publish(NoticeEvent("info", "conditioning", wall_time=1.0))
+    for i in range(steps):
+        bus.publish(make_step(i))
+    recorder.close()
+    assert recorder.discarded == (steps == 0)
+    if steps == 0:
+        assert list(tmp_path.iterdir()) == []
+    else:
+        [summary] = list_sessions(tmp_path)
+        assert summary.status == "ok" and load_session(summary.path).frames == 1
+
+
 def test_session_folder_under_a_file_is_a_clear_error(tmp_path):
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("x")

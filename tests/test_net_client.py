@@ -20,9 +20,10 @@ from ppchat.engine.virtual_io import ArrayAudio  # noqa: E402
 from ppchat.errors import PPChatError  # noqa: E402
 from ppchat.models.loader import load_model  # noqa: E402
 from ppchat.net import protocol  # noqa: E402
-from ppchat.net.client import chat_url  # noqa: E402
+from ppchat.net.client import ChatClient, chat_url  # noqa: E402
 from ppchat.net.jitter import JitterBuffer  # noqa: E402
 from ppchat.net.opus import OggOpusDecoder, OggOpusEncoder  # noqa: E402
+from ppchat.net.params import ChatParams  # noqa: E402
 from ppchat.net.remote import RemoteConversation  # noqa: E402
 from ppchat.net.server import ChatServer, ServeOptions, ServerThread  # noqa: E402
 from ppchat.sampling import AUDIO_DEFAULTS, Sampling, SamplingParams  # noqa: E402
@@ -183,6 +184,20 @@ def test_a_refusal_is_the_servers_message(server, tmp_path):
     assert list_sessions(tmp_path) == []
 
 
+@pytest.mark.parametrize("prompt,expected", [
+    # Past the line a valid query needs, but within what the server reads: its own sentence (0x05).
+    ("x" * 30_000, "text_prompt has 30000 characters; the limit is 1000"),
+    # Past what the server reads at all: the HTTP answer, in words, with the length and the fix.
+    ("x" * 70_000, r"HTTP 400 Bad Request: the request line is 70022 bytes .* shorten the role prompt"),
+])
+def test_a_request_line_too_long_is_refused_in_words(server, prompt, expected):
+    # It used to be "the server refused the connection: HTTP 400 Invalid response status".
+    _wait_idle(server)
+    client = ChatClient(f"ws://127.0.0.1:{server.port}", ChatParams(text_prompt=prompt), connect_timeout=10)
+    with pytest.raises(PPChatError, match=expected):
+        client.connect()
+
+
 def test_an_unreachable_server_is_named(tmp_path):
     with pytest.raises(PPChatError, match=r"cannot reach ws://127.0.0.1:9/api/chat"):
         RemoteConversation("ws://127.0.0.1:9", TalkOptions(sessions_dir=tmp_path, monitor=False))
@@ -246,6 +261,18 @@ def test_the_console_is_a_client_of_a_reference_like_server(tmp_path):
     assert "".join(e.text_piece or "" for e in session.steps).count(" la") >= 20
     # The agent's audio is the echo of the user's: it arrived and was played.
     assert np.abs(session.agent_audio).max() > 0.05
+
+
+def test_a_prompt_longer_than_nvidias_server_reads_is_named(tmp_path):
+    # 1000 characters of Japanese, within ppchat's limit, are ~9 KB percent-encoded: over the 8190
+    # bytes of aiohttp's default request line, which NVIDIA's server keeps (as _ReferenceLike does).
+    ref = _ReferenceLike()
+    prompt = ("日本語で話してください。" * 100)[:1000]
+    options = TalkOptions(sessions_dir=tmp_path, monitor=False, prompt=prompt)
+    with pytest.raises(PPChatError, match=r"HTTP 400 Bad Request: the request line is 9\d{3} bytes .*shorten the role prompt"):
+        RemoteConversation(f"ws://127.0.0.1:{ref.port}", options,
+                           audio_factory=lambda: ArrayAudio(_speech(1.0), 24000)).start()
+    assert ref.queries == []
 
 
 def test_the_latency_panel_shows_the_network_for_a_remote_model():

@@ -297,12 +297,35 @@ def test_the_error_comes_before_a_slow_stop(server, conversation, monkeypatch):
     ("voice_prompt=NATF2.pt", "not in this server's voices folder"),
     ("text_temperature=hot", "text_temperature"),
     ("text_prompt=" + "x" * 1200, "text_prompt has 1200 characters"),
+    # Request lines longer than a valid query needs, which aiohttp refused with its own bare 400.
+    ("text_prompt=" + "x" * 30_000, "text_prompt has 30000 characters; the limit is 1000"),
+    # 20049 = len("/api/chat?" "text_prompt=Hi&email=" + 20000 * "y" + "&ppchat_metadata=1"), as _talk sends it
+    ("text_prompt=Hi&email=" + "y" * 20_000, "the request line is 20049 bytes; this server accepts up to 17632 "
+     "(a text_prompt of 1000 characters in any script fits); shorten the query parameter 'email'"),
 ])
 def test_a_bad_query_is_refused_before_anything_runs(server, conversation, query, expected):
     before = len(list_sessions(conversation.options.sessions_dir))
     t = _talk(server.port, query, linger=2.0)
     assert [k for k, _ in t.messages] == [Kind.ERROR] and expected in t.errors[0]
     assert len(list_sessions(conversation.options.sessions_dir)) == before
+
+
+def test_a_request_line_past_what_the_parser_reads_is_one_log_line(server, caplog):
+    # Over PARSER_LINE_LIMIT aiohttp answers 400 itself; it logged that as a server error with a
+    # traceback, which a client could print on the operator's console at will.
+    from ppchat.net.server import PARSER_LINE_LIMIT
+
+    caplog.set_level("INFO", logger="ppchat.net")
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        s.sendall(b"GET /api/chat?token=secret&text_prompt=" + b"x" * PARSER_LINE_LIMIT + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = s.recv(200)
+    assert answer.startswith(b"HTTP/1.0 400 ") or answer.startswith(b"HTTP/1.1 400 ")
+    [record] = [r for r in caplog.records if r.name.startswith(("ppchat.net.http", "aiohttp"))]
+    assert record.getMessage() == ("127.0.0.1: request refused with HTTP 400 (LineTooLong: Got more than "
+                                   f"{PARSER_LINE_LIMIT} bytes when reading)")
+    assert record.exc_info is None and record.levelname == "INFO"
+    t = _talk(server.port, "", _speech(1.0), linger=10.0, until_steps=5)  # the server goes on
+    assert t.errors == [] and len(t.steps()) >= 5
 
 
 async def _leave_during_the_prompts(port: int, conditioning: threading.Event) -> None:

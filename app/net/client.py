@@ -18,6 +18,7 @@ import math
 import threading
 import time
 from collections.abc import Callable
+from http import HTTPStatus
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
@@ -31,6 +32,9 @@ from ppchat.net.params import ChatParams
 from ppchat.net.protocol import Kind, ProtocolError
 
 CHAT_PATH = "/api/chat"
+# aiohttp's default request-line limit, which NVIDIA's server keeps: a role prompt of ~900 characters
+# in a non-Latin script is longer than that once percent-encoded (ppchat serve takes them all).
+COMMON_LINE_LIMIT = 8190
 MAX_OUTBOX = 50  # pages waiting to be sent (4 s of audio): more means the server is not reading
 _SENT_SLOTS = 4096
 
@@ -47,6 +51,20 @@ def chat_url(server: str) -> str:
 def http_url(chat: str, path: str) -> str:
     parts = urlsplit(chat)
     return urlunsplit(("https" if parts.scheme == "wss" else "http", parts.netloc, path, "", ""))
+
+
+def _refusal(status: int, line: int) -> str:
+    """An HTTP answer instead of the websocket, in words (aiohttp keeps no body to read it from)."""
+    try:
+        said = f"HTTP {status} {HTTPStatus(status).phrase}"
+    except ValueError:
+        said = f"HTTP {status}"
+    if status == 401:
+        return f"{said} (a --token is needed, or it is wrong)"
+    if status in (400, 414, 431) and line > COMMON_LINE_LIMIT:
+        return (f"{said}: the request line is {line} bytes (the role prompt travels in it, percent-encoded), "
+                f"more than many servers read (NVIDIA's takes {COMMON_LINE_LIMIT}); shorten the role prompt")
+    return said
 
 
 class ChatClient:
@@ -171,8 +189,7 @@ class ChatClient:
                     finally:
                         sender.cancel()
         except aiohttp.WSServerHandshakeError as exc:
-            hint = " (a --token is needed, or it is wrong)" if exc.status == 401 else ""
-            self.error = f"the server refused the connection: HTTP {exc.status} {exc.message}{hint}"
+            self.error = f"the server refused the connection: {_refusal(exc.status, len(urlsplit(url).path) + 1 + len(query))}"
         except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
             self.error = self.error or f"cannot reach the server ({type(exc).__name__}: {exc})"
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import WSMsgType, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from ppchat import __version__
 from ppchat.constants import FRAME_SAMPLES, NO_TEXT_IDS, SAMPLE_RATE
@@ -54,11 +55,37 @@ CHAT_PATH = "/api/chat"
 HEALTH_PATH = "/health"
 # The request line carries the query: a text_prompt at its limit in a non-Latin script is up to 12
 # bytes a character once percent-encoded (a Japanese one of 1000 characters ~9 KB), over aiohttp's
-# default of 8190, which would refuse it with a bare 400 before ChatParams could check it.
+# default of 8190. This is what a query can need; a longer one is refused with an 0x05 saying so.
 MAX_REQUEST_LINE = 4096 + 12 * (MAX_PROMPT_CHARS + MAX_VOICE_NAME)
+# What aiohttp's parser reads before it refuses a line with its own bare 400 ("Got more than N bytes
+# when reading"). Well above MAX_REQUEST_LINE, so that a line too long (a document pasted as the role
+# prompt) reaches the handler and gets ppchat's sentence; bounded, as each connection buffers it.
+PARSER_LINE_LIMIT = 64 * 1024
 # Sent as 0x05 to every live client when the server is stopped (Ctrl-C, SIGTERM): without it a
 # client sees its connection drop (1006) and cannot tell a shutdown from a network fault.
 SHUTTING_DOWN = f"the server is shutting down; try again later or another server (see {HEALTH_PATH})"
+
+
+class _ParserRefusals(logging.Filter):
+    """aiohttp logs a request it could not parse (a line over PARSER_LINE_LIMIT, a header over 8190
+    bytes) as "Error handling request" with a traceback, as if the server had failed; the client was
+    answered 400. One line says it, without the request's bytes (its query may hold the token)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            who = record.args[0] if isinstance(record.args, tuple) and record.args else "a client"
+            record.msg, record.args = "%s: request refused with HTTP %s (%s: %s)", (
+                who, exc.code, type(exc).__name__, exc.message.split(":")[0][:100])
+            record.exc_info, record.exc_text = None, None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+# aiohttp's own records about connections (given to it as its `logger`): under ppchat.net, so that
+# `ppchat serve` shows them with its other connection lines, and tests can read them.
+HTTP_LOG = logging.getLogger("ppchat.net.http")
+HTTP_LOG.addFilter(_ParserRefusals())
 
 
 @dataclass
@@ -192,9 +219,10 @@ class ChatServer:
     async def _converse(self, ws: web.WebSocketResponse, request: web.Request, client: str) -> str | None:
         """Run one conversation; returns why it ended badly (sent as 0x05), or None."""
         try:
-            params = ChatParams.from_query(request.query)
+            params = ChatParams.from_query(request.query)  # a text_prompt over its limit is named first
         except ProtocolError as exc:
             raise Refused(str(exc)) from None
+        _check_request_line(request)
         voice = self._voice(params.voice_prompt)
         sampling, unapplied = self._sampling(params)
         conv = self.conversation.for_client()  # with --max-conversations N, a row of the batch
@@ -455,6 +483,17 @@ async def _despite_cancellation(awaitable) -> bool:
     return cancelled
 
 
+def _check_request_line(request: web.Request) -> None:
+    size = len(request.raw_path.encode("utf-8", "replace"))  # as sent: percent-encoded, or raw bytes
+    if size <= MAX_REQUEST_LINE:
+        return
+    pairs = [pair.partition("=") for pair in request.rel_url.raw_query_string.split("&")]
+    name, _, _ = max(pairs, key=lambda pair: len(pair[0]) + len(pair[2]))
+    raise Refused(
+        f"the request line is {size} bytes; this server accepts up to {MAX_REQUEST_LINE} (a text_prompt of "
+        f"{MAX_PROMPT_CHARS} characters in any script fits); shorten the query parameter {name[:40]!r}")
+
+
 def _peer(request: web.Request) -> str:
     peer = request.transport.get_extra_info("peername") if request.transport else None
     if isinstance(peer, tuple) and len(peer) >= 2:
@@ -557,7 +596,7 @@ class ServerThread:
 
 async def _start_site(server: ChatServer, ssl_context) -> tuple[web.AppRunner, int]:
     runner = web.AppRunner(server.app(), handle_signals=False, access_log=None, shutdown_timeout=3.0,
-                           max_line_size=MAX_REQUEST_LINE)
+                           max_line_size=PARSER_LINE_LIMIT, logger=HTTP_LOG)
     await runner.setup()
     site = web.TCPSite(runner, server.options.host, server.options.port, ssl_context=ssl_context)
     try:

@@ -198,6 +198,19 @@ def test_a_request_line_too_long_is_refused_in_words(server, prompt, expected):
         client.connect()
 
 
+def test_a_server_with_too_many_connections_is_named(server):
+    import socket
+
+    full = ChatServer(server.server.conversation, ServeOptions(port=0, max_connections=1))
+    with ServerThread(full) as thread, socket.create_connection(("127.0.0.1", thread.port)) as held:
+        held.sendall(b"GET /health HTTP/1.1\r\n")  # the one connection it holds, never finished
+        time.sleep(0.3)
+        client = ChatClient(f"ws://127.0.0.1:{thread.port}", ChatParams(), connect_timeout=10)
+        with pytest.raises(PPChatError, match="HTTP 503 Service Unavailable: it has too many connections open; "
+                                              "try again later"):
+            client.connect()
+
+
 def test_an_unreachable_server_is_named(tmp_path):
     with pytest.raises(PPChatError, match=r"cannot reach ws://127.0.0.1:9/api/chat"):
         RemoteConversation("ws://127.0.0.1:9", TalkOptions(sessions_dir=tmp_path, monitor=False))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import os
 import socket
 import struct
@@ -109,8 +110,6 @@ class Transcript:
         return [p.decode() for p in self.of(Kind.ERROR)]
 
     def steps(self) -> list[dict]:
-        import json
-
         return [m for m in (json.loads(p) for p in self.of(Kind.METADATA)) if m.get("type") == "step"]
 
 
@@ -328,6 +327,28 @@ def test_a_request_line_past_what_the_parser_reads_is_one_log_line(server, caplo
     assert t.errors == [] and len(t.steps()) >= 5
 
 
+def test_connections_that_never_send_a_request_are_capped_and_timed_out(conversation):
+    # A client that opens connections and never finishes a request held each for aiohttp's default
+    # hour, and with enough of them took every file descriptor (256 by default on macOS): no new
+    # client got in, and asyncio logged a traceback per failed accept.
+    chat = ChatServer(conversation, ServeOptions(port=0, idle_timeout=2.0, max_connections=5))
+    with ServerThread(chat) as thread:
+        held = [socket.create_connection(("127.0.0.1", thread.port), timeout=15) for _ in range(5)]
+        for s in held:
+            s.sendall(b"GET /api/chat HTTP/1.1\r\nHost: x\r\n")  # and never the blank line
+        time.sleep(0.5)
+        with socket.create_connection(("127.0.0.1", thread.port), timeout=15) as extra:
+            answer = extra.recv(400)
+        assert answer.startswith(b"HTTP/1.1 503 Service Unavailable")
+        assert answer.endswith(b"too many connections: this server holds at most 5 at once; "
+                               b"try again later or another server (see /health)\n")
+        for s in held:  # closed by the server once the idle timeout has passed
+            assert s.recv(100) == b""
+            s.close()
+        t = _talk(thread.port, "", _speech(1.0), linger=10.0, until_steps=5)
+        assert t.errors == [] and len(t.steps()) >= 5
+
+
 async def _leave_during_the_prompts(port: int, conditioning: threading.Event) -> None:
     async with aiohttp.ClientSession() as session:
         async with session.ws_connect(f"ws://127.0.0.1:{port}/api/chat?text_prompt=Hello") as ws:
@@ -356,6 +377,19 @@ def test_a_client_that_leaves_during_the_prompts_leaves_no_session(server, conve
     t = _talk(server.port, "", _speech(1.0), linger=10.0, until_steps=5)
     assert t.errors == [] and len(t.steps()) >= 5
     assert _newest_session(server).frames >= 5 and len(list(root.iterdir())) == len(before) + 1
+
+
+def test_every_voice_health_lists_is_accepted(server):
+    # The demo's one voice, "none", was listed by /health (and so in `talk --server`'s voice picker)
+    # but refused as voice_prompt: "'none.pt' is not in this server's voices folder".
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/health", timeout=10) as response:
+        voices = json.loads(response.read())["voices"]
+    assert voices
+    for name in voices:
+        for sent in (name, f"{name}.pt"):  # ppchat's name, and the file name `talk --server` sends
+            t = _talk(server.port, f"voice_prompt={sent}", _speech(0.5), linger=5.0, until_steps=2)
+            assert t.errors == [] and t.messages[0][0] == Kind.HANDSHAKE
+            _wait_idle(server)
 
 
 def test_one_conversation_at_a_time_and_a_hundred_connections_at_once(server):
@@ -388,8 +422,6 @@ def test_health_says_busy_while_a_conversation_runs(server):
                 return r.status, r.read()
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read()
-
-    import json
 
     status, body = health()
     assert status == 200 and json.loads(body)["conversations"] == {"running": 0, "allowed": 1}

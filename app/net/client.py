@@ -61,6 +61,8 @@ def _refusal(status: int, line: int) -> str:
         said = f"HTTP {status}"
     if status == 401:
         return f"{said} (a --token is needed, or it is wrong)"
+    if status == 503:
+        return f"{said}: it has too many connections open; try again later"
     if status in (400, 414, 431) and line > COMMON_LINE_LIMIT:
         return (f"{said}: the request line is {line} bytes (the role prompt travels in it, percent-encoded), "
                 f"more than many servers read (NVIDIA's takes {COMMON_LINE_LIMIT}); shorten the role prompt")

@@ -34,7 +34,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from ppchat import __version__
 from ppchat.constants import FRAME_SAMPLES, NO_TEXT_IDS, SAMPLE_RATE
-from ppchat.conversation import Conversation
+from ppchat.conversation import NO_VOICE, Conversation
 from ppchat.engine.events import NoticeEvent, StepEvent
 from ppchat.engine.prompts import MAX_PROMPT_CHARS
 from ppchat.errors import PPChatError
@@ -101,6 +101,10 @@ class ServeOptions:
     # seconds) and user space as much again; a client that lets more pile up is not reading.
     send_buffer_bytes: int = 16 * 1024
     max_conversations: int = 1
+    # Open connections at once (websockets, /health, and connections still sending their request);
+    # None = from the process's file-descriptor limit (`_connection_limit`), so that recordings and
+    # logs always have some.
+    max_connections: int | None = None
 
 
 class Refused(Exception):
@@ -416,6 +420,8 @@ class ChatServer:
         for p in usable:
             if requested in (p.name, p.stem):
                 return str(p.resolve())
+        if requested in (NO_VOICE, f"{NO_VOICE}.pt") and NO_VOICE in self.conversation.voices():
+            return NO_VOICE  # listed by /health (the demo's only voice), so the console's picker offers it
         names = ", ".join(p.name for p in usable) or "none (this model has no voices folder; leave voice_prompt out)"
         raise Refused(f"voice_prompt {requested!r} is not in this server's voices folder; available: {names}")
 
@@ -594,11 +600,68 @@ class ServerThread:
         self.stop()
 
 
+ACCEPT_BACKLOG = 128  # aiohttp's: asyncio accepts up to this many connections at once, each an fd until refused
+
+
+def _connection_limit() -> int:
+    """Half of the file descriptors left once a full accept batch is counted (64 with macOS' default
+    limit of 256, 448 with Linux' 1024): the rest is for recordings, logs and the model's files."""
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (ImportError, OSError, ValueError):
+        return 64
+    if soft == resource.RLIM_INFINITY:
+        return 4096
+    return max(8, min(4096, (soft - ACCEPT_BACKLOG) // 2))
+
+
+class _TooMany(asyncio.Protocol):
+    """Answers a connection over the limit with a 503 that says so, and closes it."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+
+    def connection_made(self, transport) -> None:
+        text = (f"too many connections: this server holds at most {self.limit} at once; "
+                f"try again later or another server (see {HEALTH_PATH})\n").encode()
+        transport.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                        b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(text), text))
+        transport.close()
+
+
+class _Runner(web.AppRunner):
+    """An AppRunner whose listening socket refuses connections beyond `limit` (aiohttp has no cap:
+    clients that open connections and never finish a request would take every file descriptor, and
+    with them every new client and the recordings' files)."""
+
+    def __init__(self, app: web.Application, limit: int, **kwargs) -> None:
+        super().__init__(app, **kwargs)
+        self.limit = limit
+
+    @property
+    def server(self):  # the protocol factory each accepted connection goes through
+        inner = super().server
+        if inner is None:
+            return None
+
+        def factory():
+            return _TooMany(self.limit) if len(inner.connections) >= self.limit else inner()
+
+        return factory
+
+
 async def _start_site(server: ChatServer, ssl_context) -> tuple[web.AppRunner, int]:
-    runner = web.AppRunner(server.app(), handle_signals=False, access_log=None, shutdown_timeout=3.0,
-                           max_line_size=PARSER_LINE_LIMIT, logger=HTTP_LOG)
+    options = server.options
+    # keepalive_timeout: a connection must send its request within the idle timeout (aiohttp's default
+    # is an hour); it does not touch a live websocket, whose own timeouts are the server's.
+    runner = _Runner(server.app(), options.max_connections or _connection_limit(), handle_signals=False,
+                     access_log=None, shutdown_timeout=3.0, max_line_size=PARSER_LINE_LIMIT, logger=HTTP_LOG,
+                     keepalive_timeout=options.idle_timeout)
     await runner.setup()
-    site = web.TCPSite(runner, server.options.host, server.options.port, ssl_context=ssl_context)
+    site = web.TCPSite(runner, server.options.host, server.options.port, ssl_context=ssl_context,
+                       backlog=ACCEPT_BACKLOG)
     try:
         await site.start()
     except OSError as exc:

@@ -254,6 +254,16 @@ def test_a_bad_message_gets_an_error_and_closes_that_connection_only(server, raw
     assert again.errors == [] and len(again.steps()) >= 5
 
 
+def test_a_flood_of_messages_is_refused_and_the_server_goes_on(server):
+    # Queued messages are read without a pause: 250 000 tiny ones in two seconds from one client kept
+    # the event loop on it, and the other conversations of a batch got 1 step in 7 s instead of 75.
+    t = _talk(server.port, "", _speech(0.5), extra=[protocol.encode(Kind.PING)] * 5000, linger=5.0)
+    assert t.errors == ["too many messages: more than 250 a second (audio needs at most 50); send fewer, larger ones"]
+    _wait_idle(server)
+    again = _talk(server.port, "", _speech(1.0), linger=10.0, until_steps=5)  # a burst as the web UI sends is fine
+    assert again.errors == [] and len(again.steps()) >= 5
+
+
 def test_a_bad_message_ends_the_conversation_even_when_a_send_swallows_the_cancellation(server, monkeypatch):
     # On Python < 3.12, asyncio.wait_for (as in ChatServer._send) returns normally when the send it
     # waits on completes as a cancellation arrives: the cancellation is lost. Here every send is slow

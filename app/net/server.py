@@ -64,6 +64,7 @@ PARSER_LINE_LIMIT = 64 * 1024
 # Sent as 0x05 to every live client when the server is stopped (Ctrl-C, SIGTERM): without it a
 # client sees its connection drop (1006) and cannot tell a shutdown from a network fault.
 SHUTTING_DOWN = f"the server is shutting down; try again later or another server (see {HEALTH_PATH})"
+MESSAGE_BURST_SECONDS = 4.0  # a client may send this many seconds' worth of max_message_rate at once
 
 
 class _ParserRefusals(logging.Filter):
@@ -101,6 +102,7 @@ class ServeOptions:
     # seconds) and user space as much again; a client that lets more pile up is not reading.
     send_buffer_bytes: int = 16 * 1024
     max_conversations: int = 1
+    max_message_rate: float = 250.0  # messages a second from one client, sustained (the web UI sends 25-50)
     # Open connections at once (websockets, /health, and connections still sending their request);
     # None = from the process's file-descriptor limit (`_connection_limit`), so that recordings and
     # logs always have some.
@@ -335,7 +337,9 @@ class ChatServer:
         """Read until the client leaves; audio before the handshake is read and dropped, as the reference does."""
         decoder = OggOpusDecoder(audio.capture_rate)
         limit = self.options.max_message_bytes
+        rate = self.options.max_message_rate
         last = time.monotonic()
+        allowance = MESSAGE_BURST_SECONDS * rate  # a token bucket: bursts are fine, a flood is not
         while not ended.is_set():
             try:
                 msg = await ws.receive(timeout=0.5)
@@ -343,7 +347,14 @@ class ChatServer:
                 if live.is_set() and time.monotonic() - last > self.options.idle_timeout:
                     return f"no message from the client for {self.options.idle_timeout:g} s"
                 continue
-            last = time.monotonic()
+            now = time.monotonic()
+            allowance = min(MESSAGE_BURST_SECONDS * rate, allowance + (now - last) * rate) - 1
+            last = now
+            if allowance < 0:
+                # Queued messages come back without a pause: a flood of tiny ones kept the event loop
+                # (every other connection's audio) and the step thread waiting on this one.
+                raise ProtocolError(f"too many messages: more than {rate:g} a second (audio needs at most 50); "
+                                    "send fewer, larger ones")
             if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
                 return None
             if msg.type == WSMsgType.ERROR:

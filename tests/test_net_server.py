@@ -359,6 +359,15 @@ def test_connections_that_never_send_a_request_are_capped_and_timed_out(conversa
         assert t.errors == [] and len(t.steps()) >= 5
 
 
+def test_the_websocket_address_opened_as_a_page_says_what_it_is(server):
+    # It was aiohttp's 'No WebSocket UPGRADE hdr: None\n Can "Upgrade" only to "WebSocket".'
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(f"http://127.0.0.1:{server.port}/api/chat", timeout=10)
+    assert refused.value.code == 400
+    assert refused.value.read().decode() == ("/api/chat is the PersonaPlex websocket: connect with a websocket client "
+                                             "such as `ppchat talk --server ws://HOST:PORT`, or open / for the web UI\n")
+
+
 async def _leave_during_the_prompts(port: int, conditioning: threading.Event) -> None:
     async with aiohttp.ClientSession() as session:
         async with session.ws_connect(f"ws://127.0.0.1:{port}/api/chat?text_prompt=Hello") as ws:
@@ -550,9 +559,10 @@ def test_token_and_web_ui(conversation, tmp_path):
         ok = _talk(thread.port, "token=s3cret", _speech(1.0))
         assert ok.errors == [] and ok.steps()
         _wait_idle(thread)
-        ok = _talk(thread.port, "", _speech(1.0), headers={"Authorization": "Bearer s3cret"})
-        assert ok.errors == [] and ok.steps()
-        _wait_idle(thread)
+        for scheme in ("Bearer", "bearer"):  # case-insensitive, as HTTP says (lower case was refused)
+            ok = _talk(thread.port, "", _speech(1.0), headers={"Authorization": f"{scheme} s3cret"})
+            assert ok.errors == [] and ok.steps()
+            _wait_idle(thread)
 
 
 def test_a_served_conversation_is_visible_to_ppchat_monitor(conversation, tmp_path):

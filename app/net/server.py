@@ -176,14 +176,18 @@ class ChatServer:
             return True
         given = request.query.get("token", "")
         header = request.headers.get("Authorization", "")
-        if header.startswith("Bearer "):
-            given = header[len("Bearer "):]
+        if header[:7].lower() == "bearer ":  # the scheme is case-insensitive (RFC 9110 §11.1)
+            given = header[7:]
         return hmac.compare_digest(given.encode(), token.encode())
 
     async def handle_chat(self, request: web.Request) -> web.StreamResponse:
         if not self._authorised(request):
             return web.Response(status=401, text="a token is required: add ?token=... or 'Authorization: Bearer ...'\n")
         ws = web.WebSocketResponse(max_msg_size=2 * self.options.max_message_bytes, timeout=2.0, autoping=True)
+        if not ws.can_prepare(request).ok:  # a browser opened the address, say: aiohttp's "No WebSocket UPGRADE hdr"
+            return web.Response(status=400, text=(
+                f"{CHAT_PATH} is the PersonaPlex websocket: connect with a websocket client such as "
+                "`ppchat talk --server ws://HOST:PORT`, or open / for the web UI\n"))
         self._bound_send_buffer(request)
         await ws.prepare(request)
         client = _peer(request)

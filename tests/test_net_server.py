@@ -264,6 +264,17 @@ def test_a_flood_of_messages_is_refused_and_the_server_goes_on(server):
     assert again.errors == [] and len(again.steps()) >= 5
 
 
+def test_compression_is_not_negotiated(server):
+    # Browsers offer permessage-deflate; Opus does not deflate, and inflating is a client's lever.
+    async def main():
+        async with aiohttp.ClientSession() as session:
+            async with session.ws_connect(f"ws://127.0.0.1:{server.port}/api/chat", compress=15) as ws:
+                return ws.compress
+
+    assert asyncio.run(main()) == 0
+    _wait_idle(server)
+
+
 def test_a_bad_message_ends_the_conversation_even_when_a_send_swallows_the_cancellation(server, monkeypatch):
     # On Python < 3.12, asyncio.wait_for (as in ChatServer._send) returns normally when the send it
     # waits on completes as a cancellation arrives: the cancellation is lost. Here every send is slow

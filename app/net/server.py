@@ -183,7 +183,10 @@ class ChatServer:
     async def handle_chat(self, request: web.Request) -> web.StreamResponse:
         if not self._authorised(request):
             return web.Response(status=401, text="a token is required: add ?token=... or 'Authorization: Bearer ...'\n")
-        ws = web.WebSocketResponse(max_msg_size=2 * self.options.max_message_bytes, timeout=2.0, autoping=True)
+        # No permessage-deflate (browsers offer it): Opus does not deflate, so it was work for nothing on
+        # every page both ways, and a client could send small messages that inflate up to the size limit.
+        ws = web.WebSocketResponse(max_msg_size=2 * self.options.max_message_bytes, timeout=2.0, autoping=True,
+                                   compress=False)
         if not ws.can_prepare(request).ok:  # a browser opened the address, say: aiohttp's "No WebSocket UPGRADE hdr"
             return web.Response(status=400, text=(
                 f"{CHAT_PATH} is the PersonaPlex websocket: connect with a websocket client such as "

@@ -287,6 +287,14 @@ def test_a_client_that_leaves_during_the_prompts_leaves_no_session_while_others_
     assert [p.name for p in root.iterdir()] == [session.name]
 
 
+def test_a_recording_that_cannot_start_does_not_end_a_batched_conversation(server, host, monkeypatch, tmp_path):
+    # As with one conversation (test_net_server): it was ended with "the engine stopped: not recording: …".
+    (tmp_path / "file").write_text("not a folder")
+    monkeypatch.setattr(host.options, "sessions_dir", tmp_path / "file" / "sessions")
+    t = asyncio.run(_converse(server.port, "seed=1", _speech(2.0), linger=10.0, until_steps=10))
+    _check_own_conversation(t, 10)
+
+
 def test_sampling_a_client_asks_for_runs_at_the_batchs_values_and_says_so(server, host):
     t = asyncio.run(_converse(server.port, WEB_UI_QUERY, _speech(1.5), linger=10.0, until_steps=15))
     _check_own_conversation(t, 15)

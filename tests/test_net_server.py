@@ -379,6 +379,19 @@ def test_the_websocket_address_opened_as_a_page_says_what_it_is(server):
                                              "such as `ppchat talk --server ws://HOST:PORT`, or open / for the web UI\n")
 
 
+def test_a_recording_that_cannot_start_does_not_end_the_conversation(server, conversation, monkeypatch, tmp_path,
+                                                                    caplog):
+    # As at the console, the conversation matters more than its recording. The server took the
+    # recorder's error notice for the engine's: "the engine stopped: not recording: …", at once.
+    (tmp_path / "file").write_text("not a folder")
+    monkeypatch.setattr(conversation.options, "sessions_dir", tmp_path / "file" / "sessions")
+    caplog.set_level("WARNING", logger="ppchat.net")
+    t = _talk(server.port, "", _speech(1.0), linger=10.0, until_steps=5)
+    assert t.errors == [] and len(t.steps()) >= 5
+    said = [r.getMessage() for r in caplog.records if r.name == "ppchat.net.server"]
+    assert any(m.startswith("127.0.0.1:") and "not recording: cannot create a session folder" in m for m in said)
+
+
 async def _leave_during_the_prompts(port: int, conditioning: threading.Event) -> None:
     async with aiohttp.ClientSession() as session:
         async with session.ws_connect(f"ws://127.0.0.1:{port}/api/chat?text_prompt=Hello") as ws:

@@ -267,7 +267,8 @@ class ChatServer:
                 log.info("%s: ppchat monitor --socket %s", client, conv.monitor.path)
             send = functools.partial(self._send, ws, request.transport)
             info = self._info_message(conv, sampling, unapplied)
-            reason = await _outcome(self._live(send, sub, conv, audio, live, reader, ended, info if params.metadata else None))
+            reason = await _outcome(self._live(send, sub, conv, audio, live, reader, ended,
+                                               info if params.metadata else None, client))
             return reason
         finally:
             ended.set()
@@ -318,12 +319,12 @@ class ChatServer:
             await asyncio.wait(set(self._handlers), timeout=timeout)
 
     async def _live(self, send, sub, conv: Conversation, audio: SocketAudio, live: asyncio.Event, reader: asyncio.Task,
-                    ended: asyncio.Event, info: dict | None) -> str | None:
+                    ended: asyncio.Event, info: dict | None, client: str) -> str | None:
         live.set()  # before the handshake leaves: a client may answer it at once
         await send(protocol.handshake())
         if info is not None:
             await send(protocol.metadata(info))
-        writer = asyncio.create_task(self._write(send, sub, conv, audio, ended, info is not None))
+        writer = asyncio.create_task(self._write(send, sub, conv, audio, ended, info is not None, client))
         done, _ = await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
         # Cancelling alone is not enough: on Python < 3.12 `asyncio.wait_for` (in `_send`) drops a
         # cancellation that arrives as its send completes, and the writer would then wait for steps
@@ -381,7 +382,7 @@ class ChatServer:
         return None
 
     async def _write(self, send, sub, conv: Conversation, audio: SocketAudio, ended: asyncio.Event,
-                     metadata: bool) -> str | None:
+                     metadata: bool, client: str) -> str | None:
         """Send each step's audio, text and timings as the step thread publishes them."""
         encoder = OggOpusEncoder(audio.playback_rate, packet_ms=80, packets_per_page=1)
         loop = asyncio.get_running_loop()
@@ -393,7 +394,12 @@ class ChatServer:
                 continue
             if isinstance(event, NoticeEvent):
                 if event.level == "error":
-                    return f"the engine stopped: {event.message}"
+                    runtime = conv.runtime
+                    if runtime is None or runtime.error is not None:  # set before the engine publishes it
+                        return f"the engine stopped: {event.message}"
+                    # The recording failed (not started, disk full): the conversation goes on, as at the
+                    # console; the client needs no word of it, the operator does.
+                    log.warning("%s: %s", client, event.message)
                 continue
             if not isinstance(event, StepEvent):
                 continue

@@ -275,6 +275,21 @@ def test_compression_is_not_negotiated(server):
     _wait_idle(server)
 
 
+def test_audio_far_ahead_of_real_time_is_refused_and_the_server_goes_on(server):
+    # A 6 KB page can hold 5 s of audio: a client sending such pages as fast as it could kept the event
+    # loop decoding audio that the capture ring then dropped (a batch's other conversation got 1 step
+    # in 7 s instead of 75). 30 s sent at once is refused once it is 10 s ahead.
+    encoder = OggOpusEncoder(packet_ms=20, packets_per_page=2)
+    pcm = _speech(30.0, seed=4)
+    pages = [protocol.audio(page) for i in range(0, len(pcm), 4800) for page in encoder.encode(pcm[i:i + 4800])]
+    t = _talk(server.port, "", None, extra=pages, linger=5.0)
+    assert t.errors == ["the client sends audio faster than it is recorded (more than 10 s ahead of real time); "
+                        "send it as it is captured"]
+    assert _newest_session(server).frames >= 1  # its conversation is recorded as far as it was stepped
+    again = _talk(server.port, "", _speech(1.0), linger=10.0, until_steps=5)
+    assert again.errors == [] and len(again.steps()) >= 5
+
+
 def test_a_bad_message_ends_the_conversation_even_when_a_send_swallows_the_cancellation(server, monkeypatch):
     # On Python < 3.12, asyncio.wait_for (as in ChatServer._send) returns normally when the send it
     # waits on completes as a cancellation arrives: the cancellation is lost. Here every send is slow

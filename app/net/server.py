@@ -64,6 +64,9 @@ PARSER_LINE_LIMIT = 64 * 1024
 # Sent as 0x05 to every live client when the server is stopped (Ctrl-C, SIGTERM): without it a
 # client sees its connection drop (1006) and cannot tell a shutdown from a network fault.
 SHUTTING_DOWN = f"the server is shutting down; try again later or another server (see {HEALTH_PATH})"
+# Audio a client may send ahead of real time, and what its connection's capture ring holds:
+# more could not be kept anyway.
+MAX_AUDIO_AHEAD = 10.0
 MESSAGE_BURST_SECONDS = 4.0  # a client may send this many seconds' worth of max_message_rate at once
 
 
@@ -239,7 +242,7 @@ class ChatServer:
         voice = self._voice(params.voice_prompt)
         sampling, unapplied = self._sampling(params)
         conv = self.conversation.for_client()  # with --max-conversations N, a row of the batch
-        audio = SocketAudio(SAMPLE_RATE, FRAME_SAMPLES)
+        audio = SocketAudio(SAMPLE_RATE, FRAME_SAMPLES, capture_seconds=MAX_AUDIO_AHEAD)
         live = asyncio.Event()
         sub = conv.bus.subscribe(maxlen=64, name=f"serve {client}")
         loop = asyncio.get_running_loop()
@@ -348,6 +351,7 @@ class ChatServer:
         rate = self.options.max_message_rate
         last = time.monotonic()
         allowance = MESSAGE_BURST_SECONDS * rate  # a token bucket: bursts are fine, a flood is not
+        audio_allowance = MAX_AUDIO_AHEAD  # seconds of audio; refills at one second a second
         while not ended.is_set():
             try:
                 msg = await ws.receive(timeout=0.5)
@@ -357,6 +361,7 @@ class ChatServer:
                 continue
             now = time.monotonic()
             allowance = min(MESSAGE_BURST_SECONDS * rate, allowance + (now - last) * rate) - 1
+            audio_allowance = min(MAX_AUDIO_AHEAD, audio_allowance + (now - last))
             last = now
             if allowance < 0:
                 # Queued messages come back without a pause: a flood of tiny ones kept the event loop
@@ -376,6 +381,12 @@ class ChatServer:
             message = protocol.decode(msg.data)
             if message.kind == Kind.AUDIO and live.is_set():
                 pcm = decoder.decode(message.payload)
+                audio_allowance -= pcm.size / audio.capture_rate
+                if audio_allowance < 0:
+                    # A 6 KB page can hold 5 s of audio: a few hundred a second kept the event loop
+                    # decoding, and a batch's other conversations waiting, for audio that is dropped.
+                    raise ProtocolError(f"the client sends audio faster than it is recorded (more than "
+                                        f"{MAX_AUDIO_AHEAD:g} s ahead of real time); send it as it is captured")
                 if pcm.size:
                     audio.push(pcm)
             # Control, text, ping and metadata from a client mean nothing to this server (nor the reference's).

@@ -22,7 +22,7 @@ from ppchat.engine.pipeline import SILENCE_FRAMES, ModelPipeline, PrefillReport,
 from ppchat.engine.prompts import PRESETS, named_prompt, resolve_prompt
 from ppchat.engine.runtime import AudioEndpoint, DuplexRuntime, FrameProcessor, RuntimePolicy
 from ppchat.engine.voice_fit import long_voice_notice
-from ppchat.errors import PPChatError
+from ppchat.errors import ConditioningCancelled, PPChatError
 from ppchat.models.loader import LoadedModel, load_model, resolve_source
 from ppchat.models.voices import DEFAULT_VOICE, PRESET_VOICES, VoicePrompt, available_voices, load_voice
 from ppchat.sampling import Sampling
@@ -81,6 +81,11 @@ class Conversation:
         self._load(model)
         self._audio_factory = audio_factory or self._open_device
         self._lock = threading.RLock()  # one start/stop/restart at a time
+        # Bumped by abandon_start (stop, restart): a start that read an older value gives up its
+        # conditioning at the next chunk, instead of holding `_lock` for the whole prefill (a long
+        # voice file conditions for tens of seconds, and quitting must not wait for it).
+        self._requests = 0
+        self._ticket = 0  # the value the start in progress read
         # Guards the fields `info` reports, which other threads read while start/stop change them.
         self._state_lock = threading.Lock()
         self.runtime: DuplexRuntime | None = None
@@ -171,9 +176,11 @@ class Conversation:
         (a network connection); `sampling`: settings for this conversation only; `client`: the
         network client's address, recorded in a session of kind "served".
         """
+        ticket = self._requests  # before waiting for the lock: a stop asked meanwhile cancels this start
         with self._lock:
             if self.running:
                 raise PPChatError("a conversation is already running; stop it first")
+            self._ticket = ticket
             named = named_prompt(prompt) if prompt is not None else None
             with self._state_lock:
                 if voice is not None:
@@ -181,7 +188,14 @@ class Conversation:
                 if named is not None:
                     self.prompt_name, self.prompt_text = named
             self.sampling = sampling or self.options.sampling
-            processor = self._condition(self.sampling)
+            try:
+                self._give_up_if_abandoned("before it began")
+                processor = self._condition(self.sampling)
+                self._give_up_if_abandoned("as it ended")
+            except ConditioningCancelled as exc:
+                # Nothing was opened or recorded yet; the pipeline refuses to step until a start ends.
+                self._notice("info", str(exc))
+                raise
             if audio is None:
                 audio = self._audio_factory()
             canceller = self._echo_canceller(audio, processor.sample_rate)
@@ -201,10 +215,19 @@ class Conversation:
                 self._start_captions()
             return self.prefill
 
+    def abandon_start(self) -> None:
+        """Make a `start` that is conditioning (or waiting to) give up at its next chunk of voice
+        encoding or prefill, raising `ConditioningCancelled`. Never blocks: a signal handler may
+        call it on the thread that is conditioning."""
+        self._requests += 1
+
     def stop(self, stop_reason: str | None = None) -> None:
         """Stop audio and finish the recording. Safe to call at any time, any number of times.
+        A start still conditioning is abandoned first (`abandon_start`), so this returns within
+        one chunk of it rather than after the whole prefill.
 
         `stop_reason` marks the recording "stopped" (cut short, e.g. by a signal) instead of "complete"."""
+        self.abandon_start()
         with self._lock:
             with self._state_lock:
                 runtime, self.runtime = self.runtime, None
@@ -221,6 +244,7 @@ class Conversation:
                     self.last_session_dir = recorder.session_dir
 
     def restart(self, voice: str | None = None, prompt: str | None = None) -> PrefillReport:
+        self.abandon_start()  # a start still conditioning gives way, rather than this queueing behind it
         with self._lock:
             self.stop()
             return self.start(voice, prompt)
@@ -301,12 +325,19 @@ class Conversation:
         self.prefill = self.pipeline.start(voice_prompt, self.prompt_text, progress=self._progress_publisher())
         return self.pipeline
 
+    def _give_up_if_abandoned(self, where: str) -> None:
+        if self._requests != self._ticket:
+            # Short: the console shows it on one line beside "not recording" at 80 columns.
+            raise ConditioningCancelled(f"prefill stopped {where}: nothing recorded")
+
     def _progress_publisher(self, interval_s: float = 0.1) -> Progress:
         """A `Progress` callback that publishes `ProgressEvent`s: a task's first and last report and
-        at most one every `interval_s` between (a voice file reports every few frames)."""
+        at most one every `interval_s` between (a voice file reports every few frames). Called
+        between chunks of the work, it is also where an abandoned start gives up."""
         last: dict[str, float] = {}
 
         def publish(task: str, done: int, total: int) -> None:
+            self._give_up_if_abandoned(f"at {task} {done}/{total}")
             now = time.time()
             if task in last and done < total and now - last[task] < interval_s:
                 return

@@ -23,6 +23,11 @@ class SessionError(PPChatError):
     """A recorded session is missing, corrupt or cannot be written."""
 
 
+class ConditioningCancelled(PPChatError):
+    """A conversation's start gave up conditioning because a stop, a restart or a signal asked it
+    to (`Conversation.abandon_start`): no conversation began and nothing was recorded."""
+
+
 class Terminated(BaseException):
     """Raised in the main thread on SIGTERM (see `ppchat.cli`) so that every `finally` runs."""
 

@@ -23,6 +23,7 @@ from ppchat.constants import SAMPLE_RATE
 from ppchat.engine.events import NoticeEvent, StepEvent
 from ppchat.engine.transcript import reference_text_entry
 from ppchat.errors import AudioError, PPChatError, interruption
+from ppchat.start_lines import StartLines
 from ppchat.validate import check_sample_rate, unreadable_audio
 
 
@@ -104,7 +105,10 @@ def respond(input_path: Path, output_path: Path, options, *, text_json: Path | N
     steps: list[StepEvent] = []
     stop_reason = None
     try:
-        prefill = conv.start()
+        # A long voice file conditions for a while: its progress as `talk --no-tui` prints it.
+        with StartLines(sub, levels=("warning", "error")) as starting:
+            prefill = conv.start()
+        steps.extend(_take_events(starting.kept, stream, out))
         while conv.runtime is not None and conv.runtime.join(timeout=0.1) is False:
             steps.extend(_take(sub, stream, out))
         steps.extend(_take(sub, stream, out))
@@ -151,8 +155,12 @@ def respond(input_path: Path, output_path: Path, options, *, text_json: Path | N
 
 
 def _take(sub, stream: bool, out) -> list[StepEvent]:
+    return _take_events(sub.drain(), stream, out)
+
+
+def _take_events(events, stream: bool, out) -> list[StepEvent]:
     got = []
-    for ev in sub.drain():
+    for ev in events:
         if isinstance(ev, StepEvent):
             got.append(ev)
             if stream and ev.text_piece:

@@ -181,7 +181,9 @@ class ModelPipeline:
         """Reset everything and run the prompt phases; the next `process` is the first live call.
 
         `voice` is a loaded voice prompt, or directly the `VoiceEmbeddings` of a `.pt` voice.
-        `progress` hears how far the voice encoding and the prefill have got."""
+        `progress` hears how far the voice encoding and the prefill have got; an exception it raises
+        (a stop request) abandons the conditioning, and `process` is refused until a start ends."""
+        self.started = False  # nothing half-built is stepped: only a start that ran to its end sets it
         t0 = time.perf_counter()
         if self.sampling.seed is not None:
             mx.random.seed(self.sampling.seed)

@@ -20,7 +20,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("command line", ("ppchat.cli", "ppchat.__main__", "ppchat.commands")),
     ("console", ("ppchat.tui",)),
     ("network", ("ppchat.net",)),
-    ("controller", ("ppchat.conversation", "ppchat.respond", "ppchat.served")),
+    ("controller", ("ppchat.conversation", "ppchat.respond", "ppchat.served", "ppchat.start_lines")),
     ("sessions", ("ppchat.sessions",)),
     ("asr", ("ppchat.asr",)),
     ("engine", ("ppchat.engine",)),

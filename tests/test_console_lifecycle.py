@@ -30,6 +30,7 @@ class StreamingConversation:
         self.stopped_after: int | None = None
         self.monitor = None
         self.runtime = None
+        self.last_session_dir = None  # records nothing
         self._halt = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -46,6 +47,9 @@ class StreamingConversation:
 
         self._thread = threading.Thread(target=run, daemon=True)
         self._thread.start()
+
+    def abandon_start(self) -> None:
+        pass  # start does not condition: there is nothing to give up
 
     def stop(self) -> None:
         self._halt.set()

@@ -25,7 +25,7 @@ from textual.screen import Screen
 from ppchat import logfile
 from ppchat.constants import FRAME_SECONDS
 from ppchat.engine.events import EventBus, NoticeEvent, ProgressEvent, StepEvent
-from ppchat.errors import PPChatError
+from ppchat.errors import ConditioningCancelled, PPChatError
 from ppchat.tui.console import HELP_BINDING, ConsoleApp, LivePump
 from ppchat.tui.lifeline import Lifeline
 from ppchat.tui.pickers import PromptPicker, VoicePicker
@@ -196,6 +196,8 @@ class PPChatApp(LivePump, ConsoleApp):
         def guarded() -> None:
             try:
                 work()
+            except ConditioningCancelled:
+                pass  # a stop, quit or restart asked for it, and goes on with its own work; its notice says so
             except PPChatError as exc:
                 self.call_from_thread(self._failed, str(exc))
             except Exception as exc:  # an engine bug must not take the console (and the recording) down

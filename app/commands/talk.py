@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -227,23 +226,32 @@ def _headless_lines(conv, duration: float | None) -> int:
 
     from ppchat.asr.captions import CaptionEvent
     from ppchat.engine.events import NoticeEvent, StepEvent
+    from ppchat.errors import ConditioningCancelled
+    from ppchat.start_lines import StartLines
     from ppchat.tui.status_line import StatusLine
 
     stop_reason: list[str] = []
     signalled: list[int] = []
 
     def on_signal(signum, frame) -> None:
-        # A flag, not an exception: the loop ends within one wait and stops normally.
+        # A flag, not an exception: the loop ends within one wait and stops normally, and a start
+        # still conditioning (a long voice file) gives up at its next chunk.
         signalled.append(signum)
         stop_reason.append(signal.Signals(signum).name)
+        conv.abandon_start()
 
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     sub = conv.bus.subscribe(maxlen=1000, name="headless")
     status = StatusLine()
+    started = False
     try:
-        with _WhileStarting(sub) as starting:  # conditioning on a long voice file takes a while: say how far
-            conv.start()
-        if conv.monitor is not None:
+        with StartLines(sub) as starting:  # conditioning on a long voice file takes a while: say how far
+            try:
+                conv.start()
+                started = True
+            except ConditioningCancelled:
+                pass  # a signal: its notice says so, and below the exit status
+        if started and conv.monitor is not None:
             print(f"monitor: ppchat monitor --socket {conv.monitor.path}", file=sys.stderr)
         last_print, printed = 0.0, ()  # printed: the step of the last line (None: "waiting")
         pending = starting.kept
@@ -289,47 +297,10 @@ def _headless_lines(conv, duration: float | None) -> int:
         print(f"ppchat: the engine stopped: {error}{logfile.see_log()}", file=sys.stderr)
         return 1
     if signalled:  # as the CLI does for SIGTERM raised elsewhere: 128 + the signal's number
-        print(f"\n{stop_reason[0].lower()}: session saved", file=sys.stderr)
+        saved = "session saved" if conv.last_session_dir is not None else "nothing recorded"
+        print(f"\n{stop_reason[0].lower()}: {saved}", file=sys.stderr)
         return 128 + signalled[0]
     return 0
-
-
-class _WhileStarting:
-    """While `conv.start()` blocks the main thread (the prefill), a thread prints the notices and,
-    at most once a second per task and at its end, the progress it reads from `sub`; every other
-    event is kept, in order, for the main loop (`kept`)."""
-
-    def __init__(self, sub, interval_s: float = 1.0) -> None:
-        self.sub, self.interval_s = sub, interval_s
-        self.kept: list = []
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="ppchat-starting", daemon=True)
-
-    def __enter__(self) -> _WhileStarting:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self._done.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        from ppchat.engine.events import NoticeEvent, ProgressEvent
-
-        printed: dict[str, float] = {}
-        while not self._done.is_set():
-            ev = self.sub.get(timeout=0.1)
-            try:
-                if isinstance(ev, NoticeEvent):
-                    print(f"[{ev.level}] {ev.message}", file=sys.stderr, flush=True)
-                elif isinstance(ev, ProgressEvent):
-                    if ev.done >= ev.total or time.monotonic() - printed.get(ev.task, 0.0) >= self.interval_s:
-                        printed[ev.task] = time.monotonic()
-                        print(f"[prefill] {ev.describe()}", file=sys.stderr, flush=True)
-                elif ev is not None:
-                    self.kept.append(ev)
-            except OSError:
-                pass  # stderr went away; the main loop notices stdout
 
 
 def _print_caption(ev) -> None:

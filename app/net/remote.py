@@ -161,6 +161,7 @@ class RemoteConversation(Conversation):
         return meta
 
     def stop(self, stop_reason: str | None = None) -> None:
+        self.abandon_start()  # as Conversation.stop: a start still connecting gives up, not this waits
         with self._lock:
             super().stop(stop_reason)
             client, self.client = self.client, None

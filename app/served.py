@@ -74,7 +74,8 @@ class ServedRow(Conversation):
     def _condition(self, sampling: Sampling) -> FrameProcessor:
         voice_prompt = self._load_voice(self.voice_name)
         self._notice("info", f"conditioning: voice {self.voice_name}, prompt '{self.prompt_name}'")
-        self._conditioned = self._host.batch.condition(voice_prompt, self.prompt_text, sampling.seed)
+        self._conditioned = self._host.batch.condition(voice_prompt, self.prompt_text, sampling.seed,
+                                                       progress=self._progress_publisher())
         self.prefill = self._conditioned.report
         return self._host.batch.pipeline
 

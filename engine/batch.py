@@ -29,8 +29,10 @@ from ppchat.constants import DEPFORMER_STEPS, FRAME_MS
 from ppchat.engine.pipeline import (
     SILENCE_FRAMES,
     PrefillReport,
+    Progress,
     fit_sampling,
     make_generator,
+    prefill_progress,
     role_prompt_tokens,
     voice_argument,
 )
@@ -117,17 +119,20 @@ class BatchPipeline:
         prompt text; its seed, or a fresh random one) and give it a free row; returns the row."""
         return self.admit(self.condition(voice, prompt_text, seed))
 
-    def condition(self, voice, prompt_text: str, seed: int | None = None) -> Conditioned:
+    def condition(self, voice, prompt_text: str, seed: int | None = None, progress: Progress | None = None) -> Conditioned:
         """`join`'s first half: run a conversation's prompts on its own, without taking a row yet (a
-        server conditions while the connection sets up, and admits the row once it can step it)."""
+        server conditions while the connection sets up, and admits the row once it can step it).
+        `progress` hears how far it has got, as for `ModelPipeline.start`; an exception it raises (a
+        client that left) gives the conditioning up, leaving the batch as it was."""
         t0 = time.perf_counter()
         if seed is None:
             seed = int(np.random.default_rng().integers(2**31))
         sampling = replace(self.sampling, seed=seed)
         gen = make_generator(self.model, sampling, self.depformer_steps, phase_timing=False)
-        voice_arg, voice_frames = voice_argument(voice, self.mimi)
+        voice_arg, voice_frames = voice_argument(voice, self.mimi, progress)
         text_tokens = role_prompt_tokens(self.model, prompt_text)
-        gen.run_system_prompts(voice=voice_arg, text_tokens=text_tokens, silence_frames=SILENCE_FRAMES)
+        gen.run_system_prompts(voice=voice_arg, text_tokens=text_tokens, silence_frames=SILENCE_FRAMES,
+                               progress=prefill_progress(progress))
         gen.eval_state()
         report = PrefillReport(voice_frames=voice_frames, prompt_tokens=len(text_tokens), calls=gen.offset,
                                seconds=time.perf_counter() - t0)

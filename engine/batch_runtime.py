@@ -193,9 +193,10 @@ class BatchRuntime:
             raise box["error"]
         return box["value"]
 
-    def condition(self, voice, prompt_text: str, seed: int | None) -> Conditioned:
-        """Run a conversation's prompts (on the step thread: no frame runs meanwhile)."""
-        return self.call(lambda: self.pipeline.condition(voice, prompt_text, seed))
+    def condition(self, voice, prompt_text: str, seed: int | None, progress=None) -> Conditioned:
+        """Run a conversation's prompts (on the step thread: no frame runs meanwhile, so a client that
+        leaves during them has them given up through `progress`, `BatchPipeline.condition`)."""
+        return self.call(lambda: self.pipeline.condition(voice, prompt_text, seed, progress))
 
     def add(self, lane: BatchLane) -> None:
         """Give `lane` a row; it steps from the next batched frame on."""

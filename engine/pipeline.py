@@ -119,6 +119,11 @@ def voice_argument(voice: VoicePrompt | VoiceEmbeddings | None, mimi: Mimi, prog
     raise PPChatError(f"voice {voice.name!r} has an unknown kind {voice.kind!r}")
 
 
+def prefill_progress(progress: Progress | None) -> Callable[[int, int], None] | None:
+    """What `LMGen.run_system_prompts` takes as `progress`: reported to `progress` as task "prompt prefill"."""
+    return None if progress is None else lambda done, total: progress("prompt prefill", done, total)
+
+
 def encode_voice_audio(mimi: Mimi, pcm: np.ndarray, progress: Progress | None = None) -> np.ndarray:
     """Mimi codes [8, N] of a 24 kHz mono voice prompt (spec §6.2: only the last chunk is padded),
     on a fresh one-row stream; `mimi`'s streaming state is left as it was. `progress` hears
@@ -193,7 +198,7 @@ class ModelPipeline:
         voice_arg, voice_frames = voice_argument(voice, self.mimi, progress)
         t_prompts = time.perf_counter()
         self.gen.run_system_prompts(voice=voice_arg, text_tokens=text_tokens, silence_frames=SILENCE_FRAMES,
-                                    progress=None if progress is None else lambda done, total: progress("prompt prefill", done, total))
+                                    progress=prefill_progress(progress))
         t_done = time.perf_counter()
         # The encoder heard the voice prompt; live audio starts from fresh codec state (spec §6.1).
         self.mimi.reset()

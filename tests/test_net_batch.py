@@ -287,6 +287,55 @@ def test_a_client_that_leaves_during_the_prompts_leaves_no_session_while_others_
     assert [p.name for p in root.iterdir()] == [session.name]
 
 
+def test_the_prompts_of_a_batched_client_that_left_are_given_up_freeing_the_step_thread(server, monkeypatch):
+    # A batch conditions on its one step thread, so nobody's frames ran while a long voice
+    # conditioned, even for a client that had left. Its first progress report waits until the
+    # server gives it up.
+    from ppchat.errors import ConditioningCancelled
+    from ppchat.served import ServedRow
+
+    conditioning, requested, after = threading.Event(), threading.Event(), []
+    publisher, abandon = ServedRow._progress_publisher, ServedRow.abandon_start
+
+    def probe_publisher(self, interval_s: float = 0.1):
+        publish = publisher(self, interval_s)
+
+        def probe(task: str, done: int, total: int) -> None:
+            if not conditioning.is_set():
+                conditioning.set()
+                requested.wait(20)
+            try:
+                publish(task, done, total)
+                after.append("went on")
+            except ConditioningCancelled:
+                after.append("given up")
+                raise
+
+        return probe
+
+    def probe_abandon(self) -> None:
+        abandon(self)
+        requested.set()
+
+    monkeypatch.setattr(ServedRow, "_progress_publisher", probe_publisher)
+    monkeypatch.setattr(ServedRow, "abandon_start", probe_abandon)
+
+    async def leave():
+        async with aiohttp.ClientSession() as session:
+            async with session.ws_connect(f"ws://127.0.0.1:{server.port}/api/chat?text_prompt=Leaving") as ws:
+                assert await asyncio.get_running_loop().run_in_executor(None, conditioning.wait, 30)
+                await ws.close()
+
+    asyncio.run(leave())
+    assert _until(lambda: server.server.running == 0)
+    assert after == ["given up"]
+    # The step thread is free: the next client talks as usual, and only it is recorded.
+    _check_own_conversation(asyncio.run(_converse(server.port, "seed=3", _speech(1.5, seed=3), linger=10.0,
+                                                  until_steps=10)), 10)
+    [session] = _sessions(server, 1)
+    assert session.info.meta.role_prompt != "Leaving"
+
+
 def test_a_recording_that_cannot_start_does_not_end_a_batched_conversation(server, host, monkeypatch, tmp_path):
     # As with one conversation (test_net_server): it was ended with "the engine stopped: not recording: …".
     (tmp_path / "file").write_text("not a folder")

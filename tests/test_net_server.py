@@ -437,6 +437,44 @@ def test_a_client_that_leaves_during_the_prompts_leaves_no_session(server, conve
     assert _newest_session(server).frames >= 5 and len(list(root.iterdir())) == len(before) + 1
 
 
+def test_the_prompts_of_a_client_that_left_are_given_up_not_run_to_the_end(server, conversation, monkeypatch):
+    # A long voice conditions for tens of seconds: the server ran it to the end for nobody (and
+    # served no one else meanwhile). Its first progress report waits until the server gives it up.
+    from ppchat.errors import ConditioningCancelled
+
+    conditioning, requested, after = threading.Event(), threading.Event(), []
+    publisher, abandon = conversation._progress_publisher, conversation.abandon_start
+
+    def probe_publisher(interval_s: float = 0.1):
+        publish = publisher(interval_s)
+
+        def probe(task: str, done: int, total: int) -> None:
+            if not conditioning.is_set():
+                conditioning.set()
+                requested.wait(20)
+            try:
+                publish(task, done, total)
+                after.append("went on")
+            except ConditioningCancelled:
+                after.append("given up")
+                raise
+
+        return probe
+
+    def probe_abandon() -> None:
+        abandon()
+        requested.set()
+
+    monkeypatch.setattr(conversation, "_progress_publisher", probe_publisher)
+    monkeypatch.setattr(conversation, "abandon_start", probe_abandon)
+    root = conversation.options.sessions_dir
+    before = sorted(p.name for p in root.iterdir())
+    asyncio.run(_leave_during_the_prompts(server.port, conditioning))
+    _wait_idle(server)
+    assert after == ["given up"]
+    assert sorted(p.name for p in root.iterdir()) == before  # as before: no session for it
+
+
 def test_every_voice_health_lists_is_accepted(server):
     # The demo's one voice, "none", was listed by /health (and so in `talk --server`'s voice picker)
     # but refused as voice_prompt: "'none.pt' is not in this server's voices folder".

@@ -254,8 +254,10 @@ class ChatServer:
         reason: str | None = None
         try:
             await asyncio.wait({reader, start}, return_when=asyncio.FIRST_COMPLETED)
-            if not start.done():  # the client left or misbehaved during the prompts
+            if not start.done():  # the client left or misbehaved during the prompts: they are given up
+                conv.abandon_start()  # at their next chunk, rather than run to the end for nobody
                 await asyncio.wait({start})
+                start.exception()  # ConditioningCancelled, as a rule: nothing went live, nothing was recorded
                 reason = await _outcome(reader)
                 return reason
             try:

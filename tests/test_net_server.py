@@ -365,8 +365,8 @@ def test_a_request_line_past_what_the_parser_reads_is_one_log_line(server, caplo
 
 def test_connections_that_never_send_a_request_are_capped_and_timed_out(conversation):
     # A client that opens connections and never finishes a request held each for aiohttp's default
-    # hour, and with enough of them took every file descriptor (256 by default on macOS): no new
-    # client got in, and asyncio logged a traceback per failed accept.
+    # (an hour in 3.14), and with enough of them took every file descriptor (256 by default on macOS):
+    # no new client got in, and asyncio logged a traceback per failed accept.
     chat = ChatServer(conversation, ServeOptions(port=0, idle_timeout=2.0, max_connections=5))
     with ServerThread(chat) as thread:
         held = [socket.create_connection(("127.0.0.1", thread.port), timeout=15) for _ in range(5)]

@@ -692,7 +692,7 @@ class _Runner(web.AppRunner):
 async def _start_site(server: ChatServer, ssl_context) -> tuple[web.AppRunner, int]:
     options = server.options
     # keepalive_timeout: a connection must send its request within the idle timeout (aiohttp's default
-    # is an hour); it does not touch a live websocket, whose own timeouts are the server's.
+    # in 3.14 is an hour); it does not touch a live websocket, whose own timeouts are the server's.
     runner = _Runner(server.app(), options.max_connections or _connection_limit(), handle_signals=False,
                      access_log=None, shutdown_timeout=3.0, max_line_size=PARSER_LINE_LIMIT, logger=HTTP_LOG,
                      keepalive_timeout=options.idle_timeout)

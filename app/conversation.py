@@ -8,6 +8,7 @@ step thread, the session recorder and the monitor socket. The TUI drives it thro
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections.abc import Callable
@@ -81,9 +82,11 @@ class Conversation:
         self._load(model)
         self._audio_factory = audio_factory or self._open_device
         self._lock = threading.RLock()  # one start/stop/restart at a time
-        # Bumped by abandon_start (stop, restart): a start that read an older value gives up its
+        # Renewed by abandon_start (stop, restart): a start that read an older value gives up its
         # conditioning at the next chunk, instead of holding `_lock` for the whole prefill (a long
-        # voice file conditions for tens of seconds, and quitting must not wait for it).
+        # voice file conditions for tens of seconds, and quitting must not wait for it). A counter's
+        # next(), not `+= 1`: two threads asking at once must not make one value.
+        self._request_ids = itertools.count(1)
         self._requests = 0
         self._ticket = 0  # the value the start in progress read
         # Guards the fields `info` reports, which other threads read while start/stop change them.
@@ -219,7 +222,7 @@ class Conversation:
         """Make a `start` that is conditioning (or waiting to) give up at its next chunk of voice
         encoding or prefill, raising `ConditioningCancelled`. Never blocks: a signal handler may
         call it on the thread that is conditioning."""
-        self._requests += 1
+        self._requests = next(self._request_ids)
 
     def stop(self, stop_reason: str | None = None) -> None:
         """Stop audio and finish the recording. Safe to call at any time, any number of times.

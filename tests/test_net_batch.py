@@ -26,7 +26,14 @@ from ppchat.net.server import SHUTTING_DOWN, ChatServer, ServeOptions, ServerThr
 from ppchat.sampling import Sampling
 from ppchat.served import ServedBatch
 from ppchat.sessions.store import list_sessions, load_session
-from tests.test_net_server import WEB_UI_QUERY, Transcript, _converse, _speech
+from tests.test_net_server import (
+    WEB_UI_QUERY,
+    Transcript,
+    _converse,
+    _hold_first_conditioning,
+    _leave_during_the_prompts,
+    _speech,
+)
 
 CAPACITY = 3
 SETTLE = 30.0  # seconds for a conversation to stop and be saved on a loaded 2-core machine
@@ -267,16 +274,10 @@ def test_a_client_that_leaves_during_the_prompts_leaves_no_session_while_others_
 
     monkeypatch.setattr(ServedRow, "_condition", slow_condition)
 
-    async def leave():
-        async with aiohttp.ClientSession() as session:
-            async with session.ws_connect(f"ws://127.0.0.1:{server.port}/api/chat?text_prompt=Leaving") as ws:
-                assert await asyncio.get_running_loop().run_in_executor(None, conditioning.wait, 30)
-                await ws.close()
-
     async def main():
         talking = asyncio.create_task(_converse(server.port, "seed=3", _speech(3.0, seed=3), linger=10.0,
                                                 until_steps=20))
-        await leave()
+        await _leave_during_the_prompts(server.port, conditioning, "Leaving")
         return await talking
 
     talked = asyncio.run(main())
@@ -291,42 +292,10 @@ def test_the_prompts_of_a_batched_client_that_left_are_given_up_freeing_the_step
     # A batch conditions on its one step thread, so nobody's frames ran while a long voice
     # conditioned, even for a client that had left. Its first progress report waits until the
     # server gives it up.
-    from ppchat.errors import ConditioningCancelled
     from ppchat.served import ServedRow
 
-    conditioning, requested, after = threading.Event(), threading.Event(), []
-    publisher, abandon = ServedRow._progress_publisher, ServedRow.abandon_start
-
-    def probe_publisher(self, interval_s: float = 0.1):
-        publish = publisher(self, interval_s)
-
-        def probe(task: str, done: int, total: int) -> None:
-            if not conditioning.is_set():
-                conditioning.set()
-                requested.wait(20)
-            try:
-                publish(task, done, total)
-                after.append("went on")
-            except ConditioningCancelled:
-                after.append("given up")
-                raise
-
-        return probe
-
-    def probe_abandon(self) -> None:
-        abandon(self)
-        requested.set()
-
-    monkeypatch.setattr(ServedRow, "_progress_publisher", probe_publisher)
-    monkeypatch.setattr(ServedRow, "abandon_start", probe_abandon)
-
-    async def leave():
-        async with aiohttp.ClientSession() as session:
-            async with session.ws_connect(f"ws://127.0.0.1:{server.port}/api/chat?text_prompt=Leaving") as ws:
-                assert await asyncio.get_running_loop().run_in_executor(None, conditioning.wait, 30)
-                await ws.close()
-
-    asyncio.run(leave())
+    conditioning, after = _hold_first_conditioning(monkeypatch, ServedRow)
+    asyncio.run(_leave_during_the_prompts(server.port, conditioning, "Leaving"))
     assert _until(lambda: server.server.running == 0)
     assert after == ["given up"]
     # The step thread is free: the next client talks as usual, and only it is recorded.

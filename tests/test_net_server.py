@@ -407,11 +407,45 @@ def test_a_recording_that_cannot_start_does_not_end_the_conversation(server, con
     assert any(m.startswith("127.0.0.1:") and "not recording: cannot create a session folder" in m for m in said)
 
 
-async def _leave_during_the_prompts(port: int, conditioning: threading.Event) -> None:
+async def _leave_during_the_prompts(port: int, conditioning: threading.Event, text_prompt: str = "Hello") -> None:
     async with aiohttp.ClientSession() as session:
-        async with session.ws_connect(f"ws://127.0.0.1:{port}/api/chat?text_prompt=Hello") as ws:
+        async with session.ws_connect(f"ws://127.0.0.1:{port}/api/chat?text_prompt={text_prompt}") as ws:
             assert await asyncio.get_running_loop().run_in_executor(None, conditioning.wait, 30)
             await ws.close()
+
+
+def _hold_first_conditioning(monkeypatch, owner) -> tuple[threading.Event, list[str]]:
+    """Patch `owner` (a conversation, or the class of a batch's rows) so that the first progress
+    report of its conditioning sets the returned event and waits until `abandon_start` is called;
+    the list then says whether that conditioning "went on" or was "given up"."""
+    from ppchat.errors import ConditioningCancelled
+
+    conditioning, requested, after = threading.Event(), threading.Event(), []
+    publisher, abandon = owner._progress_publisher, owner.abandon_start
+
+    def probe_publisher(*args, **kwargs):  # (self, interval_s) when patched on a class
+        publish = publisher(*args, **kwargs)
+
+        def probe(task: str, done: int, total: int) -> None:
+            if not conditioning.is_set():
+                conditioning.set()
+                requested.wait(20)
+            try:
+                publish(task, done, total)
+                after.append("went on")
+            except ConditioningCancelled:
+                after.append("given up")
+                raise
+
+        return probe
+
+    def probe_abandon(*args) -> None:
+        abandon(*args)
+        requested.set()
+
+    monkeypatch.setattr(owner, "_progress_publisher", probe_publisher)
+    monkeypatch.setattr(owner, "abandon_start", probe_abandon)
+    return conditioning, after
 
 
 def test_a_client_that_leaves_during_the_prompts_leaves_no_session(server, conversation, monkeypatch):
@@ -440,33 +474,7 @@ def test_a_client_that_leaves_during_the_prompts_leaves_no_session(server, conve
 def test_the_prompts_of_a_client_that_left_are_given_up_not_run_to_the_end(server, conversation, monkeypatch):
     # A long voice conditions for tens of seconds: the server ran it to the end for nobody (and
     # served no one else meanwhile). Its first progress report waits until the server gives it up.
-    from ppchat.errors import ConditioningCancelled
-
-    conditioning, requested, after = threading.Event(), threading.Event(), []
-    publisher, abandon = conversation._progress_publisher, conversation.abandon_start
-
-    def probe_publisher(interval_s: float = 0.1):
-        publish = publisher(interval_s)
-
-        def probe(task: str, done: int, total: int) -> None:
-            if not conditioning.is_set():
-                conditioning.set()
-                requested.wait(20)
-            try:
-                publish(task, done, total)
-                after.append("went on")
-            except ConditioningCancelled:
-                after.append("given up")
-                raise
-
-        return probe
-
-    def probe_abandon() -> None:
-        abandon()
-        requested.set()
-
-    monkeypatch.setattr(conversation, "_progress_publisher", probe_publisher)
-    monkeypatch.setattr(conversation, "abandon_start", probe_abandon)
+    conditioning, after = _hold_first_conditioning(monkeypatch, conversation)
     root = conversation.options.sessions_dir
     before = sorted(p.name for p in root.iterdir())
     asyncio.run(_leave_during_the_prompts(server.port, conditioning))

@@ -207,8 +207,7 @@ class PPChatApp(LivePump, ConsoleApp):
         self.run_worker(guarded, name=name, thread=True, group="conversation")
 
     def _failed(self, message: str) -> None:
-        self.notice_log.add(NoticeEvent("error", message, time.time()))
-        self.notify(message, severity="error", timeout=30.0)
+        self.show_notice(NoticeEvent("error", message, time.time()))
         self._set_state(UiState.LIVE if self.conversation.running else UiState.STOPPED)
 
     def _start(self) -> None:

@@ -178,12 +178,13 @@ class LatencyPanel(Widget):
                           (" buf ", dim), (f"{net.get('buffer', 0):.0f}", bold)])
         means = s.phase_means()
         lines.append(self.phase_bar(means, width))
-        split = []
         if s.totals and not s.has_phases:  # zeros would read as free phases
             split = [("phases not reported by the model", dim)]
-        for p in PHASES if not split else ():
-            mean = f"{means[p]:.0f}" if s.totals else "–"
-            split += [(" " if split else "", None), (PHASE_LABELS[p] + " ", self._phase_styles[p]), (mean, bold)]
+        else:
+            split = []
+            for p in PHASES:
+                mean = f"{means[p]:.0f}" if s.totals else "–"
+                split += [(" " if split else "", None), (PHASE_LABELS[p] + " ", self._phase_styles[p]), (mean, bold)]
         lines.append(split)
         return lines
 

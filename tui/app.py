@@ -150,8 +150,8 @@ class PPChatApp(LivePump, ConsoleApp):
         progress = next((ev for ev in reversed(events) if isinstance(ev, ProgressEvent)), None)
         if progress is not None and self.state is UiState.STARTING:
             # Short: beside ◌ PREFILL at 80 columns the DEMO badge and the voice must still fit.
+            # (Shown by the status update below, which every batch with events gets.)
             self._progress = progress.describe(unit="", task=SHORT_TASKS.get(progress.task, progress.task))
-            self._update_status()
         if events and self.state is UiState.STARTING and self.live.last_step is not None and self.conversation.running:
             self._set_state(UiState.LIVE)
         if events or self._ticks % max(1, round(self.refresh_hz)) == 0:

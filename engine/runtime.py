@@ -408,8 +408,7 @@ class DuplexRuntime:
         return False
 
     def _publish_dropped(self) -> None:
-        replaced = self._gate_mic()
-        user = self._frame.copy()
+        user, replaced = self._take_user()
         self._publish(
             timings_ms={},
             user=user,

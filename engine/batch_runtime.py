@@ -68,11 +68,6 @@ class BatchLane(DuplexRuntime):
 
     # -- on the batch's thread -------------------------------------------------------
 
-    def _open(self) -> None:
-        self.audio.start()
-        self._build_stages()
-        self._publish_notes()
-
     def _poll(self) -> int | None:
         """Frames ready for the next batched frame (0: none yet), or None once the input ended and all was stepped."""
         if self._final:

@@ -307,13 +307,17 @@ class DuplexRuntime:
             self._capture = _CaptureFrames(audio.buffers.capture, audio.capture_rate, self.sample_rate, self.frame_size)
         self._playback = _PlaybackFrames(audio.buffers.playback, audio.playback_rate, self.sample_rate, self.frame_size)
 
+    def _open(self) -> None:
+        """Start the endpoint and build the stages between it and the model (on the step thread)."""
+        self.audio.start()
+        self._build_stages()
+        self._publish_notes()
+        if self.echo is not None:
+            self._start_echo_path()
+
     def _run(self) -> None:
         try:
-            self.audio.start()
-            self._build_stages()
-            self._publish_notes()
-            if self.echo is not None:
-                self._start_echo_path()
+            self._open()
             if self._loop():
                 self._drain_playback()
                 self.bus.publish(NoticeEvent("info", f"audio input ended after {self.steps} frames", time.time()))

@@ -29,9 +29,8 @@ from ppchat.net import protocol
 from ppchat.net.jitter import JitterBuffer
 from ppchat.net.opus import OggOpusDecoder, OggOpusEncoder, OpusStreamError
 from ppchat.net.params import ChatParams
-from ppchat.net.protocol import Kind, ProtocolError
+from ppchat.net.protocol import CHAT_PATH, Kind, ProtocolError
 
-CHAT_PATH = "/api/chat"
 # aiohttp's default request-line limit, which NVIDIA's server keeps: a role prompt of ~900 characters
 # in a non-Latin script is longer than that once percent-encoded (ppchat serve takes them all).
 COMMON_LINE_LIMIT = 8190

@@ -12,6 +12,10 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+# Where the server answers: the websocket (the reference's path) and ppchat's health check.
+CHAT_PATH = "/api/chat"
+HEALTH_PATH = "/health"
+
 
 class Kind(enum.IntEnum):
     HANDSHAKE = 0x00

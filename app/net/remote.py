@@ -27,6 +27,7 @@ from ppchat.errors import PPChatError
 from ppchat.models.voices import PRESET_VOICES
 from ppchat.net.client import ChatClient, chat_url, http_url
 from ppchat.net.params import ChatParams
+from ppchat.net.protocol import HEALTH_PATH
 from ppchat.sampling import Sampling
 from ppchat.sessions.schema import SessionMeta
 
@@ -173,7 +174,7 @@ def fetch_health(chat: str, token: str | None, timeout: float = 5.0) -> dict[str
     """A ppchat server's /health (model, voices), or {} for a server without one (NVIDIA's).
 
     An unreachable server is an error now rather than at the first start."""
-    request = urllib.request.Request(http_url(chat, "/health"),
+    request = urllib.request.Request(http_url(chat, HEALTH_PATH),
                                      headers={"Authorization": f"Bearer {token}"} if token else {})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:

@@ -43,7 +43,7 @@ from ppchat.net import protocol
 from ppchat.net.endpoint import SocketAudio
 from ppchat.net.opus import OggOpusDecoder, OggOpusEncoder, OpusStreamError
 from ppchat.net.params import MAX_VOICE_NAME, ChatParams
-from ppchat.net.protocol import Kind, ProtocolError
+from ppchat.net.protocol import CHAT_PATH, HEALTH_PATH, Kind, ProtocolError
 from ppchat.sampling import Sampling, SamplingParams
 from ppchat.served import ServedBatch
 from ppchat.sessions.schema import step_record
@@ -51,8 +51,6 @@ from ppchat.sessions.schema import step_record
 log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 8998
-CHAT_PATH = "/api/chat"
-HEALTH_PATH = "/health"
 # The request line carries the query: a text_prompt at its limit in a non-Latin script is up to 12
 # bytes a character once percent-encoded (a Japanese one of 1000 characters ~9 KB), over aiohttp's
 # default of 8190. This is what a query can need; a longer one is refused with an 0x05 saying so.

@@ -216,13 +216,16 @@ def _load_pt(source: Path, name: str, cache_dir: Path) -> VoicePrompt:
 # --- lookup ------------------------------------------------------------------------------------
 
 
-def available_voices(voices_dir: str | Path | None) -> list[str]:
-    """Voice names found in `voices_dir` (.pt presets and audio files), sorted."""
+def voice_files(voices_dir: str | Path | None) -> list[Path]:
+    """The voice files in `voices_dir` (.pt presets and audio files), sorted."""
     if voices_dir is None or not Path(voices_dir).is_dir():
         return []
-    return sorted(
-        p.stem for p in Path(voices_dir).iterdir() if p.is_file() and p.suffix.lower() in (".pt", *AUDIO_EXTENSIONS)
-    )
+    return sorted(p for p in Path(voices_dir).iterdir() if p.is_file() and p.suffix.lower() in (".pt", *AUDIO_EXTENSIONS))
+
+
+def available_voices(voices_dir: str | Path | None) -> list[str]:
+    """Voice names found in `voices_dir` (.pt presets and audio files), sorted."""
+    return sorted(p.stem for p in voice_files(voices_dir))
 
 
 def _find_in_dir(name: str, voices_dir: Path) -> Path | None:

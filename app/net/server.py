@@ -38,7 +38,7 @@ from ppchat.conversation import NO_VOICE, Conversation
 from ppchat.engine.events import NoticeEvent, StepEvent
 from ppchat.engine.prompts import MAX_PROMPT_CHARS
 from ppchat.errors import PPChatError
-from ppchat.models.voices import AUDIO_EXTENSIONS
+from ppchat.models.voices import voice_files
 from ppchat.net import protocol
 from ppchat.net.endpoint import SocketAudio
 from ppchat.net.opus import OggOpusDecoder, OggOpusEncoder, OpusStreamError
@@ -449,9 +449,7 @@ class ChatServer:
         """The voice file for a `voice_prompt` name, looked up in the voices folder only."""
         if requested is None:
             return None
-        folder = self.conversation.model.voices_dir
-        files = sorted(p for p in Path(folder).iterdir() if p.is_file()) if folder and Path(folder).is_dir() else []
-        usable = [p for p in files if p.suffix.lower() in (".pt", *AUDIO_EXTENSIONS)]
+        usable = voice_files(self.conversation.model.voices_dir)
         for p in usable:
             if requested in (p.name, p.stem):
                 return str(p.resolve())

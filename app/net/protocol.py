@@ -27,13 +27,6 @@ class Kind(enum.IntEnum):
     PING = 0x06
 
 
-class Control(enum.IntEnum):
-    START = 0
-    END_TURN = 1
-    PAUSE = 2
-    RESTART = 3
-
-
 class ProtocolError(ValueError):
     """A message that does not follow the protocol; the text is sent back as an 0x05 error."""
 

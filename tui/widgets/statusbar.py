@@ -28,6 +28,8 @@ def short_path(path: str | None, width: int) -> str:
         return path
     keep = width - 1
     return path[: keep // 3] + "…" + path[len(path) - (keep - keep // 3):]
+
+
 MESSAGE_SECONDS = 8.0  # how long an information notice stays on the second line
 
 
